@@ -1,0 +1,588 @@
+//! The event loop: one `mio::Poll`, its listeners, the connection slab and
+//! the timers. It knows nothing of commands; [`Connection`] does the work.
+//!
+//! One turn of the loop:
+//!
+//! 1. `poll` sleeps until a socket is ready, a deadline is due, a signal
+//!    arrives, or (when some connection still has work) not at all.
+//! 2. Each event is handled: accept on a listener, drive a connection.
+//!    Readiness is edge-triggered: an event says "something changed" once,
+//!    so every handler reads or accepts until the socket is drained.
+//! 3. Connections with work left (read budget spent, backpressure lifted)
+//!    run again: no new event will come for bytes already in their socket.
+//! 4. Due timers fire.
+//! 5. Connections closed during the turn are deregistered and removed.
+//!    Only now, after the batch: an event later in the same batch may still
+//!    name a closed connection, and must not find its slot reused.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::config::{Config, Limits};
+use crate::connection::{Connection, Next, Shared, State};
+use crate::protocol;
+use crate::stats::Stats;
+use crate::timer::Timers;
+
+/// The size of the one shared read buffer, and so the most one connection
+/// may read per turn before the others get theirs (fairness budget).
+pub const READ_BUFFER_SIZE: usize = 64 * 1024;
+
+/// Events taken from the kernel per `poll` call.
+const EVENTS_PER_POLL: usize = 1024;
+
+/// The listen backlog: room for a burst of connects beyond what std and mio
+/// give (128). The kernel caps it at net.core.somaxconn.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// When the process runs out of descriptors and the spare one cannot help,
+/// accepting pauses this long (the listener stays readable; retrying at once
+/// would spin).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Busy rejects that may linger at once; past this, a reject is written and
+/// closed straight away, so a flood of connects cannot pile up sockets.
+const MAX_LINGERING_REJECTS: usize = 1024;
+
+/// Descriptors the server needs besides one per client: listeners, epoll,
+/// signal pipe, waker, spare, stdio, and lingering rejects in a burst.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+const SIGNAL: Token = Token(usize::MAX);
+const WAKER: Token = Token(usize::MAX - 1);
+/// Listener `i` has token `LISTENER_BASE + i`; slab keys stay far below.
+const LISTENER_BASE: usize = usize::MAX / 2;
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A `--listen` address could not be bound.
+    Listen { addr: SocketAddr, source: io::Error },
+    /// The poller, waker or signal handler could not be set up.
+    Setup { what: &'static str, source: io::Error },
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            StartError::Setup { what, source } => write!(f, "cannot set up {what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Listen { source, .. } | StartError::Setup { source, .. } => Some(source),
+        }
+    }
+}
+
+/// Asks a running server, from any thread, to shut down gracefully.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    requested: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl ShutdownHandle {
+    /// Starts a graceful shutdown, as SIGTERM would.
+    pub fn shutdown(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        // Wakes `poll` on the WAKER token; the loop then sees the flag.
+        if let Err(e) = self.waker.wake() {
+            error!("cannot wake the event loop for shutdown: {e}");
+        }
+    }
+}
+
+/// A bound loopline server. [`Server::bind`] binds every listener (so the
+/// real ports are known before it runs); [`Server::run`] runs the loop until
+/// a graceful shutdown ends.
+pub struct Server {
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    local_addrs: Vec<SocketAddr>,
+    conns: Slab<Connection>,
+    config: Config,
+    limits: Limits,
+    stats: Stats,
+    timers: Timers,
+    read_buf: Box<[u8]>,
+    spare_output: Vec<u8>,
+    /// Connections to run again before the next poll, with their ids.
+    ready: Vec<(usize, u64)>,
+    /// Connections closed during this turn, removed at its end.
+    closing: Vec<usize>,
+    next_id: u64,
+    now: Instant,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    shutdown_requested: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    /// Set once a graceful shutdown starts: when it must end.
+    shutdown_deadline: Option<Instant>,
+    /// Accepting is paused after descriptor exhaustion until then.
+    accept_paused_until: Option<Instant>,
+    /// A descriptor kept in reserve for accepting (and turning away) a
+    /// connection when the process has no other descriptor left.
+    spare_fd: Option<File>,
+}
+
+impl Server {
+    /// Binds every `--listen` address and prepares the loop.
+    pub fn bind(config: Config) -> Result<Server, StartError> {
+        let setup = |what| move |source| StartError::Setup { what, source };
+        let poll = Poll::new().map_err(setup("the poller"))?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(setup("the waker"))?);
+        check_descriptor_limit(config.max_connections);
+
+        let mut listeners = Vec::new();
+        let mut local_addrs = Vec::new();
+        for (i, &addr) in config.listen.iter().enumerate() {
+            let mut listener = listen(addr).map_err(|source| StartError::Listen { addr, source })?;
+            let local = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+            poll.registry()
+                .register(&mut listener, Token(LISTENER_BASE + i), Interest::READABLE)
+                .map_err(|source| StartError::Listen { addr, source })?;
+            info!("listening on {local}");
+            if !local.ip().is_loopback() {
+                warn!("{local} is not a loopback address: clients on the network can reach this server");
+            }
+            listeners.push(listener);
+            local_addrs.push(local);
+        }
+
+        let now = Instant::now();
+        Ok(Server {
+            poll,
+            listeners,
+            local_addrs,
+            conns: Slab::new(),
+            limits: Limits::from_config(&config),
+            config,
+            stats: Stats::new(now),
+            timers: Timers::new(),
+            read_buf: vec![0; READ_BUFFER_SIZE].into_boxed_slice(),
+            spare_output: Vec::new(),
+            ready: Vec::new(),
+            closing: Vec::new(),
+            next_id: 0,
+            now,
+            signals: None,
+            shutdown_requested: Arc::new(AtomicBool::new(false)),
+            waker,
+            shutdown_deadline: None,
+            accept_paused_until: None,
+            spare_fd: File::open("/dev/null").ok(),
+        })
+    }
+
+    /// The bound addresses, with real ports, in `--listen` order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// A handle that starts a graceful shutdown from another thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle { requested: self.shutdown_requested.clone(), waker: self.waker.clone() }
+    }
+
+    /// Shut down gracefully on SIGINT and SIGTERM. The signal handler only
+    /// writes to a pipe that `poll` watches on its own token: no work is
+    /// done inside the handler.
+    pub fn handle_signals(&mut self) -> Result<(), StartError> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let setup = |source| StartError::Setup { what: "signal handling", source };
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM]).map_err(setup)?;
+        self.poll.registry().register(&mut signals, SIGNAL, Interest::READABLE).map_err(setup)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// Runs the event loop until a graceful shutdown has finished.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                // A signal landed during epoll_wait: not an error, poll again.
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            // One clock read per turn: every deadline and idle time this turn uses it.
+            self.now = Instant::now();
+
+            for event in events.iter() {
+                match event.token() {
+                    SIGNAL => self.on_signal(),
+                    WAKER if self.shutdown_requested.load(Ordering::SeqCst) => self.begin_shutdown(),
+                    WAKER => {}
+                    Token(t) if t >= LISTENER_BASE => self.accept_all(t - LISTENER_BASE),
+                    Token(key) => self.on_connection_event(key, event),
+                }
+            }
+            self.run_ready();
+            self.fire_timers();
+            self.resume_accepting();
+            self.reap();
+
+            if let Some(deadline) = self.shutdown_deadline {
+                if self.conns.is_empty() {
+                    info!("shutdown complete");
+                    return Ok(());
+                }
+                if self.now >= deadline {
+                    info!("shutdown timeout: closing {} connection(s) that did not finish", self.conns.len());
+                    let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+                    for key in keys {
+                        self.close(key);
+                    }
+                    self.reap();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// How long `poll` may sleep: not at all when a connection has work
+    /// left, else until the nearest deadline, else forever.
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let deadline = [self.timers.next_deadline(), self.shutdown_deadline, self.accept_paused_until]
+            .into_iter()
+            .flatten()
+            .min()?;
+        Some(deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Splits the borrows: the slab on one side, what a connection is lent on the other.
+    fn parts(&mut self) -> (&mut Slab<Connection>, Shared<'_>) {
+        let shared = Shared {
+            now: self.now,
+            limits: &self.limits,
+            stats: &mut self.stats,
+            timers: &mut self.timers,
+            read_buf: &mut self.read_buf,
+            spare_output: &mut self.spare_output,
+        };
+        (&mut self.conns, shared)
+    }
+
+    fn on_connection_event(&mut self, key: usize, event: &Event) {
+        // Read closed and error flags are hints: a read will tell us for sure.
+        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+        let (conns, mut cx) = self.parts();
+        // An event for a token we no longer hold, or for a connection closed
+        // earlier in this batch, is stale: ignore it.
+        let Some(conn) = conns.get_mut(key) else { return };
+        if conn.state() == State::Closed {
+            return;
+        }
+        let id = conn.id();
+        let next = conn.drive(readable, &mut cx);
+        self.follow(key, id, next);
+    }
+
+    /// Runs the connections that had work left at the end of their turn.
+    fn run_ready(&mut self) {
+        let ready = std::mem::take(&mut self.ready);
+        for &(key, id) in &ready {
+            let (conns, mut cx) = self.parts();
+            let Some(conn) = conns.get_mut(key) else { continue };
+            if conn.id() != id || conn.state() == State::Closed {
+                continue;
+            }
+            let next = conn.drive(true, &mut cx);
+            self.follow(key, id, next);
+        }
+        // Give the list's memory back for reuse (no allocation per turn).
+        if self.ready.is_empty() {
+            self.ready = ready;
+            self.ready.clear();
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        while let Some(timer) = self.timers.pop_due(self.now) {
+            let (conns, mut cx) = self.parts();
+            // The id check drops entries of connections long gone whose slot
+            // now holds another connection (cancellation is lazy).
+            let Some(conn) = conns.get_mut(timer.key) else { continue };
+            if conn.id() != timer.conn_id || conn.state() == State::Closed {
+                continue;
+            }
+            let next = conn.on_timer(timer.kind, &mut cx);
+            self.follow(timer.key, timer.conn_id, next);
+        }
+    }
+
+    /// Acts on what a connection asked for.
+    fn follow(&mut self, key: usize, id: u64, next: Next) {
+        match next {
+            Next::Wait => {}
+            Next::Again => self.ready.push((key, id)),
+            Next::Close => self.close(key),
+        }
+    }
+
+    /// The one close path. The connection is only marked here; it is
+    /// removed by `reap` after the batch, so its slab slot cannot be reused
+    /// while events that name it may still follow.
+    fn close(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if conn.state() != State::Closed {
+                conn.mark_closed();
+                self.closing.push(key);
+            }
+        }
+    }
+
+    /// Removes the connections closed during this turn.
+    fn reap(&mut self) {
+        for key in self.closing.drain(..) {
+            let mut conn = self.conns.remove(key);
+            // Dropping the socket closes it (and so removes it from epoll),
+            // but mio asks for an explicit deregister first.
+            let _ = self.poll.registry().deregister(conn.stream_mut());
+            if conn.is_client() {
+                self.stats.connections -= 1;
+            }
+            match conn.reason() {
+                Some(reason) => debug!("closed {}: {reason}", conn.peer()),
+                None => debug!("closed {}", conn.peer()),
+            }
+        }
+        // Stale timer entries of closed connections wait in the heap until
+        // they come due; under heavy churn, sweep them out in one pass.
+        if self.timers.len() > 4 * self.conns.len() + 4096 {
+            let conns = &self.conns;
+            self.timers.retain(|t| conns.get(t.key).is_some_and(|c| c.id() == t.conn_id));
+        }
+    }
+
+    /// Accepts every queued connection on listener `index`: edge-triggered,
+    /// the listener reports a burst of connects once.
+    fn accept_all(&mut self, index: usize) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = self.listeners.get(index) else { return };
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if is_out_of_descriptors(&e) => {
+                    self.turn_away_without_descriptors(index);
+                    return;
+                }
+                // That one connection failed (aborted before we took it, ...);
+                // the next one in the queue may be fine.
+                Err(e) if is_per_connection_error(&e) => debug!("accept: skipped a failed connection: {e}"),
+                Err(e) => {
+                    warn!("accept on {} failed: {e}; retrying shortly", self.local_addrs[index]);
+                    self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Admission before allocation: a connection over `--max-connections` is
+    /// turned away before any client state or buffer exists for it.
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
+        // Responses are small writes; without this, Nagle holds a reply
+        // back while an earlier one is unacknowledged (up to 40 ms).
+        let _ = stream.set_nodelay(true);
+        let busy = self.stats.connections >= self.config.max_connections;
+        if busy {
+            self.stats.rejected += 1;
+            let lingering = self.conns.len() - self.stats.connections as usize;
+            if lingering >= MAX_LINGERING_REJECTS {
+                debug!("turned away {peer}: server busy (no linger)");
+                let mut stream = stream;
+                let _ = stream.write(protocol::BUSY);
+                return;
+            }
+        } else {
+            self.stats.accepted += 1;
+            self.stats.connections += 1;
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        let key = self.conns.vacant_key();
+        let (conns, mut cx) = self.parts();
+        let (conn, next) = if busy {
+            Connection::reject_busy(stream, peer, key, id, &mut cx)
+        } else {
+            Connection::accept(stream, peer, key, id, &mut cx)
+        };
+        conns.insert(conn);
+        debug!("accepted {peer}{}", if busy { " (busy: turned away)" } else { "" });
+
+        // Read and write interest, edge-triggered, registered once for the
+        // connection's whole life: no request ever costs an epoll_ctl. If
+        // bytes are already waiting, epoll reports them right away.
+        let registered = self.poll.registry().register(
+            self.conns[key].stream_mut(),
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        );
+        match registered {
+            Ok(()) => self.follow(key, id, next),
+            Err(e) => {
+                warn!("cannot register {peer}: {e}");
+                self.close(key);
+            }
+        }
+    }
+
+    /// Out of descriptors: `accept` cannot make one, yet the listener stays
+    /// readable with clients queued. Free the spare descriptor, accept one
+    /// client with it, tell it we are busy, close it, take the spare back;
+    /// repeat until the queue is empty. Clients hear why, the backlog does
+    /// not stall, and the loop does not spin.
+    fn turn_away_without_descriptors(&mut self, index: usize) {
+        loop {
+            let Some(listener) = self.listeners.get(index) else { return };
+            if self.spare_fd.take().is_none() {
+                break;
+            }
+            let accepted = listener.accept();
+            self.spare_fd = File::open("/dev/null").ok();
+            match accepted {
+                Ok((mut stream, peer)) => {
+                    self.stats.rejected += 1;
+                    let _ = stream.write(protocol::BUSY);
+                    debug!("turned away {peer}: out of file descriptors");
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => break,
+            }
+        }
+        // No spare to use: wait a little, then try again (see resume_accepting).
+        warn!("out of file descriptors: accepting paused for {ACCEPT_BACKOFF:?}");
+        self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+    }
+
+    /// After a pause, accept by hand: the queued clients raised their edge
+    /// while we were not accepting, and will not raise another.
+    fn resume_accepting(&mut self) {
+        if self.accept_paused_until.is_some_and(|t| t <= self.now) {
+            self.accept_paused_until = None;
+            if self.spare_fd.is_none() {
+                self.spare_fd = File::open("/dev/null").ok();
+            }
+            for index in 0..self.listeners.len() {
+                self.accept_all(index);
+            }
+        }
+    }
+
+    fn on_signal(&mut self) {
+        let mut received = false;
+        if let Some(signals) = self.signals.as_mut() {
+            for signal in signals.pending() {
+                info!("received signal {signal}: shutting down");
+                received = true;
+            }
+        }
+        if received {
+            self.begin_shutdown();
+        }
+    }
+
+    /// Graceful shutdown: stop accepting, then give every connection its
+    /// due responses and `ERR server shutting down`.
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        info!("shutting down: {} connection(s) open", self.stats.connections);
+        self.shutdown_deadline = Some(self.now + self.config.shutdown_timeout);
+        self.accept_paused_until = None;
+        for mut listener in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let keys: Vec<(usize, u64)> = self.conns.iter().map(|(key, c)| (key, c.id())).collect();
+        for (key, id) in keys {
+            let (conns, mut cx) = self.parts();
+            let next = conns[key].shut_down(&mut cx);
+            self.follow(key, id, next);
+        }
+    }
+}
+
+/// Binds a listener with a real backlog (std and mio fix it at 128).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Restart without waiting for the old socket's TIME_WAIT to pass.
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // [::]:port means IPv6 only; listen on 0.0.0.0 too for IPv4.
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Errors of `accept` that concern only the connection being accepted.
+fn is_per_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+    ) || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM | libc::ENETDOWN | libc::ENOPROTOOPT
+        | libc::EHOSTDOWN | libc::ENONET | libc::EHOSTUNREACH | libc::EOPNOTSUPP | libc::ENETUNREACH))
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// Raises the soft limit on open files to the hard limit, and warns when
+/// `--max-connections` cannot fit under it.
+fn check_descriptor_limit(max_connections: u64) {
+    match raise_descriptor_limit() {
+        Ok(limit) if limit < max_connections + RESERVED_DESCRIPTORS => warn!(
+            "--max-connections {max_connections} needs about {} file descriptors, but the limit is {limit}; \
+             connections past it are turned away with ERR server busy",
+            max_connections + RESERVED_DESCRIPTORS
+        ),
+        Ok(limit) => debug!("open file limit: {limit}"),
+        Err(e) => warn!("cannot read or raise the open file limit: {e}"),
+    }
+}
+
+/// Sets the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
+pub fn raise_descriptor_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit only reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    Ok(limit.rlim_cur as u64)
+}
