@@ -145,6 +145,9 @@ pub struct Connection {
     paused: bool,
     /// The peer shut its writing side (a read returned 0).
     peer_eof: bool,
+    /// An event said the peer closed or failed (a hint, to be confirmed by a
+    /// read): a short read no longer means "drained", read on to the EOF.
+    hangup_hinted: bool,
     /// The last complete request (the idle timer counts from here).
     last_request: Instant,
     /// The last time the peer took bytes, or output became pending.
@@ -189,6 +192,7 @@ impl Connection {
             written: 0,
             paused: false,
             peer_eof: false,
+            hangup_hinted: false,
             last_request: now,
             last_write: now,
             write_timer_armed: false,
@@ -240,10 +244,11 @@ impl Connection {
         self.state = State::Closed;
     }
 
-    /// The socket is ready (or may be: events can be spurious, and the
-    /// closed/error flags are only hints, so we just try and see).
-    /// `readable` says whether to read.
-    pub fn drive(&mut self, readable: bool, cx: &mut Shared) -> Next {
+    /// The socket is ready (or may be: events can be spurious, so we just
+    /// try and see). `readable` says whether to read; `hangup` that the
+    /// event carried a closed or error flag (a hint only).
+    pub fn drive(&mut self, readable: bool, hangup: bool, cx: &mut Shared) -> Next {
+        self.hangup_hinted |= hangup;
         self.with_output(cx, |conn, cx| {
             match conn.state {
                 State::Open => {
@@ -358,16 +363,22 @@ impl Connection {
             let full = n == cx.read_buf.len();
             let Shared { read_buf, stats, limits, now, .. } = cx;
             self.take_input(&read_buf[..n], stats, limits, *now);
-            return if full && self.state == State::Open && !self.paused {
+            if self.state != State::Open || self.paused {
+                return Next::Wait;
+            }
+            if full {
                 // The buffer filled: more may be waiting, but this was our
                 // fair share of the turn. Come back before the next poll.
-                Next::Again
-            } else {
-                // A read shorter than the buffer emptied the socket (new
-                // bytes would raise a new edge), so there is no need to read
+                return Next::Again;
+            }
+            if !self.hangup_hinted {
+                // A read shorter than the buffer emptied the socket: new
+                // bytes would raise a new edge, so there is no need to read
                 // on to WouldBlock and spend a syscall to hear it.
-                Next::Wait
-            };
+                return Next::Wait;
+            }
+            // But an EOF that came with those bytes raises no edge of its
+            // own: the event hinted at it, so read on until we see it.
         }
     }
 

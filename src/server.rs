@@ -285,7 +285,8 @@ impl Server {
 
     fn on_connection_event(&mut self, key: usize, event: &Event) {
         // Read closed and error flags are hints: a read will tell us for sure.
-        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+        let hangup = event.is_read_closed() || event.is_error();
+        let readable = event.is_readable() || hangup;
         let (conns, mut cx) = self.parts();
         // An event for a token we no longer hold, or for a connection closed
         // earlier in this batch, is stale: ignore it.
@@ -294,7 +295,7 @@ impl Server {
             return;
         }
         let id = conn.id();
-        let next = conn.drive(readable, &mut cx);
+        let next = conn.drive(readable, hangup, &mut cx);
         self.follow(key, id, next);
     }
 
@@ -307,7 +308,7 @@ impl Server {
             if conn.id() != id || conn.state() == State::Closed {
                 continue;
             }
-            let next = conn.drive(true, &mut cx);
+            let next = conn.drive(true, false, &mut cx);
             self.follow(key, id, next);
         }
         // Give the list's memory back for reuse (no allocation per turn).

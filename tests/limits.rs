@@ -1,0 +1,171 @@
+//! --max-line, --max-connections and --max-output (backpressure).
+
+mod util;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+use util::{Server, PATIENCE};
+
+#[test]
+fn unfinished_line_is_refused_as_soon_as_it_cannot_fit() {
+    let server = Server::start(&["--max-line", "10"]);
+    let mut c = server.client();
+    // No LF ever comes: the server must not wait for one.
+    c.send(b"PING\nECHO 1234567");
+    c.expect_line("PONG");
+    c.expect_line("ERR line too long");
+    c.expect_eof();
+}
+
+#[test]
+fn too_long_line_gets_err_after_earlier_responses() {
+    let server = Server::start(&["--max-line", "10"]);
+    let mut c = server.client();
+    c.send(b"PING\nECHO 12345678\nPING\n");
+    assert_eq!(c.read_to_end(), b"PONG\nERR line too long\n");
+}
+
+#[test]
+fn line_of_exactly_max_line_with_crlf_is_accepted_at_every_split() {
+    let server = Server::start(&["--max-line", "10"]);
+    let line = b"ECHO 12345\r\n"; // 10 bytes before CRLF
+    for split in 1..line.len() {
+        let mut c = server.client();
+        c.stream.set_nodelay(true).unwrap();
+        c.send(&line[..split]);
+        thread::sleep(Duration::from_millis(5));
+        c.send(&line[split..]);
+        c.expect_line("OK 12345");
+    }
+    // One byte more is too long, whether or not the CR is there.
+    let mut c = server.client();
+    c.send(b"ECHO 123456\r\n");
+    c.expect_line("ERR line too long");
+    c.expect_eof();
+}
+
+#[test]
+fn memory_does_not_grow_with_the_length_of_a_line() {
+    let server = Server::start(&["--max-line", "1024"]);
+    let before = server.rss_kib();
+    let mut c = server.client();
+    let mut writer = c.stream.try_clone().unwrap();
+    // 64 MB without an LF; the server refuses the line after 1 KiB. Our
+    // writes may then fail with a reset: that is expected.
+    let sender = thread::spawn(move || {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..64 {
+            if writer.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    c.expect_line("ERR line too long");
+    let _ = sender.join();
+    let after = server.rss_kib();
+    assert!(after < before + 8 * 1024, "RSS grew from {before} KiB to {after} KiB");
+}
+
+#[test]
+fn connections_past_the_limit_are_turned_away_and_counted() {
+    let server = Server::start(&["--max-connections", "2"]);
+    let mut a = server.client();
+    let b = server.client();
+    let mut busy = server.connect();
+    busy.expect_line("ERR server busy");
+    busy.expect_eof();
+    a.send(b"STATS\n");
+    let stats = util::Stats(a.read_line());
+    assert_eq!(stats.get("connections"), 2);
+    assert_eq!(stats.get("rejected"), 1);
+    assert_eq!(stats.get("accepted"), 2);
+    // Once one leaves, a newcomer is admitted again.
+    drop(b);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut c = server.connect();
+        if c.read_line() == "READY" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never admitted again");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn busy_line_survives_a_client_that_sent_requests_first() {
+    // The rejected client pipelined requests before reading: the server must
+    // still deliver its one line (lingering close, no reset).
+    let server = Server::start(&["--max-connections", "1"]);
+    let _a = server.client();
+    let mut busy = server.connect();
+    busy.send(&b"PING\n".repeat(10_000));
+    busy.expect_line("ERR server busy");
+}
+
+/// A client writes 50 MB of pipelined ECHO without reading. The server must
+/// stop reading it (bounded memory), keep serving others, and once the
+/// client reads, deliver every response, complete and in order.
+#[test]
+fn slow_reader_gets_everything_with_bounded_memory() {
+    let server = Server::start(&["--max-output", "262144"]);
+    let baseline = server.rss_kib();
+    let mut slow = server.client();
+
+    const LINES: usize = 500_000; // ~50 MB of requests
+    let written = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let mut writer = slow.stream.try_clone().unwrap();
+    let (w, d) = (written.clone(), done.clone());
+    let sender = thread::spawn(move || {
+        let mut batch = Vec::with_capacity(1 << 16);
+        for i in 0..LINES {
+            batch.extend_from_slice(format!("ECHO {i:08} {}\n", "p".repeat(80)).as_bytes());
+            if batch.len() >= 1 << 15 || i == LINES - 1 {
+                writer.write_all(&batch).expect("write");
+                w.fetch_add(batch.len(), Ordering::Relaxed);
+                batch.clear();
+            }
+        }
+        d.store(true, Ordering::Relaxed);
+    });
+
+    // Wait until the writer stalls: the server has stopped reading us.
+    let deadline = Instant::now() + PATIENCE;
+    let mut last = 0;
+    loop {
+        thread::sleep(Duration::from_millis(300));
+        let now = written.load(Ordering::Relaxed);
+        if now == last && now > 0 {
+            break;
+        }
+        assert!(!done.load(Ordering::Relaxed), "the server read 50 MB without anyone reading the replies");
+        assert!(Instant::now() < deadline, "writer never stalled");
+        last = now;
+    }
+    let stalled_at = written.load(Ordering::Relaxed);
+    assert!(stalled_at < 40_000_000, "server read {stalled_at} bytes before pausing");
+
+    // Memory is bounded while paused...
+    let paused_rss = server.rss_kib();
+    assert!(paused_rss < baseline + 16 * 1024, "RSS {paused_rss} KiB, baseline {baseline} KiB");
+    // ...and another client is served meanwhile.
+    let mut other = server.client();
+    other.send(b"PING\n");
+    other.expect_line("PONG");
+
+    // Now read everything: all 500,000 responses, in order.
+    for i in 0..LINES {
+        let line = slow.read_line_bytes();
+        let want = format!("OK {i:08} {}", "p".repeat(80));
+        assert_eq!(line, want.as_bytes(), "response {i}");
+        if i % 100_000 == 0 {
+            let rss = server.rss_kib();
+            assert!(rss < baseline + 16 * 1024, "RSS {rss} KiB at line {i}");
+        }
+    }
+    sender.join().unwrap();
+}

@@ -1,0 +1,83 @@
+//! Graceful shutdown on SIGTERM and SIGINT, by signal to the real binary.
+
+mod util;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+use util::{Server, PATIENCE};
+
+fn shuts_down_on(signal: &str) {
+    let mut server = Server::start(&[]);
+    let mut idle = server.client();
+    let mut talking = server.client();
+    talking.send(b"PING\n");
+    talking.expect_line("PONG");
+    // Responses already due go out before the shutdown line: pipeline two
+    // requests we do not read yet, and wait until the server counted them.
+    let mut pipelined = server.client();
+    pipelined.send(b"PING\nECHO due\n");
+    let deadline = Instant::now() + PATIENCE;
+    while server.stats().get("commands") < 5 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    server.signal(signal);
+    for c in [&mut idle, &mut talking] {
+        c.expect_line("ERR server shutting down");
+        c.expect_eof();
+    }
+    assert_eq!(pipelined.read_to_end(), b"PONG\nOK due\nERR server shutting down\n");
+    let status = server.wait_exit();
+    assert_eq!(status.code(), Some(0), "exit status");
+    server.wait_for_log("shutdown complete");
+}
+
+#[test]
+fn sigterm_shuts_down_gracefully() {
+    shuts_down_on("TERM");
+}
+
+#[test]
+fn sigint_shuts_down_gracefully() {
+    shuts_down_on("INT");
+}
+
+#[test]
+fn shutdown_timeout_closes_clients_that_do_not_read() {
+    let mut server = Server::start(&["--shutdown-timeout", "500ms", "--max-output", "65536"]);
+    let c = server.client();
+    socket2::SockRef::from(&c.stream).set_recv_buffer_size(4096).unwrap();
+    let mut writer = c.stream.try_clone().unwrap();
+    writer.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    let request = format!("ECHO {}\n", "s".repeat(1000)).repeat(64);
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline && writer.write_all(request.as_bytes()).is_ok() {}
+
+    let started = Instant::now();
+    server.signal("TERM");
+    let status = server.wait_exit();
+    assert_eq!(status.code(), Some(0));
+    assert!(started.elapsed() >= Duration::from_millis(500), "did not wait for the shutdown timeout");
+    server.wait_for_log("shutdown timeout");
+}
+
+#[test]
+fn no_new_connections_after_shutdown() {
+    let mut server = Server::start(&[]);
+    let addr = server.addr;
+    let _open = server.client();
+    let mut open = server.client();
+    server.signal("TERM");
+    open.expect_line("ERR server shutting down");
+    // The listener is closed: a new connection is refused (or, if it raced
+    // in before, told that the server is shutting down).
+    if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut buf);
+        assert!(!buf.starts_with(b"READY\nPONG"), "{buf:?}");
+        let _ = s.write_all(b"PING\n");
+    }
+    assert_eq!(server.wait_exit().code(), Some(0));
+}

@@ -1,0 +1,83 @@
+//! --idle-timeout, --write-timeout: short configured timeouts, generous
+//! margins. No assertion depends on how fast the machine is, only on the
+//! server never firing early and always firing eventually.
+
+mod util;
+
+use std::io::Write;
+use std::thread;
+use std::time::{Duration, Instant};
+use util::{Server, PATIENCE};
+
+#[test]
+fn idle_client_gets_the_idle_line_then_close() {
+    let server = Server::start(&["--idle-timeout", "500ms"]);
+    let started = Instant::now();
+    let mut c = server.client();
+    c.expect_line("ERR idle timeout");
+    c.expect_eof();
+    assert!(started.elapsed() >= Duration::from_millis(500), "fired early");
+}
+
+#[test]
+fn complete_requests_reset_the_idle_timer() {
+    let server = Server::start(&["--idle-timeout", "3s"]);
+    let mut c = server.client();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        c.send(b"PING\n");
+        c.expect_line("PONG");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn stray_bytes_do_not_reset_the_idle_timer() {
+    let server = Server::start(&["--idle-timeout", "1s"]);
+    let mut c = server.client();
+    let mut writer = c.stream.try_clone().unwrap();
+    // Trickle bytes of a line that never ends, for much longer than the timeout.
+    let trickle = thread::spawn(move || {
+        for _ in 0..100 {
+            if writer.write_all(b"x").is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    c.expect_line("ERR idle timeout");
+    c.expect_eof();
+    let _ = trickle.join();
+}
+
+#[test]
+fn idle_timeout_zero_turns_it_off() {
+    let server = Server::start(&["--idle-timeout", "0"]);
+    let mut c = server.client();
+    c.expect_silence(Duration::from_millis(1500));
+    c.send(b"PING\n");
+    c.expect_line("PONG");
+}
+
+#[test]
+fn peer_that_takes_no_bytes_is_closed_by_the_write_timeout() {
+    let mut server = Server::start(&["--write-timeout", "1s", "--max-output", "65536"]);
+    let mut c = server.client();
+    // Shrink our receive window, then flood requests and never read.
+    let sock = socket2::SockRef::from(&c.stream);
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut writer = c.stream.try_clone().unwrap();
+    writer.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    let request = format!("ECHO {}\n", "w".repeat(1000)).repeat(64);
+    let deadline = Instant::now() + PATIENCE;
+    // Write until the server has stopped reading (our write times out) or closed.
+    while Instant::now() < deadline {
+        if writer.write_all(request.as_bytes()).is_err() {
+            break;
+        }
+    }
+    server.wait_for_log("write timeout");
+    // The connection is gone from the count.
+    assert_eq!(server.stats().get("connections"), 1);
+    drop(c.stream);
+}
