@@ -71,7 +71,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => 0.001,
         "m" => 60.0,
         "h" => 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} in {text:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?} (use ms, s, m or h)"
+            ))
+        }
     };
     let value: f64 = number
         .parse()
@@ -144,14 +148,18 @@ mod tests {
 
     #[test]
     fn listen_repeats_and_takes_ipv6() {
-        let c = Config::try_parse_from(["loopline", "--listen", "127.0.0.1:0", "--listen", "[::1]:0"]).unwrap();
+        let c =
+            Config::try_parse_from(["loopline", "--listen", "127.0.0.1:0", "--listen", "[::1]:0"])
+                .unwrap();
         assert_eq!(c.listen.len(), 2);
         assert!(c.listen[1].is_ipv6());
     }
 
     #[test]
     fn zero_timeouts_turn_timers_off() {
-        let c = Config::try_parse_from(["loopline", "--idle-timeout", "0", "--write-timeout", "0s"]).unwrap();
+        let c =
+            Config::try_parse_from(["loopline", "--idle-timeout", "0", "--write-timeout", "0s"])
+                .unwrap();
         let limits = Limits::from_config(&c);
         assert_eq!(limits.idle_timeout, None);
         assert_eq!(limits.write_timeout, None);

@@ -158,7 +158,13 @@ pub struct Connection {
 
 impl Connection {
     /// A newly accepted client: sends `READY` and arms its idle timer.
-    pub fn accept(stream: TcpStream, peer: SocketAddr, key: usize, id: u64, cx: &mut Shared) -> (Connection, Next) {
+    pub fn accept(
+        stream: TcpStream,
+        peer: SocketAddr,
+        key: usize,
+        id: u64,
+        cx: &mut Shared,
+    ) -> (Connection, Next) {
         let mut conn = Connection::new(stream, peer, key, id, true, cx.now);
         if let Some(idle) = cx.limits.idle_timeout {
             conn.schedule(cx, TimerKind::Idle, cx.now + idle);
@@ -172,13 +178,28 @@ impl Connection {
 
     /// A connection turned away because `--max-connections` are open: it gets
     /// `ERR server busy` and the same careful close as every last line.
-    pub fn reject_busy(stream: TcpStream, peer: SocketAddr, key: usize, id: u64, cx: &mut Shared) -> (Connection, Next) {
+    pub fn reject_busy(
+        stream: TcpStream,
+        peer: SocketAddr,
+        key: usize,
+        id: u64,
+        cx: &mut Shared,
+    ) -> (Connection, Next) {
         let mut conn = Connection::new(stream, peer, key, id, false, cx.now);
-        let next = conn.with_output(cx, |conn, cx| conn.close_after(protocol::BUSY, CloseReason::Busy, cx));
+        let next = conn.with_output(cx, |conn, cx| {
+            conn.close_after(protocol::BUSY, CloseReason::Busy, cx)
+        });
         (conn, next)
     }
 
-    fn new(stream: TcpStream, peer: SocketAddr, key: usize, id: u64, is_client: bool, now: Instant) -> Connection {
+    fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        key: usize,
+        id: u64,
+        is_client: bool,
+        now: Instant,
+    ) -> Connection {
         Connection {
             stream,
             peer,
@@ -281,14 +302,20 @@ impl Connection {
         if self.state != State::Open {
             return Next::Wait;
         }
-        self.with_output(cx, |conn, cx| conn.close_after(protocol::SHUTTING_DOWN, CloseReason::Shutdown, cx))
+        self.with_output(cx, |conn, cx| {
+            conn.close_after(protocol::SHUTTING_DOWN, CloseReason::Shutdown, cx)
+        })
     }
 
     /// Runs `work` with an output buffer in place. When ours is empty we
     /// borrow the loop's spare one, so responses go straight into a buffer
     /// that already has capacity: no allocation per request. Afterwards the
     /// buffer goes back unless the socket left bytes in it.
-    fn with_output<R>(&mut self, cx: &mut Shared, work: impl FnOnce(&mut Self, &mut Shared) -> R) -> R {
+    fn with_output<R>(
+        &mut self,
+        cx: &mut Shared,
+        work: impl FnOnce(&mut Self, &mut Shared) -> R,
+    ) -> R {
         if self.output.is_empty() {
             mem::swap(&mut self.output, cx.spare_output);
         }
@@ -361,7 +388,13 @@ impl Connection {
             };
             cx.stats.bytes_in += n as u64;
             let full = n == cx.read_buf.len();
-            let Shared { read_buf, stats, limits, now, .. } = cx;
+            let Shared {
+                read_buf,
+                stats,
+                limits,
+                now,
+                ..
+            } = cx;
             self.take_input(&read_buf[..n], stats, limits, *now);
             if self.state != State::Open || self.paused {
                 return Next::Wait;
@@ -425,7 +458,13 @@ impl Connection {
     /// Answers complete lines at the start of `data` until one stops the
     /// connection (QUIT, too long) or pauses it (backpressure). Returns the
     /// bytes consumed.
-    fn run_lines(&mut self, data: &[u8], stats: &mut Stats, limits: &Limits, now: Instant) -> usize {
+    fn run_lines(
+        &mut self,
+        data: &[u8],
+        stats: &mut Stats,
+        limits: &Limits,
+        now: Instant,
+    ) -> usize {
         let mut used = 0;
         while self.state == State::Open && !self.paused {
             match framing::cut_line(&data[used..], limits.max_line) {
@@ -585,7 +624,9 @@ impl Connection {
             self.schedule(cx, TimerKind::Idle, due);
             return Next::Wait;
         }
-        self.with_output(cx, |conn, cx| conn.close_after(protocol::IDLE_TIMEOUT, CloseReason::IdleTimeout, cx))
+        self.with_output(cx, |conn, cx| {
+            conn.close_after(protocol::IDLE_TIMEOUT, CloseReason::IdleTimeout, cx)
+        })
     }
 
     fn on_write_timer(&mut self, cx: &mut Shared) -> Next {
@@ -617,7 +658,12 @@ impl Connection {
     }
 
     fn schedule(&self, cx: &mut Shared, kind: TimerKind, at: Instant) {
-        cx.timers.schedule(Timer { at, conn_id: self.id, key: self.key, kind });
+        cx.timers.schedule(Timer {
+            at,
+            conn_id: self.id,
+            key: self.key,
+            kind,
+        });
     }
 
     /// Records why it must close now, without a further line.

@@ -112,7 +112,13 @@ mod tests {
         assert_eq!(cut_line(b"abcde", max), Cut::TooLong);
         assert_eq!(cut_line(b"abcd\r\r", max), Cut::TooLong);
         assert_eq!(cut_line(b"abcde\n", max), Cut::TooLong);
-        assert_eq!(cut_line(b"abcd\r\n", max), Cut::Line { line: b"abcd", used: 6 });
+        assert_eq!(
+            cut_line(b"abcd\r\n", max),
+            Cut::Line {
+                line: b"abcd",
+                used: 6
+            }
+        );
     }
 
     #[test]

@@ -38,4 +38,4 @@ pub mod stats;
 pub mod timer;
 
 pub use config::Config;
-pub use server::{ShutdownHandle, StartError, Server};
+pub use server::{Server, ShutdownHandle, StartError};

@@ -146,7 +146,11 @@ mod tests {
     fn malformed_commands_get_an_err_line_and_keep_the_connection() {
         for line in [&b"PING x"[..], b"PING ", b"ECHO", b"HELP me", b"STATS x"] {
             let (out, after) = reply(line);
-            assert!(out.starts_with(b"ERR "), "{:?}", String::from_utf8_lossy(&out));
+            assert!(
+                out.starts_with(b"ERR "),
+                "{:?}",
+                String::from_utf8_lossy(&out)
+            );
             assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
             assert_eq!(after, After::KeepOpen);
         }
@@ -177,8 +181,19 @@ mod tests {
         respond(b"STATS", &stats, now, &mut out);
         let line = String::from_utf8(out).unwrap();
         assert!(line.starts_with("OK ") && line.ends_with('\n'));
-        for key in ["connections=3", "accepted=0", "rejected=2", "commands=0", "bytes_in=0", "bytes_out=0", "uptime_s=0"] {
-            assert!(line.split_whitespace().any(|kv| kv == key), "{key} in {line}");
+        for key in [
+            "connections=3",
+            "accepted=0",
+            "rejected=2",
+            "commands=0",
+            "bytes_in=0",
+            "bytes_out=0",
+            "uptime_s=0",
+        ] {
+            assert!(
+                line.split_whitespace().any(|kv| kv == key),
+                "{key} in {line}"
+            );
         }
     }
 }

@@ -69,7 +69,10 @@ pub enum StartError {
     /// A `--listen` address could not be bound.
     Listen { addr: SocketAddr, source: io::Error },
     /// The poller, waker or signal handler could not be set up.
-    Setup { what: &'static str, source: io::Error },
+    Setup {
+        what: &'static str,
+        source: io::Error,
+    },
 }
 
 impl std::fmt::Display for StartError {
@@ -150,8 +153,11 @@ impl Server {
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
         for (i, &addr) in config.listen.iter().enumerate() {
-            let mut listener = listen(addr).map_err(|source| StartError::Listen { addr, source })?;
-            let local = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+            let mut listener =
+                listen(addr).map_err(|source| StartError::Listen { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| StartError::Listen { addr, source })?;
             poll.registry()
                 .register(&mut listener, Token(LISTENER_BASE + i), Interest::READABLE)
                 .map_err(|source| StartError::Listen { addr, source })?;
@@ -195,7 +201,10 @@ impl Server {
 
     /// A handle that starts a graceful shutdown from another thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle { requested: self.shutdown_requested.clone(), waker: self.waker.clone() }
+        ShutdownHandle {
+            requested: self.shutdown_requested.clone(),
+            waker: self.waker.clone(),
+        }
     }
 
     /// Shut down gracefully on SIGINT and SIGTERM. The signal handler only
@@ -203,9 +212,15 @@ impl Server {
     /// done inside the handler.
     pub fn handle_signals(&mut self) -> Result<(), StartError> {
         use signal_hook::consts::{SIGINT, SIGTERM};
-        let setup = |source| StartError::Setup { what: "signal handling", source };
+        let setup = |source| StartError::Setup {
+            what: "signal handling",
+            source,
+        };
         let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM]).map_err(setup)?;
-        self.poll.registry().register(&mut signals, SIGNAL, Interest::READABLE).map_err(setup)?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNAL, Interest::READABLE)
+            .map_err(setup)?;
         self.signals = Some(signals);
         Ok(())
     }
@@ -228,7 +243,9 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNAL => self.on_signal(),
-                    WAKER if self.shutdown_requested.load(Ordering::SeqCst) => self.begin_shutdown(),
+                    WAKER if self.shutdown_requested.load(Ordering::SeqCst) => {
+                        self.begin_shutdown()
+                    }
                     WAKER => {}
                     Token(t) if t >= LISTENER_BASE => self.accept_all(t - LISTENER_BASE),
                     Token(key) => self.on_connection_event(key, event),
@@ -245,7 +262,10 @@ impl Server {
                     return Ok(());
                 }
                 if self.now >= deadline {
-                    info!("shutdown timeout: closing {} connection(s) that did not finish", self.conns.len());
+                    info!(
+                        "shutdown timeout: closing {} connection(s) that did not finish",
+                        self.conns.len()
+                    );
                     let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
                     for key in keys {
                         self.close(key);
@@ -263,10 +283,14 @@ impl Server {
         if !self.ready.is_empty() {
             return Some(Duration::ZERO);
         }
-        let deadline = [self.timers.next_deadline(), self.shutdown_deadline, self.accept_paused_until]
-            .into_iter()
-            .flatten()
-            .min()?;
+        let deadline = [
+            self.timers.next_deadline(),
+            self.shutdown_deadline,
+            self.accept_paused_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
         Some(deadline.saturating_duration_since(Instant::now()))
     }
 
@@ -290,7 +314,9 @@ impl Server {
         let (conns, mut cx) = self.parts();
         // An event for a token we no longer hold, or for a connection closed
         // earlier in this batch, is stale: ignore it.
-        let Some(conn) = conns.get_mut(key) else { return };
+        let Some(conn) = conns.get_mut(key) else {
+            return;
+        };
         if conn.state() == State::Closed {
             return;
         }
@@ -304,7 +330,9 @@ impl Server {
         let ready = std::mem::take(&mut self.ready);
         for &(key, id) in &ready {
             let (conns, mut cx) = self.parts();
-            let Some(conn) = conns.get_mut(key) else { continue };
+            let Some(conn) = conns.get_mut(key) else {
+                continue;
+            };
             if conn.id() != id || conn.state() == State::Closed {
                 continue;
             }
@@ -323,7 +351,9 @@ impl Server {
             let (conns, mut cx) = self.parts();
             // The id check drops entries of connections long gone whose slot
             // now holds another connection (cancellation is lazy).
-            let Some(conn) = conns.get_mut(timer.key) else { continue };
+            let Some(conn) = conns.get_mut(timer.key) else {
+                continue;
+            };
             if conn.id() != timer.conn_id || conn.state() == State::Closed {
                 continue;
             }
@@ -372,7 +402,8 @@ impl Server {
         // they come due; under heavy churn, sweep them out in one pass.
         if self.timers.len() > 4 * self.conns.len() + 4096 {
             let conns = &self.conns;
-            self.timers.retain(|t| conns.get(t.key).is_some_and(|c| c.id() == t.conn_id));
+            self.timers
+                .retain(|t| conns.get(t.key).is_some_and(|c| c.id() == t.conn_id));
         }
     }
 
@@ -383,7 +414,9 @@ impl Server {
             return;
         }
         loop {
-            let Some(listener) = self.listeners.get(index) else { return };
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
             match listener.accept() {
                 Ok((stream, peer)) => self.admit(stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -393,9 +426,14 @@ impl Server {
                 }
                 // That one connection failed (aborted before we took it, ...);
                 // the next one in the queue may be fine.
-                Err(e) if is_per_connection_error(&e) => debug!("accept: skipped a failed connection: {e}"),
+                Err(e) if is_per_connection_error(&e) => {
+                    debug!("accept: skipped a failed connection: {e}")
+                }
                 Err(e) => {
-                    warn!("accept on {} failed: {e}; retrying shortly", self.local_addrs[index]);
+                    warn!(
+                        "accept on {} failed: {e}; retrying shortly",
+                        self.local_addrs[index]
+                    );
                     self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
                     return;
                 }
@@ -433,7 +471,10 @@ impl Server {
             Connection::accept(stream, peer, key, id, &mut cx)
         };
         conns.insert(conn);
-        debug!("accepted {peer}{}", if busy { " (busy: turned away)" } else { "" });
+        debug!(
+            "accepted {peer}{}",
+            if busy { " (busy: turned away)" } else { "" }
+        );
 
         // Read and write interest, edge-triggered, registered once for the
         // connection's whole life: no request ever costs an epoll_ctl. If
@@ -459,7 +500,9 @@ impl Server {
     /// not stall, and the loop does not spin.
     fn turn_away_without_descriptors(&mut self, index: usize) {
         loop {
-            let Some(listener) = self.listeners.get(index) else { return };
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
             if self.spare_fd.take().is_none() {
                 break;
             }
@@ -513,7 +556,10 @@ impl Server {
         if self.shutdown_deadline.is_some() {
             return;
         }
-        info!("shutting down: {} connection(s) open", self.stats.connections);
+        info!(
+            "shutting down: {} connection(s) open",
+            self.stats.connections
+        );
         self.shutdown_deadline = Some(self.now + self.config.shutdown_timeout);
         self.accept_paused_until = None;
         for mut listener in self.listeners.drain(..) {
@@ -548,13 +594,30 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 fn is_per_connection_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
-    ) || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM | libc::ENETDOWN | libc::ENOPROTOOPT
-        | libc::EHOSTDOWN | libc::ENONET | libc::EHOSTUNREACH | libc::EOPNOTSUPP | libc::ENETUNREACH))
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    ) || matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
 }
 
 fn is_out_of_descriptors(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// Raises the soft limit on open files to the hard limit, and warns when
@@ -573,13 +636,19 @@ fn check_descriptor_limit(max_connections: u64) {
 
 /// Sets the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
 pub fn raise_descriptor_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes into the struct we pass, nothing else.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(io::Error::last_os_error());
     }
     if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
         // SAFETY: setrlimit only reads the struct we pass.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             limit = raised;

@@ -99,11 +99,18 @@ mod tests {
         let at = |ms| t0 + Duration::from_millis(ms);
         let mut timers = Timers::new();
         for (ms, id) in [(30, 3), (10, 1), (20, 2)] {
-            timers.schedule(Timer { at: at(ms), conn_id: id, key: id as usize, kind: TimerKind::Idle });
+            timers.schedule(Timer {
+                at: at(ms),
+                conn_id: id,
+                key: id as usize,
+                kind: TimerKind::Idle,
+            });
         }
         assert_eq!(timers.next_deadline(), Some(at(10)));
         assert_eq!(timers.pop_due(at(5)), None);
-        let due: Vec<u64> = std::iter::from_fn(|| timers.pop_due(at(25))).map(|t| t.conn_id).collect();
+        let due: Vec<u64> = std::iter::from_fn(|| timers.pop_due(at(25)))
+            .map(|t| t.conn_id)
+            .collect();
         assert_eq!(due, vec![1, 2]);
         assert_eq!(timers.len(), 1);
         assert_eq!(timers.next_deadline(), Some(at(30)));

@@ -6,7 +6,10 @@ use std::process::{Command, Output};
 use util::Server;
 
 fn loopline(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_loopline")).args(args).output().expect("run loopline")
+    Command::new(env!("CARGO_BIN_EXE_loopline"))
+        .args(args)
+        .output()
+        .expect("run loopline")
 }
 
 #[test]
@@ -33,7 +36,10 @@ fn help_lists_every_option_and_exits_0() {
 fn version_prints_the_version() {
     let out = loopline(&["--version"]);
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), format!("loopline {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("loopline {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]

@@ -66,7 +66,10 @@ fn memory_does_not_grow_with_the_length_of_a_line() {
     c.expect_line("ERR line too long");
     let _ = sender.join();
     let after = server.rss_kib();
-    assert!(after < before + 8 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    assert!(
+        after < before + 8 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
 }
 
 #[test]
@@ -142,16 +145,25 @@ fn slow_reader_gets_everything_with_bounded_memory() {
         if now == last && now > 0 {
             break;
         }
-        assert!(!done.load(Ordering::Relaxed), "the server read 50 MB without anyone reading the replies");
+        assert!(
+            !done.load(Ordering::Relaxed),
+            "the server read 50 MB without anyone reading the replies"
+        );
         assert!(Instant::now() < deadline, "writer never stalled");
         last = now;
     }
     let stalled_at = written.load(Ordering::Relaxed);
-    assert!(stalled_at < 40_000_000, "server read {stalled_at} bytes before pausing");
+    assert!(
+        stalled_at < 40_000_000,
+        "server read {stalled_at} bytes before pausing"
+    );
 
     // Memory is bounded while paused...
     let paused_rss = server.rss_kib();
-    assert!(paused_rss < baseline + 16 * 1024, "RSS {paused_rss} KiB, baseline {baseline} KiB");
+    assert!(
+        paused_rss < baseline + 16 * 1024,
+        "RSS {paused_rss} KiB, baseline {baseline} KiB"
+    );
     // ...and another client is served meanwhile.
     let mut other = server.client();
     other.send(b"PING\n");

@@ -16,8 +16,15 @@ fn nc_session_greets_answers_and_says_bye() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("run nc (apt-get install netcat-openbsd)");
-    nc.stdin.take().unwrap().write_all(b"PING\nECHO hi\nQUIT\n").unwrap();
+    nc.stdin
+        .take()
+        .unwrap()
+        .write_all(b"PING\nECHO hi\nQUIT\n")
+        .unwrap();
     let out = nc.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "READY\nPONG\nOK hi\nBYE\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "READY\nPONG\nOK hi\nBYE\n"
+    );
     assert!(out.status.success(), "nc exited with {:?}", out.status);
 }

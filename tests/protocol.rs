@@ -32,7 +32,14 @@ fn greets_and_answers_every_command() {
 fn malformed_commands_get_err_and_the_connection_stays() {
     let server = Server::start(&[]);
     let mut c = server.client();
-    for request in ["PING x\n", "PING \n", "ECHO\n", "HELP x\n", "STATS now\n", "QUIT please\n"] {
+    for request in [
+        "PING x\n",
+        "PING \n",
+        "ECHO\n",
+        "HELP x\n",
+        "STATS now\n",
+        "QUIT please\n",
+    ] {
         c.send(request.as_bytes());
         let line = c.read_line();
         assert!(line.starts_with("ERR "), "{request:?} got {line:?}");
@@ -171,12 +178,20 @@ fn stats_counts_connections_commands_and_bytes() {
     b.send(b"STATS\n");
     let stats = util::Stats(b.read_line());
     assert!(stats.0.starts_with("OK "));
-    assert_eq!(stats.get("connections"), 2, "both open, the asking one included");
+    assert_eq!(
+        stats.get("connections"),
+        2,
+        "both open, the asking one included"
+    );
     assert_eq!(stats.get("accepted"), 2);
     assert_eq!(stats.get("rejected"), 0);
     assert_eq!(stats.get("commands"), 2);
     assert_eq!(stats.get("bytes_in"), 5 + 6);
-    assert_eq!(stats.get("bytes_out"), 6 + 5 + 6, "two READY and one PONG written before");
+    assert_eq!(
+        stats.get("bytes_out"),
+        6 + 5 + 6,
+        "two READY and one PONG written before"
+    );
     assert!(stats.get("uptime_s") < 3600);
     drop(a);
     drop(b);

@@ -27,7 +27,10 @@ fn shuts_down_on(signal: &str) {
         c.expect_line("ERR server shutting down");
         c.expect_eof();
     }
-    assert_eq!(pipelined.read_to_end(), b"PONG\nOK due\nERR server shutting down\n");
+    assert_eq!(
+        pipelined.read_to_end(),
+        b"PONG\nOK due\nERR server shutting down\n"
+    );
     let status = server.wait_exit();
     assert_eq!(status.code(), Some(0), "exit status");
     server.wait_for_log("shutdown complete");
@@ -47,9 +50,13 @@ fn sigint_shuts_down_gracefully() {
 fn shutdown_timeout_closes_clients_that_do_not_read() {
     let mut server = Server::start(&["--shutdown-timeout", "500ms", "--max-output", "65536"]);
     let c = server.client();
-    socket2::SockRef::from(&c.stream).set_recv_buffer_size(4096).unwrap();
+    socket2::SockRef::from(&c.stream)
+        .set_recv_buffer_size(4096)
+        .unwrap();
     let mut writer = c.stream.try_clone().unwrap();
-    writer.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let request = format!("ECHO {}\n", "s".repeat(1000)).repeat(64);
     let deadline = Instant::now() + PATIENCE;
     while Instant::now() < deadline && writer.write_all(request.as_bytes()).is_ok() {}
@@ -58,7 +65,10 @@ fn shutdown_timeout_closes_clients_that_do_not_read() {
     server.signal("TERM");
     let status = server.wait_exit();
     assert_eq!(status.code(), Some(0));
-    assert!(started.elapsed() >= Duration::from_millis(500), "did not wait for the shutdown timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "did not wait for the shutdown timeout"
+    );
     server.wait_for_log("shutdown timeout");
 }
 

@@ -16,7 +16,10 @@ fn idle_client_gets_the_idle_line_then_close() {
     let mut c = server.client();
     c.expect_line("ERR idle timeout");
     c.expect_eof();
-    assert!(started.elapsed() >= Duration::from_millis(500), "fired early");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "fired early"
+    );
 }
 
 #[test]
@@ -67,7 +70,9 @@ fn peer_that_takes_no_bytes_is_closed_by_the_write_timeout() {
     let sock = socket2::SockRef::from(&c.stream);
     sock.set_recv_buffer_size(4096).unwrap();
     let mut writer = c.stream.try_clone().unwrap();
-    writer.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let request = format!("ECHO {}\n", "w".repeat(1000)).repeat(64);
     let deadline = Instant::now() + PATIENCE;
     // Write until the server has stopped reading (our write times out) or closed.

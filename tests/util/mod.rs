@@ -53,7 +53,12 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let mut server = Server { child, addr: "0.0.0.0:0".parse().unwrap(), log, lines };
+        let mut server = Server {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            log,
+            lines,
+        };
         let line = server.wait_for_log("listening on ");
         server.addr = parse_listening(&line);
         server
@@ -67,7 +72,10 @@ impl Server {
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
-                Err(_) => panic!("no log line with {needle:?}; log: {:#?}", self.log.lock().unwrap()),
+                Err(_) => panic!(
+                    "no log line with {needle:?}; log: {:#?}",
+                    self.log.lock().unwrap()
+                ),
             }
         }
     }
@@ -106,7 +114,10 @@ impl Server {
 
     /// Sends a signal to the server.
     pub fn signal(&self, signal: &str) {
-        let ok = Command::new("kill").args(["-s", signal, &self.pid().to_string()]).status().expect("kill");
+        let ok = Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()
+            .expect("kill");
         assert!(ok.success());
     }
 
@@ -133,13 +144,21 @@ impl Drop for Server {
 /// Parses the address out of a `listening on ADDR` line.
 pub fn parse_listening(line: &str) -> SocketAddr {
     let at = line.find("listening on ").expect("listening on") + "listening on ".len();
-    line[at..].split_whitespace().next().unwrap().parse().expect("address")
+    line[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .expect("address")
 }
 
 /// Reads a `Name:   value kB` field of /proc/PID/status.
 pub fn proc_status_field(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let line = status.lines().find(|l| l.starts_with(field)).expect("field");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .expect("field");
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
@@ -169,7 +188,10 @@ impl Client {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
         stream.set_write_timeout(Some(PATIENCE)).unwrap();
-        Client { stream, buf: Vec::new() }
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -178,7 +200,12 @@ impl Client {
 
     /// Reads one line (without its LF) as raw bytes; panics on EOF or timeout.
     pub fn read_line_bytes(&mut self) -> Vec<u8> {
-        self.try_read_line().unwrap_or_else(|| panic!("connection closed; had {:?}", String::from_utf8_lossy(&self.buf)))
+        self.try_read_line().unwrap_or_else(|| {
+            panic!(
+                "connection closed; had {:?}",
+                String::from_utf8_lossy(&self.buf)
+            )
+        })
     }
 
     /// Reads one line, or None at EOF. Panics on a timeout or error.
@@ -193,7 +220,10 @@ impl Client {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) => panic!("read failed: {e} (had {:?})", String::from_utf8_lossy(&self.buf)),
+                Err(e) => panic!(
+                    "read failed: {e} (had {:?})",
+                    String::from_utf8_lossy(&self.buf)
+                ),
             }
         }
     }
@@ -216,7 +246,11 @@ impl Client {
     /// Asserts the server closes the connection with nothing more to say.
     pub fn expect_eof(&mut self) {
         let rest = self.read_to_end();
-        assert!(rest.is_empty(), "expected EOF, got {:?}", String::from_utf8_lossy(&rest));
+        assert!(
+            rest.is_empty(),
+            "expected EOF, got {:?}",
+            String::from_utf8_lossy(&rest)
+        );
     }
 
     /// Shuts our writing side (half-close).
@@ -230,7 +264,11 @@ impl Client {
         self.stream.set_read_timeout(Some(wait)).unwrap();
         let mut byte = [0u8; 1];
         match self.stream.read(&mut byte) {
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             other => panic!("expected silence, got {other:?}"),
         }
         self.stream.set_read_timeout(Some(PATIENCE)).unwrap();
