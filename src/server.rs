@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
-use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -248,7 +247,11 @@ impl Server {
                     }
                     WAKER => {}
                     Token(t) if t >= LISTENER_BASE => self.accept_all(t - LISTENER_BASE),
-                    Token(key) => self.on_connection_event(key, event),
+                    Token(key) => {
+                        // Closed and error flags are hints: a read tells for sure.
+                        let hangup = event.is_read_closed() || event.is_error();
+                        self.on_connection_event(key, event.is_readable() || hangup, hangup);
+                    }
                 }
             }
             self.run_ready();
@@ -307,10 +310,7 @@ impl Server {
         (&mut self.conns, shared)
     }
 
-    fn on_connection_event(&mut self, key: usize, event: &Event) {
-        // Read closed and error flags are hints: a read will tell us for sure.
-        let hangup = event.is_read_closed() || event.is_error();
-        let readable = event.is_readable() || hangup;
+    fn on_connection_event(&mut self, key: usize, readable: bool, hangup: bool) {
         let (conns, mut cx) = self.parts();
         // An event for a token we no longer hold, or for a connection closed
         // earlier in this batch, is stale: ignore it.
@@ -654,5 +654,134 @@ pub fn raise_descriptor_limit() -> io::Result<u64> {
             limit = raised;
         }
     }
-    Ok(limit.rlim_cur as u64)
+    Ok(limit.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpStream as StdStream;
+
+    fn server() -> Server {
+        let config = Config {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Default::default()
+        };
+        Server::bind(config).expect("bind")
+    }
+
+    /// Connects a client and accepts it, as a listener event would.
+    fn connect(server: &mut Server) -> (StdStream, usize) {
+        let client = StdStream::connect(server.local_addrs()[0]).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let before: Vec<usize> = server.conns.iter().map(|(k, _)| k).collect();
+        server.accept_all(0);
+        let key = server
+            .conns
+            .iter()
+            .map(|(k, _)| k)
+            .find(|k| !before.contains(k))
+            .expect("accepted");
+        (client, key)
+    }
+
+    fn read_some(client: &mut StdStream) -> Vec<u8> {
+        let mut buf = [0u8; 256];
+        let n = client.read(&mut buf).unwrap();
+        buf[..n].to_vec()
+    }
+
+    /// Regression guard for PITFALLS 5: a connection closed in a batch keeps
+    /// its slot until the batch ends, so a later event of the same batch that
+    /// names it can neither reach it nor a newcomer; and once the slot is
+    /// reused, the old connection's timers do not reach the new one.
+    #[test]
+    fn stale_event_and_stale_timer_never_reach_a_reused_slot() {
+        let mut server = server();
+        let (mut a, key_a) = connect(&mut server);
+        assert_eq!(read_some(&mut a), b"READY\n");
+        let id_a = server.conns[key_a].id();
+
+        // In one batch: A is closed, then B arrives, then a stale event for A.
+        server.close(key_a);
+        let (mut b, key_b) = connect(&mut server);
+        assert_ne!(key_b, key_a, "slot reused inside the batch");
+        assert_eq!(read_some(&mut b), b"READY\n");
+        server.on_connection_event(key_a, true, false);
+        assert_eq!(server.conns[key_a].state(), State::Closed);
+
+        // End of batch: A is removed; C may now reuse A's slot.
+        server.reap();
+        assert!(server.conns.get(key_a).is_none());
+        let (mut c, key_c) = connect(&mut server);
+        assert_eq!(key_c, key_a, "slab reuses the freed slot");
+        assert_eq!(read_some(&mut c), b"READY\n");
+
+        // A timer entry of A, due now, must not touch C.
+        server.timers.schedule(crate::timer::Timer {
+            at: server.now,
+            conn_id: id_a,
+            key: key_a,
+            kind: crate::timer::TimerKind::Idle,
+        });
+        server.now = Instant::now() + Duration::from_secs(1);
+        server.fire_timers();
+        assert_eq!(server.conns[key_c].state(), State::Open);
+        assert!(server.closing.is_empty());
+        // C is still served.
+        std::io::Write::write_all(&mut c, b"PING\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        while !got.ends_with(b"\n") {
+            assert!(Instant::now() < deadline);
+            server.on_connection_event(key_c, true, false);
+            c.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 64];
+            if let Ok(n) = c.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+            c.set_nonblocking(false).unwrap();
+        }
+        assert_eq!(got, b"PONG\n");
+    }
+
+    /// A client whose read fills the whole shared buffer is put on the ready
+    /// list instead of being read to the end: the rest waits for the next
+    /// turn, and other connections get theirs first (PITFALLS 3).
+    #[test]
+    fn a_flooding_client_is_served_one_buffer_per_turn() {
+        let mut server = server();
+        let (mut flood, key) = connect(&mut server);
+        assert_eq!(read_some(&mut flood), b"READY\n");
+        let requests = b"PING\n".repeat(3 * READ_BUFFER_SIZE / 5);
+        std::io::Write::write_all(&mut flood, &requests).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // Wait until the kernel holds more than one buffer's worth for us.
+        let mut turns = 0;
+        loop {
+            server.on_connection_event(key, true, false);
+            turns += 1;
+            if !server.ready.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never hit the read budget");
+        }
+        let commands = server.stats.commands;
+        assert!(
+            commands <= (turns * READ_BUFFER_SIZE / 5) as u64,
+            "read more than the budget: {commands}"
+        );
+        assert_eq!(server.ready[0].0, key);
+        // The ready list is served before the next poll, one buffer at a time.
+        while server.stats.commands < (3 * READ_BUFFER_SIZE / 5) as u64 {
+            assert!(Instant::now() < deadline);
+            if server.ready.is_empty() {
+                server.on_connection_event(key, true, false);
+            }
+            server.run_ready();
+        }
+    }
 }
