@@ -13,7 +13,7 @@ fn two_thousand_concurrent_connections() {
         c.expect_line("READY");
     }
     for (i, c) in clients.iter_mut().enumerate() {
-        write!(c.stream, "ECHO {i}\n").unwrap();
+        writeln!(c.stream, "ECHO {i}").unwrap();
     }
     for (i, c) in clients.iter_mut().enumerate() {
         assert_eq!(c.read_line(), format!("OK {i}"));

@@ -65,7 +65,7 @@ fn idle_timeout_zero_turns_it_off() {
 #[test]
 fn peer_that_takes_no_bytes_is_closed_by_the_write_timeout() {
     let mut server = Server::start(&["--write-timeout", "1s", "--max-output", "65536"]);
-    let mut c = server.client();
+    let c = server.client();
     // Shrink our receive window, then flood requests and never read.
     let sock = socket2::SockRef::from(&c.stream);
     sock.set_recv_buffer_size(4096).unwrap();
