@@ -58,6 +58,9 @@ impl Default for Config {
     }
 }
 
+/// The longest DUR accepted: 10 years, far beyond any useful timeout.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// Parses a DUR: a number of seconds (`2`, `0.5`) or a number with a unit
 /// (`500ms`, `2s`, `5m`, `1h`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -80,7 +83,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let value: f64 = number
         .parse()
         .map_err(|_| format!("{text:?} is not a duration (examples: 2, 0.5, 500ms, 5m)"))?;
-    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("{text:?} is out of range"))
+    let duration = Duration::try_from_secs_f64(value * scale)
+        .map_err(|_| format!("{text:?} is out of range"))?;
+    // Deadlines are `Instant + duration`, which must not overflow.
+    if duration > MAX_DURATION {
+        return Err(format!("{text:?} is longer than the maximum, 10 years"));
+    }
+    Ok(duration)
 }
 
 /// The limits a connection enforces, in the types the hot path wants.
@@ -129,7 +138,17 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(ms(2000)));
         assert_eq!(parse_duration("5m"), Ok(ms(300_000)));
         assert_eq!(parse_duration("0"), Ok(ms(0)));
-        for bad in ["", "s", "-1", "2x", "1e3", "abc", "2 s s"] {
+        for bad in [
+            "",
+            "s",
+            "-1",
+            "2x",
+            "1e3",
+            "abc",
+            "2 s s",
+            "10000000000000000000",
+            "99999999h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }

@@ -143,6 +143,9 @@ pub struct Connection {
     written: usize,
     /// Backpressure: pending output passed `--max-output`, so reading stopped.
     paused: bool,
+    /// The last write hit WouldBlock: writing again is useless until the
+    /// writable edge says the peer took bytes.
+    write_blocked: bool,
     /// The peer shut its writing side (a read returned 0).
     peer_eof: bool,
     /// An event said the peer closed or failed (a hint, to be confirmed by a
@@ -212,6 +215,7 @@ impl Connection {
             output: Vec::new(),
             written: 0,
             paused: false,
+            write_blocked: false,
             peer_eof: false,
             hangup_hinted: false,
             last_request: now,
@@ -260,6 +264,12 @@ impl Connection {
         self.input.len()
     }
 
+    /// The event loop saw a writable edge: the socket took bytes, so the
+    /// next flush may write again.
+    pub fn writable_again(&mut self) {
+        self.write_blocked = false;
+    }
+
     /// Marks it finished; the loop calls this on the one close path.
     pub fn mark_closed(&mut self) {
         self.state = State::Closed;
@@ -297,12 +307,20 @@ impl Connection {
     }
 
     /// Graceful shutdown: after every response already due, one last line.
-    /// Requests not yet executed are not executed.
+    /// Requests already read but held back by backpressure are due too:
+    /// they are answered first, past `--max-output` (they are at most one
+    /// read's worth). Bytes still in the socket are not read.
     pub fn shut_down(&mut self, cx: &mut Shared) -> Next {
         if self.state != State::Open {
             return Next::Wait;
         }
         self.with_output(cx, |conn, cx| {
+            conn.paused = false;
+            let unlimited = Limits {
+                max_output: usize::MAX,
+                ..cx.limits.clone()
+            };
+            conn.run_held_lines(cx, &unlimited);
             conn.close_after(protocol::SHUTTING_DOWN, CloseReason::Shutdown, cx)
         })
     }
@@ -316,11 +334,17 @@ impl Connection {
         cx: &mut Shared,
         work: impl FnOnce(&mut Self, &mut Shared) -> R,
     ) -> R {
-        if self.output.is_empty() {
+        let was_empty = self.output.is_empty();
+        if was_empty {
             mem::swap(&mut self.output, cx.spare_output);
         }
         let result = work(self, cx);
         let pending = self.pending_output();
+        if was_empty && pending > 0 && self.written == 0 {
+            // Output became pending and the socket took none of it: the
+            // write-stall clock starts now, not at some older write.
+            self.last_write = cx.now;
+        }
         if pending == 0 {
             self.output.clear();
             self.written = 0;
@@ -347,17 +371,19 @@ impl Connection {
     /// The work of an open connection: lines held back by backpressure
     /// first, then the socket.
     fn serve(&mut self, mut readable: bool, cx: &mut Shared) -> Next {
-        if let Err(reason) = self.flush(cx) {
-            return self.fail(reason);
-        }
         if self.paused {
+            // Send first: this event may be the writable edge that lets us resume.
+            if let Err(reason) = self.flush(cx) {
+                return self.fail(reason);
+            }
             if self.pending_output() > resume_below(cx.limits) {
                 return Next::Wait;
             }
             // The peer has taken enough of our output: resume. First run the
             // lines that were read but held back...
             self.paused = false;
-            self.run_held_lines(cx);
+            let limits = cx.limits;
+            self.run_held_lines(cx, limits);
             if self.state != State::Open || self.paused {
                 return Next::Wait;
             }
@@ -432,26 +458,34 @@ impl Connection {
                 Some(lf) => {
                     self.input.extend_from_slice(&data[..=lf]);
                     data = &data[lf + 1..];
-                    // Taking the buffer out frees it once the line is run:
-                    // an idle connection holds no input memory.
                     let line = mem::take(&mut self.input);
                     self.run_lines(&line, stats, limits, now);
+                    // Keep the buffer (cleared) for the next unfinished line.
+                    self.input = line;
+                    self.input.clear();
                 }
             }
         }
         let used = self.run_lines(data, stats, limits, now);
-        if self.state == State::Open {
-            // An unfinished line, or lines held back by backpressure.
-            self.input.extend_from_slice(&data[used..]);
+        if self.state != State::Open {
+            return;
+        }
+        // An unfinished line, or lines held back by backpressure.
+        self.input.extend_from_slice(&data[used..]);
+        if self.input.is_empty() {
+            // The read ended on a line boundary: give the memory back, so an
+            // idle connection holds no input buffer.
+            self.input = Vec::new();
         }
     }
 
     /// Runs the lines held in `input` (after backpressure lifts).
-    fn run_held_lines(&mut self, cx: &mut Shared) {
-        let held = mem::take(&mut self.input);
-        let used = self.run_lines(&held, cx.stats, cx.limits, cx.now);
+    fn run_held_lines(&mut self, cx: &mut Shared, limits: &Limits) {
+        let mut held = mem::take(&mut self.input);
+        let used = self.run_lines(&held, cx.stats, limits, cx.now);
         if self.state == State::Open && used < held.len() {
-            self.input = held[used..].to_vec();
+            held.drain(..used);
+            self.input = held;
         }
     }
 
@@ -535,15 +569,15 @@ impl Connection {
         if let Err(reason) = self.flush(cx) {
             return self.fail(reason);
         }
-        if self.pending_output() > 0 {
+        let pending = self.pending_output();
+        if pending > 0 {
             self.arm_write_timer(cx);
-            return next;
         }
         match self.state {
-            State::Closing => self.linger(cx),
-            // Paused, yet the socket took everything at once: no writable
-            // edge will come to wake us, so come back by ourselves.
-            State::Open if self.paused => Next::Again,
+            State::Closing if pending == 0 => self.linger(cx),
+            // Paused, yet the socket took enough at once: no writable edge
+            // may come to wake us, so come back by ourselves.
+            State::Open if self.paused && pending <= resume_below(cx.limits) => Next::Again,
             _ => next,
         }
     }
@@ -555,6 +589,12 @@ impl Connection {
     /// peer's receive buffer before it reads it.
     fn linger(&mut self, cx: &mut Shared) -> Next {
         let _ = self.stream.shutdown(Shutdown::Write);
+        // From the client's side the connection is over: it no longer
+        // counts as open, nor against --max-connections.
+        if self.is_client {
+            self.is_client = false;
+            cx.stats.connections -= 1;
+        }
         if self.peer_eof {
             // The peer already closed its side: nothing more can arrive.
             return Next::Close;
@@ -581,7 +621,7 @@ impl Connection {
 
     /// Writes pending output until it is all sent or the socket is full.
     fn flush(&mut self, cx: &mut Shared) -> Result<(), CloseReason> {
-        while self.written < self.output.len() {
+        while self.written < self.output.len() && !self.write_blocked {
             match self.stream.write(&self.output[self.written..]) {
                 Ok(0) => return Err(CloseReason::Io(io::ErrorKind::WriteZero)),
                 Ok(n) => {
@@ -593,7 +633,7 @@ impl Connection {
                 // The socket's send buffer is full. The rest waits for the
                 // writable edge that comes when the peer has taken bytes
                 // (registered once, at accept: no epoll_ctl here).
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.write_blocked = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(CloseReason::Io(e.kind())),
             }

@@ -125,6 +125,7 @@ pub struct Server {
     spare_output: Vec<u8>,
     /// Connections to run again before the next poll, with their ids.
     ready: Vec<(usize, u64)>,
+    ready_spare: Vec<(usize, u64)>,
     /// Connections closed during this turn, removed at its end.
     closing: Vec<usize>,
     next_id: u64,
@@ -181,6 +182,7 @@ impl Server {
             read_buf: vec![0; READ_BUFFER_SIZE].into_boxed_slice(),
             spare_output: Vec::new(),
             ready: Vec::new(),
+            ready_spare: Vec::new(),
             closing: Vec::new(),
             next_id: 0,
             now,
@@ -250,6 +252,11 @@ impl Server {
                     Token(key) => {
                         // Closed and error flags are hints: a read tells for sure.
                         let hangup = event.is_read_closed() || event.is_error();
+                        if event.is_writable() {
+                            if let Some(conn) = self.conns.get_mut(key) {
+                                conn.writable_again();
+                            }
+                        }
                         self.on_connection_event(key, event.is_readable() || hangup, hangup);
                     }
                 }
@@ -327,7 +334,10 @@ impl Server {
 
     /// Runs the connections that had work left at the end of their turn.
     fn run_ready(&mut self) {
-        let ready = std::mem::take(&mut self.ready);
+        // Swap in the spare list: connections that ask to run again during
+        // this pass go to the next one. Both lists keep their memory.
+        let mut ready = std::mem::take(&mut self.ready_spare);
+        std::mem::swap(&mut ready, &mut self.ready);
         for &(key, id) in &ready {
             let (conns, mut cx) = self.parts();
             let Some(conn) = conns.get_mut(key) else {
@@ -339,11 +349,8 @@ impl Server {
             let next = conn.drive(true, false, &mut cx);
             self.follow(key, id, next);
         }
-        // Give the list's memory back for reuse (no allocation per turn).
-        if self.ready.is_empty() {
-            self.ready = ready;
-            self.ready.clear();
-        }
+        ready.clear();
+        self.ready_spare = ready;
     }
 
     fn fire_timers(&mut self) {
@@ -506,16 +513,23 @@ impl Server {
             if self.spare_fd.take().is_none() {
                 break;
             }
-            let accepted = listener.accept();
-            self.spare_fd = File::open("/dev/null").ok();
-            match accepted {
+            match listener.accept() {
                 Ok((mut stream, peer)) => {
                     self.stats.rejected += 1;
                     let _ = stream.write(protocol::BUSY);
                     debug!("turned away {peer}: out of file descriptors");
+                    // Close it before taking the spare back: its descriptor is the spare's.
+                    drop(stream);
+                    self.spare_fd = File::open("/dev/null").ok();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.spare_fd = File::open("/dev/null").ok();
+                    return;
+                }
+                Err(_) => {
+                    self.spare_fd = File::open("/dev/null").ok();
+                    break;
+                }
             }
         }
         // No spare to use: wait a little, then try again (see resume_accepting).

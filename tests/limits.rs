@@ -181,3 +181,18 @@ fn slow_reader_gets_everything_with_bounded_memory() {
     }
     sender.join().unwrap();
 }
+
+/// Regression: a client that got BYE but keeps its socket open (the server
+/// is lingering on it) must not count against --max-connections.
+#[test]
+fn a_client_that_said_quit_no_longer_counts() {
+    let server = Server::start(&["--max-connections", "1"]);
+    let mut a = server.client();
+    a.send(b"QUIT\n");
+    a.expect_line("BYE");
+    a.expect_eof(); // A keeps its socket open; the server lingers on it.
+    let mut b = server.connect();
+    b.expect_line("READY");
+    b.send(b"STATS\n");
+    assert_eq!(util::Stats(b.read_line()).get("connections"), 1);
+}
