@@ -301,7 +301,9 @@ impl Server {
         .into_iter()
         .flatten()
         .min()?;
-        Some(deadline.saturating_duration_since(Instant::now()))
+        // Measured from the time read at the top of this turn: one clock
+        // read per turn; a deadline is at most one turn late.
+        Some(deadline.saturating_duration_since(self.now))
     }
 
     /// Splits the borrows: the slab on one side, what a connection is lent on the other.
