@@ -1,0 +1,327 @@
+#!/usr/bin/env bash
+# bench/compare.sh: loopline against Redis, driven by the same load generator
+# (target/release/loopline-bench) on the same scenarios, alternating between
+# the two servers and repeating each run; prints a table of medians with
+# loopline/Redis ratios and writes the rows to a CSV.
+#
+# Usage: bench/compare.sh [--quick] [--repeats R] [--duration S] [--warmup S]
+#                         [--threads T] [--idle N] [--servers "loopline redis"]
+#                         [--csv PATH] [--no-build]
+#
+# Everything runs on loopback: both servers listen on 127.0.0.1 only and are
+# stopped when the script exits. The machine this was written for has 2 cores:
+# one for the server, one for the (single-threaded by default) load generator.
+set -euo pipefail
+
+REPEATS=3
+DURATION=5
+WARMUP=1
+THREADS=1
+IDLE_CONNS=10000
+SERVERS="loopline redis"
+BUILD=1
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CSV="$ROOT/bench/results/latest.csv"
+
+usage() {
+    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    cat <<'EOF'
+
+Options:
+  --quick            short runs (1 s measured, 0.5 s warm-up), 1 repeat: a smoke test
+  --repeats R        runs per scenario and server, medians reported (default 3)
+  --duration S       measured seconds per load/churn run (default 5)
+  --warmup S         warm-up seconds before measuring (default 1)
+  --threads T        loopline-bench event-loop threads (default 1)
+  --idle N           connections for the idle-connection scenario (default 10000)
+  --servers LIST     which servers, e.g. "redis" alone (default "loopline redis")
+  --csv PATH         where the table goes as CSV (default bench/results/latest.csv)
+  --no-build         do not run cargo build --release
+EOF
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) REPEATS=1; DURATION=1; WARMUP=0.5 ;;
+        --repeats) REPEATS="$2"; shift ;;
+        --duration) DURATION="$2"; shift ;;
+        --warmup) WARMUP="$2"; shift ;;
+        --threads) THREADS="$2"; shift ;;
+        --idle) IDLE_CONNS="$2"; shift ;;
+        --servers) SERVERS="$2"; shift ;;
+        --csv) CSV="$2"; shift ;;
+        --no-build) BUILD=0 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "compare.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+has_server() { case " $SERVERS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+log() { echo "compare.sh: $*" >&2; }
+
+cd "$ROOT"
+BENCH="$ROOT/target/release/loopline-bench"
+LOOPLINE="$ROOT/target/release/loopline"
+
+# --- prerequisites --------------------------------------------------------
+if has_server redis && ! command -v redis-server >/dev/null 2>&1; then
+    log "redis-server not found: installing it with apt-get"
+    SUDO=""
+    if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+    # the package may start a system instance on 6379; we never use it
+fi
+if [ "$BUILD" = 1 ]; then
+    if has_server loopline; then
+        cargo build --release
+    else
+        cargo build --release --bin loopline-bench
+    fi
+fi
+[ -x "$BENCH" ] || { log "missing $BENCH (build it first)"; exit 1; }
+if has_server loopline && [ ! -x "$LOOPLINE" ]; then
+    log "missing $LOOPLINE (build it first)"; exit 1
+fi
+
+# both servers and the generator may hold 10k+ sockets
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+TMP="$(mktemp -d)"
+REDIS_PID=""
+REDIS_PORT=""
+LL_PID=""
+LL_ADDR=""
+
+cleanup() {
+    stop_redis
+    stop_loopline
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_port() {
+    local p
+    for p in $(seq "$1" $(($1 + 200))); do
+        if ! port_in_use "$p"; then echo "$p"; return 0; fi
+    done
+    return 1
+}
+
+start_redis() {
+    REDIS_PORT="$(free_port 6399)"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode yes \
+        --save '' --appendonly no --maxclients 20000 --daemonize no \
+        --dir "$TMP" --logfile "$TMP/redis.log" &
+    REDIS_PID=$!
+    local i
+    for i in $(seq 100); do
+        if port_in_use "$REDIS_PORT"; then return 0; fi
+        kill -0 "$REDIS_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    log "redis-server did not start; its log:"; cat "$TMP/redis.log" >&2 || true
+    exit 1
+}
+
+stop_redis() {
+    if [ -n "$REDIS_PID" ]; then
+        kill -TERM "$REDIS_PID" 2>/dev/null || true
+        wait "$REDIS_PID" 2>/dev/null || true
+        REDIS_PID=""
+    fi
+}
+
+start_loopline() {
+    : >"$TMP/loopline.log"
+    RUST_LOG=info "$LOOPLINE" --listen 127.0.0.1:0 --max-connections 20000 \
+        2>"$TMP/loopline.log" &
+    LL_PID=$!
+    local i
+    LL_ADDR=""
+    for i in $(seq 100); do
+        LL_ADDR="$(sed 's/\x1b\[[0-9;]*m//g' "$TMP/loopline.log" |
+            sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' | head -n 1)"
+        if [ -n "$LL_ADDR" ]; then return 0; fi
+        kill -0 "$LL_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    log "loopline did not report 'listening on'; its log:"; cat "$TMP/loopline.log" >&2 || true
+    exit 1
+}
+
+stop_loopline() {
+    if [ -n "$LL_PID" ]; then
+        kill -TERM "$LL_PID" 2>/dev/null || true
+        wait "$LL_PID" 2>/dev/null || true
+        LL_PID=""
+    fi
+}
+
+# --- scenarios ------------------------------------------------------------
+# name|kind|label|generator options (the request and greeting are per server)
+SCENARIOS=(
+    "ping_c1_p1|load|PING, 1 conn, depth 1|-c 1 -P 1"
+    "ping_c50_p1|load|PING, 50 conns, depth 1|-c 50 -P 1"
+    "ping_c1000_p1|load|PING, 1000 conns, depth 1|-c 1000 -P 1"
+    "ping_c50_p32|load|PING, 50 conns, depth 32|-c 50 -P 32"
+    "echo512_c50_p16|load|ECHO 512 B, 50 conns, depth 16|-c 50 -P 16"
+    "idle_${IDLE_CONNS}|hold|${IDLE_CONNS} idle conns|-c ${IDLE_CONNS}"
+    "churn_c50|churn|connect+QUIT churn, 50 at once|-c 50"
+)
+
+# Options that differ between the servers for a scenario, into SOPTS.
+server_opts() { # server scenario-name
+    local server="$1" name="$2"
+    if [ "$server" = loopline ]; then
+        # READY greeting; LF-ended lines; one-line responses
+        SOPTS=(--skip-greeting 1 --eol lf)
+        case "$name" in
+            echo*) SOPTS+=(--request 'ECHO ' --payload 512) ;;
+            churn*) SOPTS+=(--request QUIT) ;;
+            *) SOPTS+=(--request PING) ;;
+        esac
+    else
+        # no greeting; inline PING and QUIT as redis-benchmark's ping_inline
+        # does; ECHO as a RESP array (what clients send: Redis parses long
+        # inline arguments byte by byte, ~8x slower), answered by `$512` and
+        # the data: 2 lines. The final \r\n is the line ending the payload
+        # goes before.
+        SOPTS=(--skip-greeting 0)
+        case "$name" in
+            echo*) SOPTS+=(--request '*2\r\n$4\r\nECHO\r\n$512\r\n\r\n' --payload 512 --lines-per-response 2) ;;
+            churn*) SOPTS+=(--request QUIT) ;;
+            *) SOPTS+=(--request PING) ;;
+        esac
+    fi
+}
+
+json_field() { # json key -> value (flat JSON; "null" when absent)
+    local v
+    v="$(printf '%s\n' "$1" | grep -o "\"$2\":[^,}]*" | head -n 1 | cut -d: -f2- | tr -d '"')"
+    echo "${v:-null}"
+}
+
+RAW="$TMP/raw.tsv"     # scenario server repeat metric value
+JSONL="$ROOT/bench/results/latest.jsonl"
+mkdir -p "$(dirname "$CSV")" "$(dirname "$JSONL")"
+: >"$RAW"
+: >"$JSONL"
+
+record() { # scenario server repeat json metric...
+    local sc="$1" sv="$2" rep="$3" json="$4" m
+    shift 4
+    for m in "$@"; do
+        printf '%s\t%s\t%s\t%s\t%s\n' "$sc" "$sv" "$rep" "$m" "$(json_field "$json" "$m")" >>"$RAW"
+    done
+    printf '{"scenario":"%s","server":"%s","repeat":%s,%s\n' "$sc" "$sv" "$rep" "${json#\{}" >>"$JSONL"
+}
+
+run_one() { # server scenario-line repeat
+    local server="$1" line="$2" rep="$3"
+    local name kind label opts addr pid out json
+    IFS='|' read -r name kind label opts <<<"$line"
+    if [ "$kind" = hold ]; then
+        # a fresh server, so the RSS growth is not hidden by memory kept
+        # from earlier runs
+        if [ "$server" = redis ]; then stop_redis; start_redis; else stop_loopline; start_loopline; fi
+    fi
+    if [ "$server" = redis ]; then addr="127.0.0.1:$REDIS_PORT"; pid="$REDIS_PID"; else addr="$LL_ADDR"; pid="$LL_PID"; fi
+    local common=(--addr "$addr" --server-pid "$pid" --threads "$THREADS" --close-rst)
+    server_opts "$server" "$name"
+    # $opts holds plain words (-c 50 -P 32): split on purpose
+    # shellcheck disable=SC2086
+    case "$kind" in
+        load | churn) out="$("$BENCH" --mode "$kind" "${common[@]}" -d "$DURATION" --warmup "$WARMUP" $opts "${SOPTS[@]}" 2>>"$TMP/bench.err")" || true ;;
+        hold) out="$("$BENCH" --mode hold "${common[@]}" --hold 0 $opts "${SOPTS[@]}" 2>>"$TMP/bench.err" </dev/null)" || true ;;
+    esac
+    json="$(printf '%s\n' "$out" | grep '^{' | head -n 1)"
+    printf '  %-8s %-34s %s\n' "$server" "$label" "$(printf '%s\n' "$out" | grep -v '^{' | head -n 1)" >&2
+    if [ -z "$json" ]; then
+        log "no result from loopline-bench for $server/$name; its stderr:"
+        tail -n 5 "$TMP/bench.err" >&2
+        return 0
+    fi
+    case "$kind" in
+        load) record "$name" "$server" "$rep" "$json" rps p50_us p99_us p999_us server_cpu_us_per_resp errors ;;
+        churn) record "$name" "$server" "$rep" "$json" cps p50_us p99_us p999_us server_cpu_us_per_conn errors ;;
+        hold) record "$name" "$server" "$rep" "$json" bytes_per_conn held errors ;;
+    esac
+    if [ "$kind" = hold ]; then
+        # back to a fresh server for the scenarios after this one
+        if [ "$server" = redis ]; then stop_redis; start_redis; else stop_loopline; start_loopline; fi
+    fi
+}
+
+# --- run ------------------------------------------------------------------
+has_server redis && start_redis
+has_server loopline && start_loopline
+log "servers: ${SERVERS}; redis $(has_server redis && echo "127.0.0.1:$REDIS_PORT pid $REDIS_PID" || echo -), loopline $(has_server loopline && echo "$LL_ADDR pid $LL_PID" || echo -)"
+log "repeats $REPEATS, duration ${DURATION}s, warm-up ${WARMUP}s, generator threads $THREADS"
+
+for rep in $(seq "$REPEATS"); do
+    log "round $rep/$REPEATS"
+    for line in "${SCENARIOS[@]}"; do
+        # alternate which server goes first, round by round
+        if [ $((rep % 2)) = 1 ]; then order="loopline redis"; else order="redis loopline"; fi
+        for server in $order; do
+            has_server "$server" || continue
+            run_one "$server" "$line" "$rep"
+        done
+    done
+done
+
+# --- table ----------------------------------------------------------------
+median() { # scenario server metric
+    awk -F'\t' -v s="$1" -v v="$2" -v m="$3" \
+        '$1 == s && $2 == v && $4 == m && $5 != "null" && $5 != "" { print $5 }' "$RAW" |
+        sort -g |
+        awk '{ a[NR] = $1 } END {
+            if (NR == 0) print "";
+            else if (NR % 2) print a[(NR + 1) / 2];
+            else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print ""; else printf "%.2f", a / b }'; }
+fmt() { # value decimals
+    awk -v v="$1" -v d="$2" 'BEGIN { if (v == "") print "-"; else printf "%.*f", d, v }'
+}
+
+echo "scenario,metric,loopline,redis,ratio,loopline_p50_us,redis_p50_us,loopline_p99_us,redis_p99_us,loopline_p999_us,redis_p999_us,loopline_server_cpu_us_per_op,redis_server_cpu_us_per_op,cpu_ratio,loopline_errors,redis_errors,repeats,duration_s" >"$CSV"
+
+printf '\n%-32s %-12s %12s %12s %6s | %16s | %16s | %18s %5s | %s\n' \
+    "scenario (medians of $REPEATS)" metric loopline redis ratio "p50 us ll/redis" "p99 us ll/redis" "srv CPU us/op l/r" ratio "errors l/r"
+for line in "${SCENARIOS[@]}"; do
+    IFS='|' read -r name kind label opts <<<"$line"
+    case "$kind" in
+        load) metric=rps; cpu=server_cpu_us_per_resp; unit="responses/s" ;;
+        churn) metric=cps; cpu=server_cpu_us_per_conn; unit="conns/s" ;;
+        hold) metric=bytes_per_conn; cpu=""; unit="RSS B/conn" ;;
+    esac
+    declare -A v=()
+    for server in loopline redis; do
+        v[$server.m]="$(median "$name" "$server" "$metric")"
+        v[$server.p50]="$(median "$name" "$server" p50_us)"
+        v[$server.p99]="$(median "$name" "$server" p99_us)"
+        v[$server.p999]="$(median "$name" "$server" p999_us)"
+        v[$server.cpu]="$([ -n "$cpu" ] && median "$name" "$server" "$cpu" || true)"
+        v[$server.err]="$(median "$name" "$server" errors)"
+    done
+    r="$(ratio "${v[loopline.m]}" "${v[redis.m]}")"
+    rc="$(ratio "${v[loopline.cpu]}" "${v[redis.cpu]}")"
+    printf '%-32s %-12s %12s %12s %6s | %7s / %-6s | %7s / %-6s | %8s / %-7s %5s | %s / %s\n' \
+        "$label" "$unit" "$(fmt "${v[loopline.m]}" 0)" "$(fmt "${v[redis.m]}" 0)" "${r:--}" \
+        "$(fmt "${v[loopline.p50]}" 0)" "$(fmt "${v[redis.p50]}" 0)" \
+        "$(fmt "${v[loopline.p99]}" 0)" "$(fmt "${v[redis.p99]}" 0)" \
+        "$(fmt "${v[loopline.cpu]}" 2)" "$(fmt "${v[redis.cpu]}" 2)" "${rc:--}" \
+        "$(fmt "${v[loopline.err]}" 0)" "$(fmt "${v[redis.err]}" 0)"
+    echo "$name,$unit,${v[loopline.m]},${v[redis.m]},$r,${v[loopline.p50]},${v[redis.p50]},${v[loopline.p99]},${v[redis.p99]},${v[loopline.p999]},${v[redis.p999]},${v[loopline.cpu]},${v[redis.cpu]},$rc,${v[loopline.err]},${v[redis.err]},$REPEATS,$DURATION" >>"$CSV"
+    unset v
+done
+echo
+echo "ratio = loopline / Redis (for responses/s and conns/s higher is better; for RSS and CPU lower is better)."
+echo "server CPU = utime+stime of the server process over the measured window, per response (per connection for churn)."
+echo "CSV: $CSV   raw runs: $JSONL"

@@ -1,0 +1,218 @@
+//! Runs `loopline-bench` against a tiny in-test line server on 127.0.0.1:0
+//! (greets with READY, answers every line with PONG, QUIT with BYE and a
+//! close) and checks its JSON result lines. Every run is short and guarded by
+//! a watchdog.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const WATCHDOG: Duration = Duration::from_secs(30);
+
+fn serve(stream: TcpStream) {
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut writer = BufWriter::new(stream);
+    if writer
+        .write_all(b"READY\n")
+        .and_then(|_| writer.flush())
+        .is_err()
+    {
+        return;
+    }
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let quit = line
+            .strip_suffix(b"\n")
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            == Some(b"QUIT");
+        let reply: &[u8] = if quit { b"BYE\n" } else { b"PONG\n" };
+        if writer.write_all(reply).is_err() {
+            return;
+        }
+        // answer pipelined requests in one write
+        if (quit || reader.buffer().is_empty()) && writer.flush().is_err() {
+            return;
+        }
+        if quit {
+            return;
+        }
+    }
+}
+
+/// Starts the line server; its threads end with their connections.
+fn start_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local addr");
+    thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            thread::spawn(move || serve(s));
+        }
+    });
+    addr
+}
+
+/// Runs loopline-bench with `args`, killing it if it outlives the watchdog.
+fn bench(args: &[&str]) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loopline-bench"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start loopline-bench");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).ok();
+        s
+    });
+    let deadline = Instant::now() + WATCHDOG;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            panic!("loopline-bench {args:?} ran longer than {WATCHDOG:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    (status.success(), reader.join().expect("reader"))
+}
+
+/// A minimal parser for the flat JSON object loopline-bench prints: string,
+/// number and null values only. Panics on anything else.
+fn parse_flat_json(line: &str) -> HashMap<String, String> {
+    let body = line
+        .trim()
+        .strip_prefix('{')
+        .and_then(|l| l.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("not a JSON object: {line}"));
+    let mut map = HashMap::new();
+    for pair in body.split(',') {
+        let (k, v) = pair
+            .split_once(':')
+            .unwrap_or_else(|| panic!("bad pair `{pair}` in {line}"));
+        let k = k
+            .strip_prefix('"')
+            .and_then(|k| k.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("bad key `{k}` in {line}"));
+        let ok = v == "null"
+            || v.parse::<f64>().is_ok()
+            || (v.len() >= 2
+                && v.starts_with('"')
+                && v.ends_with('"')
+                && !v[1..v.len() - 1].contains('"'));
+        assert!(ok, "bad value `{v}` for `{k}` in {line}");
+        assert!(
+            map.insert(k.to_string(), v.trim_matches('"').to_string())
+                .is_none(),
+            "duplicate key {k}"
+        );
+    }
+    map
+}
+
+fn json_line(out: &str) -> HashMap<String, String> {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON line in output:\n{out}"));
+    parse_flat_json(line)
+}
+
+fn num(m: &HashMap<String, String>, k: &str) -> f64 {
+    m.get(k)
+        .unwrap_or_else(|| panic!("missing {k} in {m:?}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("{k} is not a number in {m:?}"))
+}
+
+#[test]
+fn load_mode_reports_json() {
+    let addr = start_server().to_string();
+    let (ok, out) = bench(&[
+        "--addr",
+        &addr,
+        "-c",
+        "2",
+        "-P",
+        "4",
+        "-d",
+        "1",
+        "--warmup",
+        "0.2",
+        "--skip-greeting",
+        "1",
+        "--request",
+        "PING",
+        "--eol",
+        "lf",
+    ]);
+    assert!(ok, "loopline-bench failed:\n{out}");
+    let m = json_line(&out);
+    assert_eq!(m["mode"], "load");
+    assert_eq!(num(&m, "connections"), 2.0);
+    assert_eq!(num(&m, "pipeline"), 4.0);
+    assert!(num(&m, "rps") > 0.0, "{out}");
+    assert_eq!(num(&m, "errors"), 0.0, "{out}");
+    let (p50, p99, p999) = (num(&m, "p50_us"), num(&m, "p99_us"), num(&m, "p999_us"));
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= p999, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("load ") && l.contains("responses/s")),
+        "{out}"
+    );
+}
+
+#[test]
+fn hold_and_churn_modes_report_json() {
+    let addr = start_server().to_string();
+    let pid = std::process::id().to_string();
+    let (ok, out) = bench(&[
+        "--mode",
+        "hold",
+        "--addr",
+        &addr,
+        "-c",
+        "20",
+        "--hold",
+        "0",
+        "--server-pid",
+        &pid,
+    ]);
+    assert!(ok, "hold failed:\n{out}");
+    assert!(out.contains("held 20 connections"), "{out}");
+    let m = json_line(&out);
+    assert_eq!(m["mode"], "hold");
+    assert_eq!(num(&m, "held"), 20.0);
+    assert!(num(&m, "rss_after_kb") > 0.0, "{out}");
+
+    let (ok, out) = bench(&[
+        "--mode", "churn", "--addr", &addr, "-c", "2", "-d", "0.5", "--warmup", "0.1",
+    ]);
+    assert!(ok, "churn failed:\n{out}");
+    let m = json_line(&out);
+    assert_eq!(m["mode"], "churn");
+    assert!(num(&m, "cps") > 0.0, "{out}");
+    assert_eq!(num(&m, "errors"), 0.0, "{out}");
+}
+
+#[test]
+fn refuses_a_non_loopback_target() {
+    let (ok, out) = bench(&["--addr", "192.0.2.1:9", "-d", "0.1"]);
+    assert!(!ok);
+    assert!(!out.contains('{'), "{out}");
+}
