@@ -354,9 +354,10 @@ impl Connection {
                 mem::swap(&mut self.output, cx.spare_output);
             }
             self.output = Vec::new();
-        } else if self.output.capacity() > 2 * pending + 4096 {
-            // The socket took only part: keep just the rest, in a buffer of
-            // its size, and give the large one back.
+        } else if was_empty && self.output.capacity() > 2 * pending + 4096 {
+            // The socket took only part of what we wrote into the borrowed
+            // spare: keep just the rest, in a buffer of its size, and give
+            // the large one back to the loop.
             let rest = self.output[self.written..].to_vec();
             let mut big = mem::replace(&mut self.output, rest);
             big.clear();
