@@ -40,6 +40,10 @@ pub const READ_BUFFER_SIZE: usize = 64 * 1024;
 /// Events taken from the kernel per `poll` call.
 const EVENTS_PER_POLL: usize = 1024;
 
+/// Connections accepted per listener per turn before the loop serves the
+/// others (fairness budget, as `READ_BUFFER_SIZE` is for reads).
+const ACCEPTS_PER_TURN: usize = 64;
+
 /// The listen backlog: room for a burst of connects beyond what std and mio
 /// give (128). The kernel caps it at net.core.somaxconn.
 pub const LISTEN_BACKLOG: i32 = 4096;
@@ -140,6 +144,8 @@ pub struct Server {
     /// A descriptor kept in reserve for accepting (and turning away) a
     /// connection when the process has no other descriptor left.
     spare_fd: Option<File>,
+    /// Per listener: it spent its accept budget with clients still queued.
+    accept_again: Vec<bool>,
 }
 
 impl Server {
@@ -171,6 +177,7 @@ impl Server {
 
         let now = Instant::now();
         Ok(Server {
+            accept_again: vec![false; listeners.len()],
             poll,
             listeners,
             local_addrs,
@@ -262,6 +269,7 @@ impl Server {
                 }
             }
             self.run_ready();
+            self.run_accept_again();
             self.fire_timers();
             self.resume_accepting();
             self.reap();
@@ -290,7 +298,7 @@ impl Server {
     /// How long `poll` may sleep: not at all when a connection has work
     /// left, else until the nearest deadline, else forever.
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        if !self.ready.is_empty() || self.accept_again.contains(&true) {
             return Some(Duration::ZERO);
         }
         let deadline = [
@@ -422,7 +430,7 @@ impl Server {
         if self.accept_paused_until.is_some() {
             return;
         }
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             let Some(listener) = self.listeners.get(index) else {
                 return;
             };
@@ -446,6 +454,20 @@ impl Server {
                     self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
                     return;
                 }
+            }
+        }
+        // Budget spent: more clients may be queued, and the listener will
+        // not report them again. Accept on after the others had their turn.
+        if let Some(again) = self.accept_again.get_mut(index) {
+            *again = true;
+        }
+    }
+
+    /// Listeners whose accept budget ran out last turn accept on.
+    fn run_accept_again(&mut self) {
+        for index in 0..self.accept_again.len() {
+            if std::mem::take(&mut self.accept_again[index]) {
+                self.accept_all(index);
             }
         }
     }

@@ -196,9 +196,5 @@ fn stats_counts_connections_commands_and_bytes() {
     drop(a);
     drop(b);
     // Once both are gone, only the new asker is open.
-    let deadline = std::time::Instant::now() + util::PATIENCE;
-    while server.stats().get("connections") != 1 {
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_for_connections(1);
 }

@@ -27,41 +27,14 @@ pub struct Server {
 impl Server {
     /// Starts `loopline --listen 127.0.0.1:0 ARGS...` and waits for it to listen.
     pub fn start(args: &[&str]) -> Server {
-        let mut all = vec!["--listen", "127.0.0.1:0"];
-        all.extend_from_slice(args);
-        Server::start_raw(&all, "debug")
+        Server::spawn(loopline_command(args, "debug"))
     }
 
     /// Starts `loopline ARGS...` (no implied --listen) at log level `level`.
     pub fn start_raw(args: &[&str], level: &str) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_loopline"))
-            .args(args)
-            .env("RUST_LOG", level)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start loopline");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, lines) = mpsc::channel();
-        let sink = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let mut server = Server {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            log,
-            lines,
-        };
-        let line = server.wait_for_log("listening on ");
-        server.addr = parse_listening(&line);
-        server
+        let mut command = Command::new(env!("CARGO_BIN_EXE_loopline"));
+        command.args(args).env("RUST_LOG", level);
+        Server::spawn(command)
     }
 
     /// Waits for a stderr line containing `needle` and returns it.
@@ -298,4 +271,88 @@ impl Rng {
     pub fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
+}
+
+impl Server {
+    /// Starts a prepared `loopline` command (see [`loopline_command`]): its
+    /// stderr is piped into the log, and it must log `listening on` within
+    /// PATIENCE. For tests that need more than arguments, e.g. a resource
+    /// limit set with `CommandExt::pre_exec`.
+    pub fn spawn(mut command: Command) -> Server {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start loopline");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, lines) = mpsc::channel();
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut server = Server {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            log,
+            lines,
+        };
+        let line = server.wait_for_log("listening on ");
+        server.addr = parse_listening(&line);
+        server
+    }
+
+    /// CPU time (user + system) the server has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("proc stat");
+        // The command name (field 2) is in parentheses and may hold spaces:
+        // count fields from the last ')'. utime and stime are fields 14, 15.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf only reads a configuration value.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / hz.max(1))
+    }
+
+    /// Waits until `STATS` reports `want` open connections (the asking one
+    /// included), failing after PATIENCE. Closes are asynchronous.
+    pub fn wait_for_connections(&self, want: u64) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let now = self.stats().get("connections");
+            if now == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "STATS connections stayed at {now}, expected {want}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Asserts the server never panicked (a panic would be in its log).
+    pub fn assert_no_panic(&self) {
+        let log = self.log.lock().unwrap();
+        let panics: Vec<&String> = log.iter().filter(|l| l.contains("panicked")).collect();
+        assert!(panics.is_empty(), "the server panicked: {panics:#?}");
+    }
+}
+
+/// `loopline --listen 127.0.0.1:0 ARGS...` with RUST_LOG=`level`, ready for
+/// [`Server::spawn`].
+pub fn loopline_command(args: &[&str], level: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_loopline"));
+    command
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", level);
+    command
 }
