@@ -33,6 +33,39 @@ pub enum After {
     Close,
 }
 
+/// The commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Ping,
+    Echo,
+    Quit,
+    Help,
+    Stats,
+}
+
+impl Command {
+    /// Recognises a command name in any case (`ping`, `Ping`, `PING`).
+    ///
+    /// An ASCII letter and its capital differ only in bit 0x20, and no other
+    /// byte with that bit set equals a lowercase letter; so OR-ing 0x20 into
+    /// every byte of an all-letter name folds its case exactly, and the name
+    /// is compared as one integer instead of byte by byte.
+    fn from_name(name: &[u8]) -> Option<Command> {
+        const FOLD4: u32 = 0x2020_2020;
+        if let Ok(four) = <[u8; 4]>::try_from(name) {
+            return match u32::from_le_bytes(four) | FOLD4 {
+                w if w == u32::from_le_bytes(*b"ping") => Some(Command::Ping),
+                w if w == u32::from_le_bytes(*b"echo") => Some(Command::Echo),
+                w if w == u32::from_le_bytes(*b"quit") => Some(Command::Quit),
+                w if w == u32::from_le_bytes(*b"help") => Some(Command::Help),
+                _ => None,
+            };
+        }
+        name.eq_ignore_ascii_case(b"STATS")
+            .then_some(Command::Stats)
+    }
+}
+
 /// Answers one request line. Appends exactly one line ending in `\n` to `out`.
 ///
 /// `stats` and `now` are only read, for `STATS`.
@@ -47,48 +80,35 @@ pub fn respond(line: &[u8], stats: &Stats, now: Instant, out: &mut Vec<u8>) -> A
         Some(sp) => (&line[..sp], Some(&line[sp + 1..])),
         None => (line, None),
     };
-    let is = |command: &[u8]| name.eq_ignore_ascii_case(command);
-
-    if rest.is_some() && !is(b"ECHO") && is_known(name) {
-        // PING, QUIT, HELP and STATS take no argument. A trailing space counts
-        // as one (`PING ` is not `PING`), just as `ECHO ` differs from `ECHO`.
-        out.extend_from_slice(b"ERR usage: ");
-        out.extend_from_slice(name);
-        out.extend_from_slice(b" takes no argument\n");
-        return After::KeepOpen;
-    }
-    if is(b"PING") {
-        out.extend_from_slice(b"PONG\n");
-    } else if is(b"ECHO") {
-        match rest {
-            Some(text) => {
-                out.reserve(text.len() + 4);
-                out.extend_from_slice(b"OK ");
-                out.extend_from_slice(text);
-                out.push(b'\n');
-            }
-            None => out.extend_from_slice(b"ERR usage: ECHO <text>\n"),
-        }
-    } else if is(b"QUIT") {
-        out.extend_from_slice(b"BYE\n");
-        return After::Close;
-    } else if is(b"HELP") {
-        out.extend_from_slice(HELP_REPLY);
-    } else if is(b"STATS") {
-        write_stats(stats, now, out);
-    } else {
+    let Some(command) = Command::from_name(name) else {
         out.extend_from_slice(b"ERR unknown command\n");
+        return After::KeepOpen;
+    };
+    match (command, rest) {
+        (Command::Echo, Some(text)) => {
+            out.reserve(text.len() + 4);
+            out.extend_from_slice(b"OK ");
+            out.extend_from_slice(text);
+            out.push(b'\n');
+        }
+        (Command::Echo, None) => out.extend_from_slice(b"ERR usage: ECHO <text>\n"),
+        // The others take no argument. A trailing space counts as one
+        // (`PING ` is not `PING`), just as `ECHO ` differs from `ECHO`.
+        (_, Some(_)) => {
+            out.extend_from_slice(b"ERR usage: ");
+            out.extend_from_slice(name);
+            out.extend_from_slice(b" takes no argument\n");
+        }
+        (Command::Ping, None) => out.extend_from_slice(b"PONG\n"),
+        (Command::Quit, None) => {
+            out.extend_from_slice(b"BYE\n");
+            return After::Close;
+        }
+        (Command::Help, None) => out.extend_from_slice(HELP_REPLY),
+        (Command::Stats, None) => write_stats(stats, now, out),
     }
     After::KeepOpen
 }
-
-/// Whether `name` is one of the commands, in any case.
-fn is_known(name: &[u8]) -> bool {
-    COMMANDS.iter().any(|c| name.eq_ignore_ascii_case(c))
-}
-
-/// The command names, as `HELP` lists them.
-const COMMANDS: [&[u8]; 5] = [b"PING", b"ECHO", b"QUIT", b"HELP", b"STATS"];
 
 fn write_stats(stats: &Stats, now: Instant, out: &mut Vec<u8>) {
     let uptime = now.saturating_duration_since(stats.started).as_secs();
@@ -164,6 +184,39 @@ mod tests {
         want.extend_from_slice(&line[5..]);
         want.push(b'\n');
         assert_eq!(text(line), want);
+    }
+
+    #[test]
+    fn case_folding_accepts_only_the_letters_of_the_name() {
+        // Bytes that differ from a letter in bit 0x20 but are not its
+        // capital must not match: '\x10' | 0x20 == '0', '@' | 0x20 == '`'.
+        for name in [
+            &b"PIN\x07"[..],
+            b"\x10ING",
+            b"PI\x0eG",
+            b"P NG",
+            b"PINGS",
+            b"PIN",
+            b"STATs!",
+            b"stat\x13",
+        ] {
+            assert_eq!(Command::from_name(name), None, "{name:?}");
+        }
+        for name in [&b"sTaTs"[..], b"STATS", b"hElP", b"QUIT", b"Echo"] {
+            assert!(Command::from_name(name).is_some(), "{name:?}");
+        }
+        // Every case variant of every 4-letter name.
+        for word in [b"ping", b"echo", b"quit", b"help"] {
+            for mask in 0..16u8 {
+                let mut name = *word;
+                for (i, b) in name.iter_mut().enumerate() {
+                    if mask & (1 << i) != 0 {
+                        *b = b.to_ascii_uppercase();
+                    }
+                }
+                assert!(Command::from_name(&name).is_some(), "{name:?}");
+            }
+        }
     }
 
     #[test]
