@@ -11,7 +11,7 @@
 //! address space by default, a few pages of it actually touched), its own
 //! kernel task, and a context switch whenever it wakes. A thousand idle
 //! clients are a thousand sleeping threads. See
-//! docs/tutorial-examples-notes.md for measured figures, and step 3 for the
+//! docs/tutorial.md for measured figures, and step 3 for the
 //! alternative: one thread that waits on all sockets at once.
 
 use std::io::{self, BufRead, BufReader, Write};

@@ -47,7 +47,7 @@ fn run(addr: &str) -> io::Result<()> {
         )
     })?;
     // Like std, mio listens with a backlog of 128: a burst of connects
-    // beyond it waits for SYN retries. loopline uses socket2 and 1024 (PITFALLS #10).
+    // beyond it waits for SYN retries. loopline uses socket2 and 4096 (PITFALLS #10).
     let mut listener = TcpListener::bind(addr)
         .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))?;
     eprintln!("listening on {}", listener.local_addr()?);
@@ -99,7 +99,9 @@ fn accept_all(listener: &TcpListener, poll: &mut Poll, clients: &mut Slab<TcpStr
                 // A slot freed earlier in this same batch may be reused here,
                 // and a stale event for the old client may then reach this
                 // new one. For an echo server that is harmless (it just reads
-                // WouldBlock); loopline puts a generation in the token (PITFALLS #5).
+                // WouldBlock). loopline keeps a closed connection's slot until
+                // the batch ends (`Server::reap`), and checks a per-connection
+                // id on its ready list and timers (PITFALLS #5).
                 match poll
                     .registry()
                     .register(&mut stream, token, Interest::READABLE)

@@ -10,10 +10,13 @@
 //!
 //! ```text
 //!  accept ──► Open ──(QUIT, line too long, idle, shutdown, peer EOF)──► Closing
-//!              │                                                        │ all output written,
-//!              │ reset, write stall                                     │ write side shut
-//!              ▼                                                        ▼
-//!            Closed ◄──────────(peer EOF, linger deadline)────────── Lingering
+//!              │                                                         │ all output written,
+//!              │ reset, write stall                                      │ write side shut
+//!              ▼                                                         ▼
+//!            Closed ◄───────────(peer EOF, linger deadline)──────── Lingering
+//!
+//!  Closing ──► Closed directly on a reset or write stall, or once all output
+//!  is written when the peer had already sent its EOF (nothing to drain).
 //! ```
 //!
 //! Memory: an idle connection owns no buffer. Reads land in the loop's one
@@ -114,9 +117,10 @@ impl fmt::Display for CloseReason {
 pub enum Next {
     /// Nothing until its next readiness event or deadline.
     Wait,
-    /// It has work left (its read budget ran out, or it may resume after
-    /// backpressure): run it again before sleeping in `poll`, because
-    /// edge-triggered readiness will not report those bytes a second time.
+    /// It has work left (its read budget ran out, its linger drain budget
+    /// ran out, or it may resume after backpressure): run it again before
+    /// sleeping in `poll`, because edge-triggered readiness will not report
+    /// those bytes a second time.
     Again,
     /// It is finished: remove it after the current batch of events.
     Close,
@@ -157,6 +161,8 @@ pub struct Connection {
     last_write: Instant,
     /// A write-stall deadline is in the timer heap.
     write_timer_armed: bool,
+    /// On the loop's ready list (to run again before the next poll).
+    queued: bool,
 }
 
 impl Connection {
@@ -221,6 +227,7 @@ impl Connection {
             last_request: now,
             last_write: now,
             write_timer_armed: false,
+            queued: false,
         }
     }
 
@@ -268,6 +275,16 @@ impl Connection {
     /// next flush may write again.
     pub fn writable_again(&mut self) {
         self.write_blocked = false;
+    }
+
+    /// Marks it as on the loop's ready list; false if it already was.
+    pub fn mark_queued(&mut self) -> bool {
+        !std::mem::replace(&mut self.queued, true)
+    }
+
+    /// Takes it off the ready list (the loop is about to run it).
+    pub fn unqueue(&mut self) {
+        self.queued = false;
     }
 
     /// Marks it finished; the loop calls this on the one close path.
@@ -321,6 +338,11 @@ impl Connection {
                 ..cx.limits.clone()
             };
             conn.run_held_lines(cx, &unlimited);
+            if conn.state != State::Open {
+                // A held QUIT (or a line too long) already queued the last
+                // line: BYE stays the last thing the client gets.
+                return conn.settle(Next::Wait, cx);
+            }
             conn.close_after(protocol::SHUTTING_DOWN, CloseReason::Shutdown, cx)
         })
     }
@@ -459,11 +481,14 @@ impl Connection {
                 Some(lf) => {
                     self.input.extend_from_slice(&data[..=lf]);
                     data = &data[lf + 1..];
-                    let line = mem::take(&mut self.input);
+                    let mut line = mem::take(&mut self.input);
                     self.run_lines(&line, stats, limits, now);
+                    if self.state != State::Open {
+                        return;
+                    }
                     // Keep the buffer (cleared) for the next unfinished line.
+                    line.clear();
                     self.input = line;
-                    self.input.clear();
                 }
             }
         }

@@ -7,13 +7,19 @@
 //!    arrives, or (when some connection still has work) not at all.
 //! 2. Each event is handled: accept on a listener, drive a connection.
 //!    Readiness is edge-triggered: an event says "something changed" once,
-//!    so every handler reads or accepts until the socket is drained.
+//!    so every handler reads or accepts until the socket is drained, or
+//!    until its fairness budget is spent and it is queued to go on.
 //! 3. Connections with work left (read budget spent, backpressure lifted)
-//!    run again: no new event will come for bytes already in their socket.
-//! 4. Due timers fire.
-//! 5. Connections closed during the turn are deregistered and removed.
-//!    Only now, after the batch: an event later in the same batch may still
-//!    name a closed connection, and must not find its slot reused.
+//!    run again (`run_ready`), and so do listeners that spent their accept
+//!    budget (`run_accept_again`): no new event will come for bytes or
+//!    clients already waiting.
+//! 4. Due timers fire (`fire_timers`); accepting resumes after a pause for
+//!    descriptor exhaustion (`resume_accepting`).
+//! 5. Connections closed during the turn are deregistered and removed
+//!    (`reap`). Only now, after the batch: an event later in the same batch
+//!    may still name a closed connection, and must not find its slot reused.
+//! 6. During a graceful shutdown, the loop ends once every connection is
+//!    gone or the shutdown deadline has passed.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -34,14 +40,16 @@ use crate::stats::Stats;
 use crate::timer::Timers;
 
 /// The size of the one shared read buffer, and so the most one connection
-/// may read per turn before the others get theirs (fairness budget).
+/// reads per event (or per run from the ready list) before the others get
+/// theirs: the fairness budget.
 pub const READ_BUFFER_SIZE: usize = 64 * 1024;
 
 /// Events taken from the kernel per `poll` call.
 const EVENTS_PER_POLL: usize = 1024;
 
-/// Connections accepted per listener per turn before the loop serves the
-/// others (fairness budget, as `READ_BUFFER_SIZE` is for reads).
+/// Connections accepted per listener event (or per `run_accept_again`)
+/// before the loop serves the others: a fairness budget, as
+/// `READ_BUFFER_SIZE` is for reads.
 const ACCEPTS_PER_TURN: usize = 64;
 
 /// The listen backlog: room for a burst of connects beyond what std and mio
@@ -53,8 +61,10 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 /// would spin).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Busy rejects that may linger at once; past this, a reject is written and
-/// closed straight away, so a flood of connects cannot pile up sockets.
+/// Sockets that may linger at once without counting as clients (busy
+/// rejects, and clients that got their last line); past this, a busy reject
+/// is written and closed straight away, so a flood of connects cannot pile
+/// up sockets.
 const MAX_LINGERING_REJECTS: usize = 1024;
 
 /// Descriptors the server needs besides one per client: listeners, epoll,
@@ -257,7 +267,9 @@ impl Server {
                     WAKER => {}
                     Token(t) if t >= LISTENER_BASE => self.accept_all(t - LISTENER_BASE),
                     Token(key) => {
-                        // Closed and error flags are hints: a read tells for sure.
+                        // Closed and error flags are hints: a read tells for
+                        // sure. A hang-up without EPOLLIN must still be read:
+                        // only the read reports the EOF or the error.
                         let hangup = event.is_read_closed() || event.is_error();
                         if event.is_writable() {
                             if let Some(conn) = self.conns.get_mut(key) {
@@ -356,6 +368,7 @@ impl Server {
             if conn.id() != id || conn.state() == State::Closed {
                 continue;
             }
+            conn.unqueue();
             let next = conn.drive(true, false, &mut cx);
             self.follow(key, id, next);
         }
@@ -383,7 +396,13 @@ impl Server {
     fn follow(&mut self, key: usize, id: u64, next: Next) {
         match next {
             Next::Wait => {}
-            Next::Again => self.ready.push((key, id)),
+            // Once on the list is enough: a connection that asks again
+            // while queued would otherwise get several reads per turn.
+            Next::Again => {
+                if self.conns.get_mut(key).is_some_and(|c| c.mark_queued()) {
+                    self.ready.push((key, id));
+                }
+            }
             Next::Close => self.close(key),
         }
     }
@@ -424,8 +443,9 @@ impl Server {
         }
     }
 
-    /// Accepts every queued connection on listener `index`: edge-triggered,
-    /// the listener reports a burst of connects once.
+    /// Accepts the queued connections on listener `index`, at most
+    /// `ACCEPTS_PER_TURN`: edge-triggered, the listener reports a burst of
+    /// connects once, so if the budget runs out it sets `accept_again`.
     fn accept_all(&mut self, index: usize) {
         if self.accept_paused_until.is_some() {
             return;
@@ -463,7 +483,9 @@ impl Server {
         }
     }
 
-    /// Listeners whose accept budget ran out last turn accept on.
+    /// Listeners whose accept budget ran out earlier in this turn accept on.
+    /// The flag is taken first: `accept_all` sets it again if the budget runs
+    /// out once more, for the next turn.
     fn run_accept_again(&mut self) {
         for index in 0..self.accept_again.len() {
             if std::mem::take(&mut self.accept_again[index]) {
@@ -494,6 +516,9 @@ impl Server {
         }
         self.next_id += 1;
         let id = self.next_id;
+        // The connection needs its key (for its timers) before it is
+        // inserted; `insert` below returns this same key, as nothing is
+        // inserted in between.
         let key = self.conns.vacant_key();
         let (conns, mut cx) = self.parts();
         let (conn, next) = if busy {
@@ -813,6 +838,11 @@ mod tests {
             "read more than the budget: {commands}"
         );
         assert_eq!(server.ready[0].0, key);
+        // More events in the same turn do not queue it twice (regression:
+        // duplicates gave a flooding client several reads per turn).
+        server.on_connection_event(key, true, false);
+        server.on_connection_event(key, true, false);
+        assert_eq!(server.ready.len(), 1);
         // The ready list is served before the next poll, one buffer at a time.
         while server.stats.commands < (3 * READ_BUFFER_SIZE / 5) as u64 {
             assert!(Instant::now() < deadline);

@@ -31,6 +31,8 @@ pub enum TimerKind {
 /// key alone could hand an old connection's timer to a new one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timer {
+    // Field order matters: the derived `Ord` compares `at` first, so the
+    // heap is ordered by due time; the other fields only break ties.
     /// When it is due.
     pub at: Instant,
     /// The connection's serial number.

@@ -91,3 +91,39 @@ fn no_new_connections_after_shutdown() {
     }
     assert_eq!(server.wait_exit().code(), Some(0));
 }
+
+/// Regression: a QUIT held back by backpressure and answered at shutdown
+/// must stay the last line; no `ERR server shutting down` after `BYE`.
+#[test]
+fn held_quit_answered_at_shutdown_keeps_bye_last() {
+    let mut server = Server::start(&["--max-line", "30000000"]);
+    let mut c = server.client();
+    let mut request = b"ECHO ".to_vec();
+    request.extend(std::iter::repeat_n(b'x', 20_000_000));
+    request.extend_from_slice(b"\nPING\nQUIT\n");
+    let mut writer = c.stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&request));
+    // Wait until the ECHO has run: its 20 MB reply cannot all fit in the
+    // socket buffers, so PING and QUIT are held back by backpressure.
+    let deadline = Instant::now() + PATIENCE;
+    // Each STATS counts itself too: wait for one command more than asked.
+    let mut asked = 0;
+    loop {
+        asked += 1;
+        if server.stats().get("commands") > asked {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.signal("TERM");
+    let all = c.read_to_end();
+    sender.join().unwrap().unwrap();
+    assert!(
+        all.ends_with(b"x\nPONG\nBYE\n"),
+        "ends with {:?}",
+        String::from_utf8_lossy(&all[all.len().saturating_sub(40)..])
+    );
+    assert_eq!(all.len(), 3 + 20_000_000 + 1 + 5 + 4);
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
