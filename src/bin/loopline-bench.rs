@@ -990,6 +990,17 @@ struct CpuWindow {
     client_us: f64,
 }
 
+impl CpuWindow {
+    /// For `count` units (responses, connections) done in `window`: the
+    /// rate per second, and server and client CPU microseconds per unit.
+    fn per_unit(&self, count: u64, window: Duration) -> (f64, Option<f64>, Option<f64>) {
+        let secs = window.as_secs_f64();
+        let rate = if secs > 0.0 { count as f64 / secs } else { 0.0 };
+        let per = |us: f64| (count > 0).then(|| us / count as f64);
+        (rate, self.server_us.and_then(per), per(self.client_us))
+    }
+}
+
 /// Lines the main thread up with the workers, then samples server and client
 /// CPU at the start and the end of the measured window.
 fn measure_window(
@@ -1054,20 +1065,7 @@ fn run_load(args: &Args, cfg: Cfg) -> ExitCode {
         }
     }
     let secs = cfg.duration.as_secs_f64();
-    let rps = if secs > 0.0 {
-        responses as f64 / secs
-    } else {
-        0.0
-    };
-    let per_resp = |us: f64| {
-        if responses > 0 {
-            Some(us / responses as f64)
-        } else {
-            None
-        }
-    };
-    let server_cpu = cpu.server_us.and_then(per_resp);
-    let client_cpu = per_resp(cpu.client_us);
+    let (rps, server_cpu, client_cpu) = cpu.per_unit(responses, cfg.duration);
     let errors = conn_errors + err_lines + unexpected;
     let (p50, p99, p999, max) = (
         q_us(&hist, 0.5),
@@ -1660,20 +1658,7 @@ fn run_churn(args: &Args, cfg: Cfg) -> ExitCode {
         }
     }
     let secs = cfg.duration.as_secs_f64();
-    let cps = if secs > 0.0 {
-        cycles as f64 / secs
-    } else {
-        0.0
-    };
-    let per = |us: f64| {
-        if cycles > 0 {
-            Some(us / cycles as f64)
-        } else {
-            None
-        }
-    };
-    let server_cpu = cpu.server_us.and_then(per);
-    let client_cpu = per(cpu.client_us);
+    let (cps, server_cpu, client_cpu) = cpu.per_unit(cycles, cfg.duration);
     let f = |v: Option<f64>| jnum(v, 1);
     let (p50, p99, p999) = (q_us(&hist, 0.5), q_us(&hist, 0.99), q_us(&hist, 0.999));
     let all_errors = errors + err_lines;
