@@ -647,8 +647,13 @@ impl Connection {
 
     /// Writes pending output until it is all sent or the socket is full.
     fn flush(&mut self, cx: &mut Shared) -> Result<(), CloseReason> {
+        // After a WouldBlock, another write would only fail the same way:
+        // wait for the writable edge (`writable_again`) instead of spending
+        // a system call to hear it again.
         while self.written < self.output.len() && !self.write_blocked {
             match self.stream.write(&self.output[self.written..]) {
+                // Zero bytes taken from a non-empty buffer: the socket will
+                // never take more. Treat it as an error rather than spin.
                 Ok(0) => return Err(CloseReason::Io(io::ErrorKind::WriteZero)),
                 Ok(n) => {
                     // A partial write is normal: keep the rest for later.
@@ -658,7 +663,7 @@ impl Connection {
                 }
                 // The socket's send buffer is full. The rest waits for the
                 // writable edge that comes when the peer has taken bytes
-                // (registered once, at accept: no epoll_ctl here).
+                // (interest registered once, at accept: no epoll_ctl here).
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.write_blocked = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(CloseReason::Io(e.kind())),
