@@ -28,6 +28,7 @@
 //! * [`timer`]: the deadline heap that drives the `Poll` timeout.
 //! * [`config`]: command-line options and the limits derived from them.
 //! * [`stats`]: the counters `STATS` reports.
+//! * [`sys`]: the few calls that differ between Linux, macOS and FreeBSD.
 
 pub mod config;
 pub mod connection;
@@ -35,6 +36,7 @@ pub mod framing;
 pub mod protocol;
 pub mod server;
 pub mod stats;
+pub mod sys;
 pub mod timer;
 
 pub use config::Config;

@@ -37,6 +37,7 @@ use crate::config::{Config, Limits};
 use crate::connection::{Connection, Next, Shared, State};
 use crate::protocol;
 use crate::stats::Stats;
+use crate::sys;
 use crate::timer::Timers;
 
 /// The size of the one shared read buffer, and so the most one connection
@@ -457,13 +458,13 @@ impl Server {
             match listener.accept() {
                 Ok((stream, peer)) => self.admit(stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if is_out_of_descriptors(&e) => {
+                Err(e) if sys::is_out_of_descriptors(&e) => {
                     self.turn_away_without_descriptors(index);
                     return;
                 }
                 // That one connection failed (aborted before we took it, ...);
                 // the next one in the queue may be fine.
-                Err(e) if is_per_connection_error(&e) => {
+                Err(e) if sys::is_per_connection_accept_error(&e) => {
                     debug!("accept: skipped a failed connection: {e}")
                 }
                 Err(e) => {
@@ -653,40 +654,10 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(socket.into()))
 }
 
-/// Errors of `accept` that concern only the connection being accepted.
-fn is_per_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-    ) || matches!(
-        e.raw_os_error(),
-        Some(
-            libc::EPROTO
-                | libc::EPERM
-                | libc::ENETDOWN
-                | libc::ENOPROTOOPT
-                | libc::EHOSTDOWN
-                | libc::ENONET
-                | libc::EHOSTUNREACH
-                | libc::EOPNOTSUPP
-                | libc::ENETUNREACH
-        )
-    )
-}
-
-fn is_out_of_descriptors(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
 /// Raises the soft limit on open files to the hard limit, and warns when
 /// `--max-connections` cannot fit under it.
 fn check_descriptor_limit(max_connections: u64) {
-    match raise_descriptor_limit() {
+    match sys::raise_descriptor_limit() {
         Ok(limit) if limit < max_connections + RESERVED_DESCRIPTORS => warn!(
             "--max-connections {max_connections} needs about {} file descriptors, but the limit is {limit}; \
              connections past it are turned away with ERR server busy",
@@ -695,29 +666,6 @@ fn check_descriptor_limit(max_connections: u64) {
         Ok(limit) => debug!("open file limit: {limit}"),
         Err(e) => warn!("cannot read or raise the open file limit: {e}"),
     }
-}
-
-/// Sets the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
-pub fn raise_descriptor_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass, nothing else.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit only reads the struct we pass.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            limit = raised;
-        }
-    }
-    Ok(limit.rlim_cur)
 }
 
 #[cfg(test)]

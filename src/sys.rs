@@ -1,0 +1,227 @@
+//! The few operating-system calls that differ between Linux, macOS and
+//! FreeBSD, each behind `cfg` with a stated fallback. Everything else the
+//! server does goes through mio (epoll on Linux, kqueue on macOS and BSD),
+//! socket2 and std, which hide the differences already.
+//!
+//! | call | Linux | macOS | FreeBSD | elsewhere |
+//! |---|---|---|---|---|
+//! | [`raise_descriptor_limit`] | soft limit to hard | to `min(hard, OPEN_MAX)` (the hard limit is often infinite, which `setrlimit` refuses) | soft to hard | soft to hard |
+//! | [`unsent_bytes`] | `ioctl(SIOCOUTQ)` | `getsockopt(SO_NWRITE)` | `ioctl(FIONWRITE)` | unsupported: the write-stall clock only sees our own writes |
+//! | [`process_rss_kib`], [`process_cpu_time`] | `/proc/PID/status`, `/proc/PID/stat` | `None` | `None` | `None` |
+
+use std::io;
+use std::time::Duration;
+
+/// Sets the soft RLIMIT_NOFILE as high as the platform allows (the hard
+/// limit, or `OPEN_MAX` on macOS) and returns the soft limit now in force.
+pub fn raise_descriptor_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let target = highest_soft_limit(limit.rlim_max);
+    if limit.rlim_cur < target {
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    // `rlim_t` is unsigned on Linux and macOS, signed on FreeBSD (where
+    // RLIM_INFINITY is i64::MAX); a negative value never happens.
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    Ok(u64::try_from(limit.rlim_cur as i128).unwrap_or(u64::MAX))
+}
+
+/// macOS reports an infinite hard limit but refuses a soft limit above
+/// `OPEN_MAX` (10240, from `<sys/syslimits.h>`).
+#[cfg(target_os = "macos")]
+fn highest_soft_limit(hard: libc::rlim_t) -> libc::rlim_t {
+    const OPEN_MAX: libc::rlim_t = 10240;
+    hard.min(OPEN_MAX)
+}
+
+#[cfg(not(target_os = "macos"))]
+fn highest_soft_limit(hard: libc::rlim_t) -> libc::rlim_t {
+    hard
+}
+
+/// Bytes written to a TCP socket that the peer has not acknowledged yet
+/// (still queued in the kernel's send buffer). The write-stall timer uses it
+/// to tell a slow reader (the count falls) from a stalled one (it does not).
+#[cfg(target_os = "linux")]
+pub fn unsent_bytes(fd: std::os::fd::RawFd) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one int into `queued`.
+    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(queued).unwrap_or(0))
+}
+
+/// See the Linux version.
+#[cfg(any(target_os = "macos", target_os = "ios"))]
+pub fn unsent_bytes(fd: std::os::fd::RawFd) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_NWRITE writes one int into `queued`, `len` says its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_NWRITE,
+            (&mut queued as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(queued).unwrap_or(0))
+}
+
+/// See the Linux version.
+#[cfg(target_os = "freebsd")]
+pub fn unsent_bytes(fd: std::os::fd::RawFd) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONWRITE writes one int into `queued`.
+    if unsafe { libc::ioctl(fd, libc::FIONWRITE, &mut queued) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(queued).unwrap_or(0))
+}
+
+/// Fallback: not measurable here, so the write-stall clock counts only the
+/// server's own successful writes.
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd"
+)))]
+pub fn unsent_bytes(_fd: std::os::fd::RawFd) -> io::Result<usize> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// Errors of `accept` that concern only the connection being accepted: skip
+/// it, the next one in the queue may be fine.
+pub fn is_per_connection_accept_error(e: &io::Error) -> bool {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    ) {
+        return true;
+    }
+    let Some(code) = e.raw_os_error() else {
+        return false;
+    };
+    // ENONET exists on Linux only.
+    #[cfg(target_os = "linux")]
+    if code == libc::ENONET {
+        return true;
+    }
+    matches!(
+        code,
+        libc::EPROTO
+            | libc::EPERM
+            | libc::ENETDOWN
+            | libc::ENOPROTOOPT
+            | libc::EHOSTDOWN
+            | libc::EHOSTUNREACH
+            | libc::EOPNOTSUPP
+            | libc::ENETUNREACH
+    )
+}
+
+/// Whether `accept` failed for want of a descriptor or kernel memory.
+pub fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Resident memory of process `pid`, in KiB (`VmRSS`). `None` where it
+/// cannot be read (not Linux, or the process is gone).
+pub fn process_rss_kib(pid: u32) -> Option<u64> {
+    proc_status_field(pid, "VmRSS:")
+}
+
+/// A `Name:   value kB` field of `/proc/PID/status` (Linux only).
+pub fn proc_status_field(pid: u32, field: &str) -> Option<u64> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// User plus system CPU time of process `pid` so far. `None` where it cannot
+/// be read (not Linux, or the process is gone).
+pub fn process_cpu_time(pid: u32) -> Option<Duration> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces:
+    // count fields from the last ')'. utime and stime are fields 14 and 15.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = u64::try_from(ticks).ok().filter(|&t| t > 0)?;
+    Some(Duration::from_millis((utime + stime) * 1000 / ticks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_limit_can_be_read_and_raised() {
+        let limit = raise_descriptor_limit().expect("getrlimit");
+        assert!(limit >= 64, "{limit}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn own_process_is_measurable() {
+        let pid = std::process::id();
+        assert!(process_rss_kib(pid).is_some_and(|kib| kib > 0));
+        assert!(process_cpu_time(pid).is_some());
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+    #[test]
+    fn unsent_bytes_counts_what_the_peer_has_not_taken() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        assert_eq!(unsent_bytes(client.as_raw_fd()).unwrap(), 0);
+        // The peer never reads: fill its receive window and our send buffer.
+        client.set_nonblocking(true).unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        while client.write(&chunk).is_ok() {}
+        assert!(unsent_bytes(client.as_raw_fd()).unwrap() > 0);
+        drop(server_side);
+    }
+}
