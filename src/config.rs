@@ -49,6 +49,15 @@ pub struct Config {
     /// How long a graceful shutdown (SIGINT, SIGTERM) may spend flushing before closing anyway.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Bytes held in all client buffers of the process together, above which reading pauses.
+    #[arg(long, value_name = "BYTES", default_value_t = 268_435_456,
+          value_parser = clap::value_parser!(u64).range(4096..=(1 << 40)))]
+    pub max_memory: u64,
+
+    /// TCP keepalive on client sockets: idle time before the kernel probes; 0 turns it off.
+    #[arg(long, value_name = "DUR", default_value = "300s", value_parser = parse_duration)]
+    pub tcp_keepalive: Duration,
 }
 
 impl Default for Config {
@@ -106,6 +115,10 @@ pub struct Limits {
     /// How long a closing connection may drain unread input after its last
     /// line, before the socket is dropped (see `Connection::linger`).
     pub linger: Duration,
+    /// `--max-memory`: bytes held in all client buffers together.
+    pub max_memory: usize,
+    /// `--tcp-keepalive`, `None` when 0 (off).
+    pub tcp_keepalive: Option<Duration>,
 }
 
 /// How long a closing connection reads and discards input after its last line.
@@ -121,6 +134,8 @@ impl Limits {
             idle_timeout: nonzero(config.idle_timeout),
             write_timeout: nonzero(config.write_timeout),
             linger: LINGER_TIMEOUT,
+            max_memory: usize::try_from(config.max_memory).unwrap_or(usize::MAX),
+            tcp_keepalive: nonzero(config.tcp_keepalive),
         }
     }
 }

@@ -9,27 +9,50 @@
 //! Life of a connection:
 //!
 //! ```text
-//!  accept ──► Open ──(QUIT, line too long, idle, shutdown, peer EOF)──► Closing
-//!              │                                                         │ all output written,
-//!              │ reset, write stall                                      │ write side shut
-//!              ▼                                                         ▼
-//!            Closed ◄───────────(peer EOF, linger deadline)──────── Lingering
+//!            output over --max-output, or the process over --max-memory
+//!  accept ──► Open ◄──────────────────────────────────────────────► Paused
+//!              │      output drained (and the process below 3/4)     │
+//!              │                                                     │ graceful shutdown
+//!              │                                                     ▼
+//!              │ QUIT, line too long, idle, shutdown, peer EOF    Draining (held lines
+//!              ▼                                                     │  answered, no reads)
+//!           Closing ◄────────────────────────────────────────────────┘
+//!              │ all output written, write side shut
+//!              ▼
+//!          Lingering ──(peer EOF, linger deadline, or evicted)──► Closed
 //!
-//!  Closing ──► Closed directly on a reset or write stall, or once all output
-//!  is written when the peer had already sent its EOF (nothing to drain).
+//!  Any state ──► Closed at once on a reset or a write stall. Closing goes
+//!  straight to Closed once all output is written if the peer had already
+//!  sent its EOF (nothing to drain).
 //! ```
 //!
-//! Memory: an idle connection owns no buffer. Reads land in the loop's one
-//! shared read buffer; responses are written into the loop's spare output
-//! buffer, lent to the connection while it runs. A connection keeps bytes of
-//! its own only while it holds an unfinished line or output the socket has
-//! not taken yet, and gives the memory back once they are gone.
+//! # Memory, and why it cannot grow with history
+//!
+//! An idle connection owns no buffer. Reads land in the loop's one shared
+//! read buffer; responses are written into the loop's spare output buffer,
+//! lent to the connection while it runs, and go straight to the socket. A
+//! connection keeps bytes of its own only while it holds an unfinished line,
+//! lines held back by backpressure, or output the socket has not taken.
+//!
+//! What it holds is bounded by what is pending *now*, never by what it sent
+//! over its life:
+//! - input: at most `--max-line + 1` bytes of an unfinished line plus one
+//!   read ([`input_capacity_bound`]);
+//! - output: reading pauses once more than `--max-output` is pending, so at
+//!   most `--max-output` plus one response line is pending; the buffer
+//!   *consumes what it writes*: when it needs room, the bytes the socket
+//!   already took are dropped from its front before it grows, and it never
+//!   grows past [`output_capacity_bound`].
+//!
+//! Every byte held is also counted process-wide (`STATS buffered`), and the
+//! whole process is capped by `--max-memory` ([`MemoryPressure`]).
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::mem;
 use std::net::{Shutdown, SocketAddr};
-use std::time::Instant;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use memchr::memchr;
 use mio::net::TcpStream;
@@ -38,11 +61,59 @@ use crate::config::Limits;
 use crate::framing::{self, Cut};
 use crate::protocol::{self, After};
 use crate::stats::Stats;
+use crate::sys;
 use crate::timer::{Timer, TimerKind, Timers};
 
 /// Reads a closing connection may make per turn while it drains unread input
 /// (a peer that keeps sending cannot keep the loop here).
 const LINGER_READS_PER_TURN: usize = 4;
+
+/// The longest response line, in bytes, for a given `--max-line`: `OK `, an
+/// echoed line and its LF, or an `ERR usage: NAME ...` line; STATS and the
+/// fixed lines are far shorter than the floor of 512.
+pub fn longest_response(limits: &Limits) -> usize {
+    limits.max_line.saturating_add(64).max(512)
+}
+
+/// The most a connection's input buffer may ever hold, as capacity: an
+/// unfinished line that may still fit (`--max-line + 1` bytes, the CR of a
+/// CRLF included) plus one read.
+pub fn input_capacity_bound(limits: &Limits, read_len: usize) -> usize {
+    limits.max_line.saturating_add(1).saturating_add(read_len)
+}
+
+/// The most a connection's output buffer may ever hold, as capacity: reading
+/// pauses as soon as more than `--max-output` is pending, which can only
+/// happen by one response line.
+pub fn output_capacity_bound(limits: &Limits) -> usize {
+    limits.max_output.saturating_add(longest_response(limits))
+}
+
+/// The process-wide cap on client buffer memory (`--max-memory`), with its
+/// hysteresis: pressure comes on when `STATS buffered` passes the cap and
+/// goes off once it falls below three quarters of it.
+#[derive(Debug, Default)]
+pub struct MemoryPressure {
+    /// The total is (or was, and has not yet fallen below 3/4 of) the cap:
+    /// connections with pending output must not read.
+    pub on: bool,
+    /// Pressure went off during this turn: the loop wakes every paused
+    /// connection, since no socket event will come for held lines.
+    pub lifted: bool,
+}
+
+impl MemoryPressure {
+    /// Updates the state for a new total.
+    pub fn update(&mut self, buffered: u64, max_memory: usize) {
+        let max = max_memory as u64;
+        if buffered > max {
+            self.on = true;
+        } else if self.on && buffered < max / 4 * 3 {
+            self.on = false;
+            self.lifted = true;
+        }
+    }
+}
 
 /// What the loop lends a connection while it runs.
 pub struct Shared<'a> {
@@ -59,13 +130,32 @@ pub struct Shared<'a> {
     pub read_buf: &'a mut [u8],
     /// The spare output buffer, lent to a connection whose own is empty.
     pub spare_output: &'a mut Vec<u8>,
+    /// The process-wide memory cap.
+    pub memory: &'a mut MemoryPressure,
+    /// Connections that started lingering (slab key, id), oldest first: the
+    /// loop bounds how many linger, and evicts the oldest when it needs
+    /// their descriptors.
+    pub lingering: &'a mut std::collections::VecDeque<(usize, u64)>,
 }
+
+/// The capacity the spare output buffer keeps between turns. A burst may
+/// grow it (up to [`output_capacity_bound`]); it is shrunk back afterwards,
+/// so one burst does not hold memory until exit.
+pub const SPARE_OUTPUT_KEEP: usize = 128 * 1024;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     /// Reading requests and answering them.
     Open,
+    /// Open, but not reading: its pending output passed `--max-output`, or
+    /// the process is over `--max-memory` and this connection has output
+    /// pending. Lines already read wait in its input ("held lines").
+    Paused,
+    /// Graceful shutdown reached it while paused: its held lines are still
+    /// due, and are answered as its output drains; nothing more is read.
+    /// Then comes the last line.
+    Draining,
     /// Its last line is queued (close after reply): nothing more is read or
     /// executed; the output is flushed.
     Closing,
@@ -76,7 +166,7 @@ pub enum State {
     Closed,
 }
 
-/// Why a connection closed, for the debug log.
+/// Why a connection closed, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
     /// The client sent `QUIT`.
@@ -93,7 +183,10 @@ pub enum CloseReason {
     Busy,
     /// The client shut its writing side (EOF) and was answered.
     PeerClosed,
-    /// A socket error: reset, broken pipe, ...
+    /// Lingering after its last line, it was closed early: the server
+    /// needed its descriptor, or too many connections were lingering.
+    LingerCutShort,
+    /// A socket error: reset, broken pipe, keepalive timeout...
     Io(io::ErrorKind),
 }
 
@@ -107,6 +200,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Shutdown => f.write_str("server shutting down"),
             CloseReason::Busy => f.write_str("server busy"),
             CloseReason::PeerClosed => f.write_str("client closed its side"),
+            CloseReason::LingerCutShort => f.write_str("lingering close cut short"),
             CloseReason::Io(kind) => write!(f, "socket error: {kind}"),
         }
     }
@@ -126,6 +220,19 @@ pub enum Next {
     Close,
 }
 
+/// A connection's own counters, for the debug line logged when it closes.
+#[derive(Debug, Clone, Copy)]
+pub struct Totals {
+    /// When it was accepted.
+    pub opened: Instant,
+    /// Bytes read from the peer.
+    pub bytes_in: u64,
+    /// Bytes the socket took from us.
+    pub bytes_out: u64,
+    /// Request lines answered.
+    pub commands: u64,
+}
+
 /// One client connection.
 pub struct Connection {
     stream: TcpStream,
@@ -140,13 +247,11 @@ pub struct Connection {
     /// Counts in `connections` and `--max-connections` (a busy reject does not).
     is_client: bool,
     /// Input not yet executed: an unfinished line, or lines held back while
-    /// reading is paused by backpressure. Empty (no allocation) when idle.
+    /// reading is paused. Empty (no allocation) when idle.
     input: Vec<u8>,
     /// Output not yet taken by the socket is `output[written..]`.
     output: Vec<u8>,
     written: usize,
-    /// Backpressure: pending output passed `--max-output`, so reading stopped.
-    paused: bool,
     /// The last write hit WouldBlock: writing again is useless until the
     /// writable edge says the peer took bytes.
     write_blocked: bool,
@@ -157,12 +262,20 @@ pub struct Connection {
     hangup_hinted: bool,
     /// The last complete request (the idle timer counts from here).
     last_request: Instant,
-    /// The last time the peer took bytes, or output became pending.
-    last_write: Instant,
+    /// The last time we saw the peer take bytes (or output became pending):
+    /// the write-stall clock counts from here.
+    last_progress: Instant,
+    /// Bytes the peer had acknowledged at the last write-stall check
+    /// (`totals.bytes_out` minus the kernel's unsent count).
+    acknowledged: u64,
     /// A write-stall deadline is in the timer heap.
     write_timer_armed: bool,
     /// On the loop's ready list (to run again before the next poll).
     queued: bool,
+    /// What this connection last added to `STATS buffered` and `paused`.
+    counted_bytes: usize,
+    counted_paused: bool,
+    totals: Totals,
 }
 
 impl Connection {
@@ -172,15 +285,15 @@ impl Connection {
         peer: SocketAddr,
         key: usize,
         id: u64,
-        cx: &mut Shared,
+        shared: &mut Shared,
     ) -> (Connection, Next) {
-        let mut conn = Connection::new(stream, peer, key, id, true, cx.now);
-        if let Some(idle) = cx.limits.idle_timeout {
-            conn.schedule(cx, TimerKind::Idle, cx.now + idle);
+        let mut conn = Connection::new(stream, peer, key, id, true, shared.now);
+        if let Some(idle) = shared.limits.idle_timeout {
+            conn.schedule(shared, TimerKind::Idle, shared.now + idle);
         }
-        let next = conn.with_output(cx, |conn, cx| {
+        let next = conn.with_reply_buffer(shared, |conn, shared| {
             conn.output.extend_from_slice(protocol::GREETING);
-            conn.settle(Next::Wait, cx)
+            conn.flush_and_advance(Next::Wait, shared)
         });
         (conn, next)
     }
@@ -192,11 +305,11 @@ impl Connection {
         peer: SocketAddr,
         key: usize,
         id: u64,
-        cx: &mut Shared,
+        shared: &mut Shared,
     ) -> (Connection, Next) {
-        let mut conn = Connection::new(stream, peer, key, id, false, cx.now);
-        let next = conn.with_output(cx, |conn, cx| {
-            conn.close_after(protocol::BUSY, CloseReason::Busy, cx)
+        let mut conn = Connection::new(stream, peer, key, id, false, shared.now);
+        let next = conn.with_reply_buffer(shared, |conn, shared| {
+            conn.close_after(protocol::BUSY, CloseReason::Busy, shared)
         });
         (conn, next)
     }
@@ -220,14 +333,22 @@ impl Connection {
             input: Vec::new(),
             output: Vec::new(),
             written: 0,
-            paused: false,
             write_blocked: false,
             peer_eof: false,
             hangup_hinted: false,
             last_request: now,
-            last_write: now,
+            last_progress: now,
+            acknowledged: 0,
             write_timer_armed: false,
             queued: false,
+            counted_bytes: 0,
+            counted_paused: false,
+            totals: Totals {
+                opened: now,
+                bytes_in: 0,
+                bytes_out: 0,
+                commands: 0,
+            },
         }
     }
 
@@ -261,6 +382,11 @@ impl Connection {
         self.is_client
     }
 
+    /// Its own counters.
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
     /// Bytes of output the socket has not taken yet.
     pub fn pending_output(&self) -> usize {
         self.output.len() - self.written
@@ -271,6 +397,13 @@ impl Connection {
         self.input.len()
     }
 
+    /// The memory its buffers really hold: (input capacity, output
+    /// capacity), in bytes. See [`input_capacity_bound`] and
+    /// [`output_capacity_bound`].
+    pub fn buffer_capacities(&self) -> (usize, usize) {
+        (self.input.capacity(), self.output.capacity())
+    }
+
     /// The event loop saw a writable edge: the socket took bytes, so the
     /// next flush may write again.
     pub fn writable_again(&mut self) {
@@ -279,7 +412,7 @@ impl Connection {
 
     /// Marks it as on the loop's ready list; false if it already was.
     pub fn mark_queued(&mut self) -> bool {
-        !std::mem::replace(&mut self.queued, true)
+        !mem::replace(&mut self.queued, true)
     }
 
     /// Takes it off the ready list (the loop is about to run it).
@@ -287,35 +420,50 @@ impl Connection {
         self.queued = false;
     }
 
-    /// Marks it finished; the loop calls this on the one close path.
-    pub fn mark_closed(&mut self) {
+    /// Marks it finished; the loop calls this on the one close path. Its
+    /// bytes stop counting in `STATS buffered` now: they are freed when the
+    /// loop drops it at the end of the batch.
+    pub fn mark_closed(&mut self, stats: &mut Stats) {
         self.state = State::Closed;
+        stats.buffered -= self.counted_bytes as u64;
+        stats.paused -= u64::from(self.counted_paused);
+        self.counted_bytes = 0;
+        self.counted_paused = false;
+    }
+
+    /// Lingering after its last line, it is closed early (the loop needs
+    /// the descriptor, or too many connections linger). Every reply was
+    /// written long before; only the courtesy drain is cut short.
+    pub fn cut_linger_short(&mut self) -> Next {
+        if self.state != State::Lingering {
+            return Next::Wait;
+        }
+        self.reason = Some(CloseReason::LingerCutShort);
+        Next::Close
     }
 
     /// The socket is ready (or may be: events can be spurious, so we just
     /// try and see). `readable` says whether to read; `hangup` that the
     /// event carried a closed or error flag (a hint only).
-    pub fn drive(&mut self, readable: bool, hangup: bool, cx: &mut Shared) -> Next {
+    pub fn drive(&mut self, readable: bool, hangup: bool, shared: &mut Shared) -> Next {
         self.hangup_hinted |= hangup;
-        self.with_output(cx, |conn, cx| {
-            match conn.state {
-                State::Open => {
-                    let next = conn.serve(readable, cx);
-                    conn.settle(next, cx)
-                }
-                // Whatever the event, a closing connection only flushes.
-                State::Closing => conn.settle(Next::Wait, cx),
-                State::Lingering if readable => conn.discard_input(cx),
-                State::Lingering | State::Closed => Next::Wait,
+        self.with_reply_buffer(shared, |conn, shared| match conn.state {
+            State::Open | State::Paused | State::Draining => {
+                let next = conn.serve(readable, shared);
+                conn.flush_and_advance(next, shared)
             }
+            // Whatever the event, a closing connection only flushes.
+            State::Closing => conn.flush_and_advance(Next::Wait, shared),
+            State::Lingering if readable => conn.discard_input(shared),
+            State::Lingering | State::Closed => Next::Wait,
         })
     }
 
     /// One of its deadlines is due (the loop checked the id).
-    pub fn on_timer(&mut self, kind: TimerKind, cx: &mut Shared) -> Next {
+    pub fn on_timer(&mut self, kind: TimerKind, shared: &mut Shared) -> Next {
         match kind {
-            TimerKind::Idle => self.on_idle_timer(cx),
-            TimerKind::WriteStall => self.on_write_timer(cx),
+            TimerKind::Idle => self.on_idle_timer(shared),
+            TimerKind::WriteStall => self.on_write_timer(shared),
             // The peer had its time to close; dropping the socket now may
             // send a reset, but every reply was sent well before.
             TimerKind::Linger if self.state == State::Lingering => Next::Close,
@@ -324,109 +472,174 @@ impl Connection {
     }
 
     /// Graceful shutdown: after every response already due, one last line.
-    /// Requests already read but held back by backpressure are due too:
-    /// they are answered first, past `--max-output` (they are at most one
-    /// read's worth). Bytes still in the socket are not read.
-    pub fn shut_down(&mut self, cx: &mut Shared) -> Next {
-        if self.state != State::Open {
-            return Next::Wait;
-        }
-        self.with_output(cx, |conn, cx| {
-            conn.paused = false;
-            let unlimited = Limits {
-                max_output: usize::MAX,
-                ..cx.limits.clone()
-            };
-            conn.run_held_lines(cx, &unlimited);
-            if conn.state != State::Open {
-                // A held QUIT (or a line too long) already queued the last
-                // line: BYE stays the last thing the client gets.
-                return conn.settle(Next::Wait, cx);
+    /// An open connection holds at most an unfinished line (not due), so it
+    /// gets the line now. A paused one holds lines already read: they are
+    /// due, and are answered as its output drains, within the same limits
+    /// as ever (`Draining`). Bytes still in the socket are not read.
+    pub fn shut_down(&mut self, shared: &mut Shared) -> Next {
+        match self.state {
+            State::Open => self.with_reply_buffer(shared, |conn, shared| {
+                conn.close_after(protocol::SHUTTING_DOWN, CloseReason::Shutdown, shared)
+            }),
+            State::Paused => {
+                self.state = State::Draining;
+                self.with_reply_buffer(shared, |conn, shared| {
+                    let next = conn.serve(false, shared);
+                    conn.flush_and_advance(next, shared)
+                })
             }
-            conn.close_after(protocol::SHUTTING_DOWN, CloseReason::Shutdown, cx)
-        })
+            _ => Next::Wait,
+        }
     }
 
-    /// Runs `work` with an output buffer in place. When ours is empty we
-    /// borrow the loop's spare one, so responses go straight into a buffer
-    /// that already has capacity: no allocation per request. Afterwards the
-    /// buffer goes back unless the socket left bytes in it.
-    fn with_output<R>(
+    /// Runs `work` with an output buffer in place, then brings the
+    /// process-wide accounting up to date.
+    ///
+    /// When our own buffer is empty we borrow the loop's spare one, so
+    /// responses go straight into a buffer that already has capacity: no
+    /// allocation per request. Afterwards the buffer goes back unless the
+    /// socket left bytes in it.
+    fn with_reply_buffer<R>(
         &mut self,
-        cx: &mut Shared,
+        shared: &mut Shared,
         work: impl FnOnce(&mut Self, &mut Shared) -> R,
     ) -> R {
         let was_empty = self.output.is_empty();
         if was_empty {
-            mem::swap(&mut self.output, cx.spare_output);
+            mem::swap(&mut self.output, shared.spare_output);
         }
-        let result = work(self, cx);
+        let result = work(self, shared);
         let pending = self.pending_output();
         if was_empty && pending > 0 && self.written == 0 {
             // Output became pending and the socket took none of it: the
             // write-stall clock starts now, not at some older write.
-            self.last_write = cx.now;
+            self.last_progress = shared.now;
         }
         if pending == 0 {
             self.output.clear();
             self.written = 0;
             // Keep the larger of the two buffers as the spare; an idle
             // connection holds no output memory at all.
-            if self.output.capacity() > cx.spare_output.capacity() {
-                mem::swap(&mut self.output, cx.spare_output);
+            if self.output.capacity() > shared.spare_output.capacity() {
+                mem::swap(&mut self.output, shared.spare_output);
             }
             self.output = Vec::new();
-        } else if was_empty && self.output.capacity() > 2 * pending + 4096 {
+        } else if was_empty {
             // The socket took only part of what we wrote into the borrowed
             // spare: keep just the rest, in a buffer of its size, and give
             // the large one back to the loop.
             let rest = self.output[self.written..].to_vec();
-            let mut big = mem::replace(&mut self.output, rest);
-            big.clear();
+            let mut spare = mem::replace(&mut self.output, rest);
+            spare.clear();
             self.written = 0;
-            if big.capacity() > cx.spare_output.capacity() {
-                *cx.spare_output = big;
+            if spare.capacity() > shared.spare_output.capacity() {
+                *shared.spare_output = spare;
             }
         }
+        // A burst (a STATS flood, a held backlog at shutdown) may have
+        // grown the spare: give that memory back now rather than at exit.
+        if shared.spare_output.capacity() > SPARE_OUTPUT_KEEP {
+            shared.spare_output.shrink_to(SPARE_OUTPUT_KEEP);
+        }
+        self.update_accounting(shared);
         result
     }
 
-    /// The work of an open connection: lines held back by backpressure
-    /// first, then the socket.
-    fn serve(&mut self, mut readable: bool, cx: &mut Shared) -> Next {
-        if self.paused {
-            // Send first: this event may be the writable edge that lets us resume.
-            if let Err(reason) = self.flush(cx) {
+    /// Brings `STATS buffered` and `paused` up to date with what this
+    /// connection holds now, and the process-wide memory pressure with them.
+    fn update_accounting(&mut self, shared: &mut Shared) {
+        if self.state == State::Closed {
+            return;
+        }
+        let held = self.input.len() + self.pending_output();
+        shared.stats.buffered = shared.stats.buffered - self.counted_bytes as u64 + held as u64;
+        self.counted_bytes = held;
+        let paused = matches!(self.state, State::Paused | State::Draining);
+        if paused != self.counted_paused {
+            if paused {
+                shared.stats.paused += 1;
+            } else {
+                shared.stats.paused -= 1;
+            }
+            self.counted_paused = paused;
+        }
+        shared
+            .memory
+            .update(shared.stats.buffered, shared.limits.max_memory);
+    }
+
+    /// Whether the process is over `--max-memory`, counting what this
+    /// connection holds right now (the shared total is brought up to date
+    /// only after each call, and one read can cross the cap).
+    fn memory_over(&self, shared: &Shared) -> bool {
+        if shared.memory.on {
+            return true;
+        }
+        let held = (self.input.len() + self.pending_output()) as u64;
+        shared.stats.buffered - self.counted_bytes as u64 + held > shared.limits.max_memory as u64
+    }
+
+    /// Whether a paused (or draining) connection may answer and read again:
+    /// its own output has fallen to half of `--max-output` (so a client at
+    /// the limit is not paused and resumed on every write), and either the
+    /// process is below its memory cap or this connection has nothing
+    /// pending (one that holds no output is always served).
+    fn may_resume(&self, shared: &Shared) -> bool {
+        let pending = self.pending_output();
+        pending <= shared.limits.max_output / 2 && (pending == 0 || !self.memory_over(shared))
+    }
+
+    /// The work of a live connection: lines held back first, then the socket.
+    fn serve(&mut self, readable: bool, shared: &mut Shared) -> Next {
+        if matches!(self.state, State::Paused | State::Draining) {
+            // Send first: this event may be the writable edge that lets us
+            // go on.
+            if let Err(reason) = self.flush(shared) {
                 return self.fail(reason);
             }
-            if self.pending_output() > resume_below(cx.limits) {
+            if !self.may_resume(shared) {
                 return Next::Wait;
             }
-            // The peer has taken enough of our output: resume. First run the
-            // lines that were read but held back...
-            self.paused = false;
-            let limits = cx.limits;
-            self.run_held_lines(cx, limits);
-            if self.state != State::Open || self.paused {
+            if self.state == State::Paused {
+                self.state = State::Open;
+            }
+            // Run the lines that were read but held back...
+            let all_answered = self.run_held_lines(shared);
+            if self.state == State::Draining {
+                if !all_answered {
+                    // Paused again by its output: the next writable edge
+                    // brings us back here.
+                    return Next::Wait;
+                }
+                // Every line that was due is answered: the last line.
+                return self.close_after(protocol::SHUTTING_DOWN, CloseReason::Shutdown, shared);
+            }
+            if self.state != State::Open {
                 return Next::Wait;
             }
             // ...then read by hand: bytes that arrived while we were paused
             // raised their one edge-triggered event back then, and no new
             // event will come for them.
-            readable = true;
+            return self.read_requests(shared);
         }
-        if readable {
-            self.read_requests(cx)
+        if self.state == State::Open && readable {
+            self.read_requests(shared)
         } else {
             Next::Wait
         }
     }
 
     /// Reads once into the shared buffer and answers the complete lines.
-    fn read_requests(&mut self, cx: &mut Shared) -> Next {
+    fn read_requests(&mut self, shared: &mut Shared) -> Next {
         loop {
-            let n = match self.stream.read(cx.read_buf) {
-                Ok(0) => return self.on_peer_eof(cx),
+            if self.pending_output() > 0 && self.memory_over(shared) {
+                // The process is over --max-memory and we have output
+                // waiting: read nothing more until the total falls.
+                self.state = State::Paused;
+                return Next::Wait;
+            }
+            let n = match self.stream.read(shared.read_buf) {
+                Ok(0) => return self.on_peer_eof(shared),
                 Ok(n) => n,
                 // Drained: the kernel has nothing more. The next byte to
                 // arrive raises a new edge, so we may stop here.
@@ -435,17 +648,15 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.fail(CloseReason::Io(e.kind())),
             };
-            cx.stats.bytes_in += n as u64;
-            let full = n == cx.read_buf.len();
-            let Shared {
-                read_buf,
-                stats,
-                limits,
-                now,
-                ..
-            } = cx;
-            self.take_input(&read_buf[..n], stats, limits, *now);
-            if self.state != State::Open || self.paused {
+            shared.stats.bytes_in += n as u64;
+            self.totals.bytes_in += n as u64;
+            let full = n == shared.read_buf.len();
+            // Lend the read bytes out of `shared` for the framing, so the
+            // rest of `shared` stays usable meanwhile; put them back after.
+            let read_buf = mem::take(&mut shared.read_buf);
+            self.take_input(&read_buf[..n], read_buf.len(), shared);
+            shared.read_buf = read_buf;
+            if self.state != State::Open {
                 return Next::Wait;
             }
             if full {
@@ -464,26 +675,43 @@ impl Connection {
         }
     }
 
-    /// Frames and answers the bytes of one read; keeps what is left over.
-    fn take_input(&mut self, mut data: &[u8], stats: &mut Stats, limits: &Limits, now: Instant) {
+    /// Frames and answers the bytes of one read (into a buffer of
+    /// `read_len` bytes); keeps what is left over.
+    fn take_input(&mut self, mut data: &[u8], read_len: usize, shared: &mut Shared) {
+        let input_limit = input_capacity_bound(shared.limits, read_len);
         if !self.input.is_empty() {
             // An unfinished line from an earlier read: this read continues it.
             match memchr(b'\n', data) {
                 None => {
                     let len = self.input.len() + data.len();
-                    if framing::unfinished_too_long(len, data.last().copied(), limits.max_line) {
-                        self.line_too_long(stats);
+                    if framing::unfinished_too_long(
+                        len,
+                        data.last().copied(),
+                        shared.limits.max_line,
+                    ) {
+                        self.line_too_long(shared);
                     } else {
+                        reserve_within(&mut self.input, data.len(), input_limit);
                         self.input.extend_from_slice(data);
                     }
                     return;
                 }
                 Some(lf) => {
+                    reserve_within(&mut self.input, lf + 1, input_limit);
                     self.input.extend_from_slice(&data[..=lf]);
                     data = &data[lf + 1..];
                     let mut line = mem::take(&mut self.input);
-                    self.run_lines(&line, stats, limits, now);
+                    let (used, _) = self.run_lines(&line, shared);
                     if self.state != State::Open {
+                        // Paused on this very line: the rest of the read
+                        // is held, after what is left of `line` (nothing,
+                        // unless it was too long, which closes anyway).
+                        line.drain(..used);
+                        reserve_within(&mut line, data.len(), input_limit);
+                        line.extend_from_slice(data);
+                        if self.state == State::Paused {
+                            self.input = line;
+                        }
                         return;
                     }
                     // Keep the buffer (cleared) for the next unfinished line.
@@ -492,11 +720,12 @@ impl Connection {
                 }
             }
         }
-        let used = self.run_lines(data, stats, limits, now);
-        if self.state != State::Open {
+        let (used, _) = self.run_lines(data, shared);
+        if !matches!(self.state, State::Open | State::Paused) {
             return;
         }
         // An unfinished line, or lines held back by backpressure.
+        reserve_within(&mut self.input, data.len() - used, input_limit);
         self.input.extend_from_slice(&data[used..]);
         if self.input.is_empty() {
             // The read ended on a line boundary: give the memory back, so an
@@ -505,105 +734,153 @@ impl Connection {
         }
     }
 
-    /// Runs the lines held in `input` (after backpressure lifts).
-    fn run_held_lines(&mut self, cx: &mut Shared, limits: &Limits) {
+    /// Runs the lines held in `input` (after backpressure lifts). Returns
+    /// whether every complete line in it was answered.
+    fn run_held_lines(&mut self, shared: &mut Shared) -> bool {
         let mut held = mem::take(&mut self.input);
-        let used = self.run_lines(&held, cx.stats, limits, cx.now);
-        if self.state == State::Open && used < held.len() {
+        let (used, all_answered) = self.run_lines(&held, shared);
+        if matches!(self.state, State::Open | State::Paused | State::Draining) {
             held.drain(..used);
-            self.input = held;
+            if !held.is_empty() {
+                self.input = held;
+            }
         }
+        all_answered
     }
 
     /// Answers complete lines at the start of `data` until one stops the
     /// connection (QUIT, too long) or pauses it (backpressure). Returns the
-    /// bytes consumed.
-    fn run_lines(
-        &mut self,
-        data: &[u8],
-        stats: &mut Stats,
-        limits: &Limits,
-        now: Instant,
-    ) -> usize {
+    /// bytes consumed, and whether it stopped because no complete line was
+    /// left.
+    fn run_lines(&mut self, data: &[u8], shared: &mut Shared) -> (usize, bool) {
         let mut used = 0;
-        while self.state == State::Open && !self.paused {
-            match framing::cut_line(&data[used..], limits.max_line) {
-                Cut::Partial => break,
-                Cut::TooLong => self.line_too_long(stats),
+        while self.may_answer(shared) {
+            match framing::cut_line(&data[used..], shared.limits.max_line) {
+                Cut::Partial => return (used, true),
+                Cut::TooLong => self.line_too_long(shared),
                 Cut::Line { line, used: n } => {
                     used += n;
-                    self.answer(line, stats, limits, now);
+                    self.answer(line, shared);
                 }
             }
         }
-        used
+        (used, false)
     }
 
-    /// Answers one request line.
-    fn answer(&mut self, line: &[u8], stats: &mut Stats, limits: &Limits, now: Instant) {
-        stats.commands += 1;
-        self.last_request = now;
-        if protocol::respond(line, stats, now, &mut self.output) == After::Close {
-            self.start_closing(CloseReason::Quit);
-        } else if self.pending_output() > limits.max_output {
-            // Backpressure: stop reading until the peer takes our output.
-            self.paused = true;
+    /// Whether the next held or read line may be answered now.
+    fn may_answer(&self, shared: &Shared) -> bool {
+        match self.state {
+            State::Open => true,
+            // Draining answers held lines under the same backpressure.
+            State::Draining => self.pending_output() <= shared.limits.max_output,
+            _ => false,
         }
     }
 
-    fn line_too_long(&mut self, stats: &mut Stats) {
-        stats.commands += 1;
+    /// Answers one request line.
+    fn answer(&mut self, line: &[u8], shared: &mut Shared) {
+        shared.stats.commands += 1;
+        self.totals.commands += 1;
+        self.last_request = shared.now;
+        self.make_room_for_reply(shared.limits);
+        if protocol::respond(line, shared.stats, shared.now, &mut self.output) == After::Close {
+            self.start_closing(CloseReason::Quit);
+            return;
+        }
+        let pending = self.pending_output();
+        if pending > shared.limits.max_output {
+            // Backpressure: stop reading until the peer takes our output.
+            self.pause();
+        } else if self.memory_over(shared) {
+            // The process is over --max-memory: go on only if the socket
+            // takes this output now. (Rare path: one write per line while
+            // the process is over its cap.)
+            if self.flush(shared).is_err() || self.pending_output() > 0 {
+                self.pause();
+            }
+        }
+    }
+
+    fn pause(&mut self) {
+        if self.state == State::Open {
+            self.state = State::Paused;
+        }
+    }
+
+    /// Makes sure one more response line fits without the buffer growing on
+    /// its own. Almost always a single comparison. When room is short, the
+    /// bytes the socket already took are dropped from the front first (the
+    /// buffer consumes what it writes, so it cannot grow with history), and
+    /// only then does it grow, never past [`output_capacity_bound`].
+    fn make_room_for_reply(&mut self, limits: &Limits) {
+        let longest = longest_response(limits);
+        if self.output.capacity() - self.output.len() >= longest {
+            return;
+        }
+        if self.written > 0 {
+            // Moves the pending bytes to the front: at most what is
+            // pending, which reading keeps below --max-output.
+            self.output.drain(..self.written);
+            self.written = 0;
+        }
+        reserve_within(&mut self.output, longest, output_capacity_bound(limits));
+    }
+
+    fn line_too_long(&mut self, shared: &mut Shared) {
+        shared.stats.commands += 1;
+        self.totals.commands += 1;
+        self.make_room_for_reply(shared.limits);
         self.output.extend_from_slice(protocol::LINE_TOO_LONG);
         self.start_closing(CloseReason::LineTooLong);
     }
 
     /// The client shut its writing side. It may still be reading: answer a
     /// last line that had no LF, flush everything, then close.
-    fn on_peer_eof(&mut self, cx: &mut Shared) -> Next {
+    fn on_peer_eof(&mut self, shared: &mut Shared) -> Next {
         self.peer_eof = true;
         if !self.input.is_empty() {
             let last = mem::take(&mut self.input);
-            self.answer(framing::final_line(&last), cx.stats, cx.limits, cx.now);
+            self.answer(framing::final_line(&last), shared);
         }
         self.start_closing(CloseReason::PeerClosed);
         Next::Wait
     }
 
     /// Queues a last line and starts the close that follows it.
-    fn close_after(&mut self, line: &[u8], reason: CloseReason, cx: &mut Shared) -> Next {
+    fn close_after(&mut self, line: &[u8], reason: CloseReason, shared: &mut Shared) -> Next {
+        self.make_room_for_reply(shared.limits);
         self.output.extend_from_slice(line);
         self.start_closing(reason);
-        self.settle(Next::Wait, cx)
+        self.flush_and_advance(Next::Wait, shared)
     }
 
     /// The one close-after-reply flag: nothing more is read or executed.
     fn start_closing(&mut self, reason: CloseReason) {
-        if self.state == State::Open {
+        if matches!(self.state, State::Open | State::Paused | State::Draining) {
             self.state = State::Closing;
             self.reason = Some(reason);
-            self.paused = false;
             self.input = Vec::new();
         }
     }
 
     /// After any work: write what is pending, move a closing connection on,
     /// and arm the write-stall timer while output waits.
-    fn settle(&mut self, next: Next, cx: &mut Shared) -> Next {
+    fn flush_and_advance(&mut self, next: Next, shared: &mut Shared) -> Next {
         if next == Next::Close {
             return next;
         }
-        if let Err(reason) = self.flush(cx) {
+        if let Err(reason) = self.flush(shared) {
             return self.fail(reason);
         }
         let pending = self.pending_output();
         if pending > 0 {
-            self.arm_write_timer(cx);
+            self.arm_write_timer(shared);
         }
         match self.state {
-            State::Closing if pending == 0 => self.linger(cx),
+            State::Closing if pending == 0 => self.linger(shared),
             // Paused, yet the socket took enough at once: no writable edge
             // may come to wake us, so come back by ourselves.
-            State::Open if self.paused && pending <= resume_below(cx.limits) => Next::Again,
+            State::Paused | State::Draining if self.may_resume(shared) => Next::Again,
             _ => next,
         }
     }
@@ -613,30 +890,36 @@ impl Connection {
     /// sends, for a bounded time: closing a socket with unread input makes
     /// the kernel answer with a reset, which can wipe our last line from the
     /// peer's receive buffer before it reads it.
-    fn linger(&mut self, cx: &mut Shared) -> Next {
+    fn linger(&mut self, shared: &mut Shared) -> Next {
         let _ = self.stream.shutdown(Shutdown::Write);
         // From the client's side the connection is over: it no longer
-        // counts as open, nor against --max-connections.
+        // counts as open, nor against --max-connections. Its descriptor
+        // still counts against the process's budget: the loop keeps the
+        // number of lingering sockets bounded through `shared.lingering`.
         if self.is_client {
             self.is_client = false;
-            cx.stats.connections -= 1;
+            shared.stats.connections -= 1;
         }
         if self.peer_eof {
             // The peer already closed its side: nothing more can arrive.
             return Next::Close;
         }
         self.state = State::Lingering;
-        self.schedule(cx, TimerKind::Linger, cx.now + cx.limits.linger);
+        shared.lingering.push_back((self.key, self.id));
+        self.schedule(shared, TimerKind::Linger, shared.now + shared.limits.linger);
         // Input may already be waiting, and its edge came earlier: drain now.
-        self.discard_input(cx)
+        self.discard_input(shared)
     }
 
     /// Reads and drops input while lingering, until EOF or WouldBlock.
-    fn discard_input(&mut self, cx: &mut Shared) -> Next {
+    fn discard_input(&mut self, shared: &mut Shared) -> Next {
         for _ in 0..LINGER_READS_PER_TURN {
-            match self.stream.read(cx.read_buf) {
+            match self.stream.read(shared.read_buf) {
                 Ok(0) => return Next::Close,
-                Ok(n) => cx.stats.bytes_in += n as u64,
+                Ok(n) => {
+                    shared.stats.bytes_in += n as u64;
+                    self.totals.bytes_in += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Wait,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Next::Close,
@@ -646,7 +929,7 @@ impl Connection {
     }
 
     /// Writes pending output until it is all sent or the socket is full.
-    fn flush(&mut self, cx: &mut Shared) -> Result<(), CloseReason> {
+    fn flush(&mut self, shared: &mut Shared) -> Result<(), CloseReason> {
         // After a WouldBlock, another write would only fail the same way:
         // wait for the writable edge (`writable_again`) instead of spending
         // a system call to hear it again.
@@ -658,8 +941,9 @@ impl Connection {
                 Ok(n) => {
                     // A partial write is normal: keep the rest for later.
                     self.written += n;
-                    self.last_write = cx.now;
-                    cx.stats.bytes_out += n as u64;
+                    self.last_progress = shared.now;
+                    shared.stats.bytes_out += n as u64;
+                    self.totals.bytes_out += n as u64;
                 }
                 // The socket's send buffer is full. The rest waits for the
                 // writable edge that comes when the peer has taken bytes
@@ -676,60 +960,77 @@ impl Connection {
         Ok(())
     }
 
-    fn on_idle_timer(&mut self, cx: &mut Shared) -> Next {
-        let Some(idle) = cx.limits.idle_timeout else {
+    fn on_idle_timer(&mut self, shared: &mut Shared) -> Next {
+        let Some(idle) = shared.limits.idle_timeout else {
             return Next::Wait;
         };
-        if self.state != State::Open {
+        if !matches!(self.state, State::Open | State::Paused) {
             // A closing connection is bounded by its write and linger timers.
             return Next::Wait;
         }
-        if self.pending_output() > 0 || self.paused {
+        if self.pending_output() > 0 || self.state == State::Paused {
             // Still being sent output: not idle. The write timer watches it.
-            self.schedule(cx, TimerKind::Idle, cx.now + idle);
+            self.schedule(shared, TimerKind::Idle, shared.now + idle);
             return Next::Wait;
         }
         let due = self.last_request + idle;
-        if due > cx.now {
+        if due > shared.now {
             // A request came since this entry was pushed: lazy re-arm.
-            self.schedule(cx, TimerKind::Idle, due);
+            self.schedule(shared, TimerKind::Idle, due);
             return Next::Wait;
         }
-        self.with_output(cx, |conn, cx| {
-            conn.close_after(protocol::IDLE_TIMEOUT, CloseReason::IdleTimeout, cx)
+        self.with_reply_buffer(shared, |conn, shared| {
+            conn.close_after(protocol::IDLE_TIMEOUT, CloseReason::IdleTimeout, shared)
         })
     }
 
-    fn on_write_timer(&mut self, cx: &mut Shared) -> Next {
+    /// The write-stall check. `--write-timeout` means the peer took no
+    /// bytes, so the clock must follow the peer, not our own writes: after
+    /// a WouldBlock the writable edge comes only once the kernel's send
+    /// buffer (megabytes, on loopback) has drained by a large share, and a
+    /// slow but live reader may take longer than the timeout to get there.
+    /// So each check asks the kernel how many of the bytes we wrote are
+    /// still unacknowledged; if that count has moved, the peer is alive.
+    fn on_write_timer(&mut self, shared: &mut Shared) -> Next {
         self.write_timer_armed = false;
-        let Some(limit) = cx.limits.write_timeout else {
+        let Some(limit) = shared.limits.write_timeout else {
             return Next::Wait;
         };
         if self.pending_output() == 0 || self.state == State::Closed {
             return Next::Wait;
         }
-        let due = self.last_write + limit;
-        if due <= cx.now {
+        if let Ok(unsent) = sys::unsent_bytes(self.stream.as_raw_fd()) {
+            let acknowledged = self.totals.bytes_out.saturating_sub(unsent as u64);
+            if acknowledged > self.acknowledged {
+                self.acknowledged = acknowledged;
+                self.last_progress = shared.now;
+            }
+        }
+        let due = self.last_progress + limit;
+        if due <= shared.now {
             return self.fail(CloseReason::WriteTimeout);
         }
+        // Check again a quarter of the timeout from now (or at the
+        // deadline, if sooner): a peer that stops is then closed between
+        // one and one and a quarter timeouts after the last byte it took.
+        let next_check = shared.now + stall_check_interval(limit);
         self.write_timer_armed = true;
-        self.schedule(cx, TimerKind::WriteStall, due);
+        self.schedule(shared, TimerKind::WriteStall, due.min(next_check));
         Next::Wait
     }
 
-    fn arm_write_timer(&mut self, cx: &mut Shared) {
-        if let Some(limit) = cx.limits.write_timeout {
+    fn arm_write_timer(&mut self, shared: &mut Shared) {
+        if let Some(limit) = shared.limits.write_timeout {
             if !self.write_timer_armed {
                 self.write_timer_armed = true;
-                // The stall is counted from the moment output became pending.
-                self.last_write = cx.now;
-                self.schedule(cx, TimerKind::WriteStall, cx.now + limit);
+                let at = (self.last_progress + limit).min(shared.now + stall_check_interval(limit));
+                self.schedule(shared, TimerKind::WriteStall, at.max(shared.now));
             }
         }
     }
 
-    fn schedule(&self, cx: &mut Shared, kind: TimerKind, at: Instant) {
-        cx.timers.schedule(Timer {
+    fn schedule(&self, shared: &mut Shared, kind: TimerKind, at: Instant) {
+        shared.timers.schedule(Timer {
             at,
             conn_id: self.id,
             key: self.key,
@@ -744,8 +1045,49 @@ impl Connection {
     }
 }
 
-/// Reading resumes once pending output falls to half of `--max-output`, so a
-/// client at the limit is not paused and resumed on every write.
-fn resume_below(limits: &Limits) -> usize {
-    limits.max_output / 2
+/// How often a connection with output pending asks the kernel whether the
+/// peer took bytes: a quarter of `--write-timeout`, at least 10 ms.
+fn stall_check_interval(limit: Duration) -> Duration {
+    (limit / 4).max(Duration::from_millis(10))
+}
+
+/// Makes room for `additional` more bytes in `buf`, growing by doubling as
+/// `Vec` does, but never past `limit` unless the bytes themselves need more.
+fn reserve_within(buf: &mut Vec<u8>, additional: usize, limit: usize) {
+    let needed = buf.len() + additional;
+    if needed > buf.capacity() {
+        let target = buf.capacity().saturating_mul(2).min(limit).max(needed);
+        buf.reserve_exact(target - buf.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserve_within_doubles_up_to_the_limit_only() {
+        let mut buf = Vec::with_capacity(100);
+        buf.extend_from_slice(&[0; 100]);
+        reserve_within(&mut buf, 1, 150);
+        assert_eq!(buf.capacity(), 150);
+        buf.extend_from_slice(&[0; 50]);
+        // Past the limit only by what is really needed.
+        reserve_within(&mut buf, 10, 150);
+        assert_eq!(buf.capacity(), 160);
+    }
+
+    #[test]
+    fn memory_pressure_has_hysteresis() {
+        let mut p = MemoryPressure::default();
+        p.update(1000, 1000);
+        assert!(!p.on);
+        p.update(1001, 1000);
+        assert!(p.on);
+        p.update(800, 1000);
+        assert!(p.on, "stays on until below three quarters");
+        p.update(749, 1000);
+        assert!(!p.on);
+        assert!(p.lifted);
+    }
 }

@@ -28,6 +28,7 @@
 //! * [`timer`]: the deadline heap that drives the `Poll` timeout.
 //! * [`config`]: command-line options and the limits derived from them.
 //! * [`stats`]: the counters `STATS` reports.
+//! * [`summaries`]: rate-limited log lines for refusals and limit closes.
 //! * [`sys`]: the few calls that differ between Linux, macOS and FreeBSD.
 
 pub mod config;
@@ -36,8 +37,9 @@ pub mod framing;
 pub mod protocol;
 pub mod server;
 pub mod stats;
+pub mod summaries;
 pub mod sys;
 pub mod timer;
 
 pub use config::Config;
-pub use server::{Server, ShutdownHandle, StartError};
+pub use server::{RunError, Server, ShutdownHandle, StartError};

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&format!("event loop failed: {e}")),
+        Err(e) => fail(&e),
     }
 }
 

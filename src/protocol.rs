@@ -115,14 +115,18 @@ fn write_stats(stats: &Stats, now: Instant, out: &mut Vec<u8>) {
     // Writing into a Vec cannot fail.
     let _ = writeln!(
         out,
-        "OK connections={} accepted={} rejected={} commands={} bytes_in={} bytes_out={} uptime_s={}",
+        "OK connections={} accepted={} rejected={} commands={} bytes_in={} bytes_out={} uptime_s={} \
+         buffered={} paused={} auth_failures={}",
         stats.connections,
         stats.accepted,
         stats.rejected,
         stats.commands,
         stats.bytes_in,
         stats.bytes_out,
-        uptime
+        uptime,
+        stats.buffered,
+        stats.paused,
+        stats.auth_failures
     );
 }
 

@@ -10,17 +10,23 @@
 //!    so every handler reads or accepts until the socket is drained, or
 //!    until its fairness budget is spent and it is queued to go on.
 //! 3. Connections with work left (read budget spent, backpressure lifted)
-//!    run again (`run_ready`), and so do listeners that spent their accept
-//!    budget (`run_accept_again`): no new event will come for bytes or
-//!    clients already waiting.
-//! 4. Due timers fire (`fire_timers`); accepting resumes after a pause for
-//!    descriptor exhaustion (`resume_accepting`).
+//!    run again (`run_ready`): no new event will come for bytes already
+//!    waiting.
+//! 4. Due timers fire (`fire_timers`).
 //! 5. Connections closed during the turn are deregistered and removed
 //!    (`reap`). Only now, after the batch: an event later in the same batch
 //!    may still name a closed connection, and must not find its slot reused.
-//! 6. During a graceful shutdown, the loop ends once every connection is
-//!    gone or the shutdown deadline has passed.
+//! 6. Listeners that spent their accept budget accept on
+//!    (`run_accept_again`), after the reap, so that descriptors freed by it
+//!    (lingering sockets cut short) serve the newcomers; accepting resumes
+//!    after a pause for descriptor exhaustion (`resume_accepting`); if the
+//!    process fell back below three quarters of `--max-memory`, every
+//!    paused connection is put on the ready list (`wake_paused`).
+//! 7. During a graceful shutdown, the loop ends once every connection is
+//!    gone or the shutdown deadline has passed; a second SIGINT or SIGTERM
+//!    ends it at once.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -34,9 +40,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::config::{Config, Limits};
-use crate::connection::{Connection, Next, Shared, State};
+use crate::connection::{CloseReason, Connection, MemoryPressure, Next, Shared, State};
 use crate::protocol;
 use crate::stats::Stats;
+use crate::summaries::{Kind, Summaries};
 use crate::sys;
 use crate::timer::Timers;
 
@@ -62,20 +69,47 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 /// would spin).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Sockets that may linger at once without counting as clients (busy
-/// rejects, and clients that got their last line); past this, a busy reject
-/// is written and closed straight away, so a flood of connects cannot pile
-/// up sockets.
-const MAX_LINGERING_REJECTS: usize = 1024;
+/// Sockets that may linger at once after their last line (clients, and busy
+/// rejects). They no longer count as clients, but each holds a descriptor:
+/// past this many, or when the process needs their descriptors for
+/// newcomers, the oldest is closed at once (`evict_lingering`).
+const MAX_LINGERING: usize = 1024;
 
-/// Descriptors the server needs besides one per client: listeners, epoll,
-/// signal pipe, waker, spare, stdio, and lingering rejects in a burst.
-const RESERVED_DESCRIPTORS: u64 = 64;
+/// Descriptors the server needs besides one per socket it holds: stdio,
+/// epoll, the signal pipe, the waker, the spare, and a margin; listeners are
+/// counted on top. A turn may accept a few sockets past the budget before
+/// the reap frees the descriptors of those evicted for them: if that runs
+/// into the real limit, the spare descriptor answers (see
+/// `turn_away_without_descriptors`).
+const RESERVED_DESCRIPTORS: u64 = 16;
 
 const SIGNAL: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
 /// Listener `i` has token `LISTENER_BASE + i`; slab keys stay far below.
 const LISTENER_BASE: usize = usize::MAX / 2;
+
+/// Why a running server stopped other than by a graceful shutdown.
+#[derive(Debug)]
+pub enum RunError {
+    /// `poll` itself failed.
+    Poll(io::Error),
+    /// A second SIGINT or SIGTERM came during the graceful shutdown: every
+    /// connection was closed at once.
+    StoppedAtOnce,
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Poll(e) => write!(f, "event loop failed: {e}"),
+            RunError::StoppedAtOnce => {
+                f.write_str("stopped at once: a second signal came during the graceful shutdown")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -157,6 +191,18 @@ pub struct Server {
     spare_fd: Option<File>,
     /// Per listener: it spent its accept budget with clients still queued.
     accept_again: Vec<bool>,
+    /// The process-wide cap on client buffer memory.
+    memory: MemoryPressure,
+    /// Connections lingering after their last line, oldest first (entries
+    /// of connections closed since are skipped when met).
+    lingering: VecDeque<(usize, u64)>,
+    /// Sockets the server may hold at once (clients, closing, lingering and
+    /// rejects): the open file limit less `RESERVED_DESCRIPTORS`.
+    socket_budget: usize,
+    /// Rate-limited log lines for refusals and limit closes.
+    summaries: Summaries,
+    /// A second SIGINT or SIGTERM came during the shutdown.
+    stop_at_once: bool,
 }
 
 impl Server {
@@ -165,7 +211,7 @@ impl Server {
         let setup = |what| move |source| StartError::Setup { what, source };
         let poll = Poll::new().map_err(setup("the poller"))?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(setup("the waker"))?);
-        check_descriptor_limit(config.max_connections);
+        let descriptor_limit = check_descriptor_limit(config.max_connections);
 
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
@@ -187,7 +233,21 @@ impl Server {
         }
 
         let now = Instant::now();
+        let socket_budget = descriptor_limit
+            .saturating_sub(RESERVED_DESCRIPTORS + listeners.len() as u64)
+            .max(1);
         Ok(Server {
+            memory: MemoryPressure::default(),
+            lingering: VecDeque::new(),
+            socket_budget: usize::try_from(socket_budget).unwrap_or(usize::MAX),
+            summaries: Summaries::new(
+                config.max_connections,
+                descriptor_limit,
+                config.max_line,
+                config.idle_timeout,
+                config.write_timeout,
+            ),
+            stop_at_once: false,
             accept_again: vec![false; listeners.len()],
             poll,
             listeners,
@@ -226,16 +286,18 @@ impl Server {
         }
     }
 
-    /// Shut down gracefully on SIGINT and SIGTERM. The signal handler only
-    /// writes to a pipe that `poll` watches on its own token: no work is
-    /// done inside the handler.
+    /// Shut down gracefully on SIGINT and SIGTERM (a second one during the
+    /// shutdown stops at once); SIGHUP reloads and never stops the server.
+    /// The signal handler only writes to a pipe that `poll` watches on its
+    /// own token: no work is done inside the handler.
     pub fn handle_signals(&mut self) -> Result<(), StartError> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let setup = |source| StartError::Setup {
             what: "signal handling",
             source,
         };
-        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM]).map_err(setup)?;
+        let mut signals =
+            signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(setup)?;
         self.poll
             .registry()
             .register(&mut signals, SIGNAL, Interest::READABLE)
@@ -245,7 +307,7 @@ impl Server {
     }
 
     /// Runs the event loop until a graceful shutdown has finished.
-    pub fn run(mut self) -> io::Result<()> {
+    pub fn run(mut self) -> Result<(), RunError> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
             let timeout = self.poll_timeout();
@@ -254,7 +316,7 @@ impl Server {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(e);
+                return Err(RunError::Poll(e));
             }
             // One clock read per turn: every deadline and idle time this turn uses it.
             self.now = Instant::now();
@@ -266,7 +328,7 @@ impl Server {
                         self.begin_shutdown()
                     }
                     WAKER => {}
-                    Token(t) if t >= LISTENER_BASE => self.accept_all(t - LISTENER_BASE),
+                    Token(t) if t >= LISTENER_BASE => self.accept_within_budget(t - LISTENER_BASE),
                     Token(key) => {
                         // Closed and error flags are hints: a read tells for
                         // sure. A hang-up without EPOLLIN must still be read:
@@ -282,11 +344,22 @@ impl Server {
                 }
             }
             self.run_ready();
-            self.run_accept_again();
             self.fire_timers();
-            self.resume_accepting();
             self.reap();
+            self.run_accept_again();
+            self.resume_accepting();
+            self.bound_lingering();
+            self.wake_paused();
+            self.summaries.log_due(self.now);
 
+            if self.stop_at_once {
+                info!(
+                    "stopping at once: closing {} connection(s)",
+                    self.conns.len()
+                );
+                self.close_all_now();
+                return Err(RunError::StoppedAtOnce);
+            }
             if let Some(deadline) = self.shutdown_deadline {
                 if self.conns.is_empty() {
                     info!("shutdown complete");
@@ -297,27 +370,34 @@ impl Server {
                         "shutdown timeout: closing {} connection(s) that did not finish",
                         self.conns.len()
                     );
-                    let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-                    for key in keys {
-                        self.close(key);
-                    }
-                    self.reap();
+                    self.close_all_now();
                     return Ok(());
                 }
             }
         }
     }
 
+    /// Closes and removes every connection now.
+    fn close_all_now(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.close(key);
+        }
+        self.reap();
+    }
+
     /// How long `poll` may sleep: not at all when a connection has work
-    /// left, else until the nearest deadline, else forever.
+    /// left (or a closed one still holds its socket), else until the
+    /// nearest deadline, else forever.
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() || self.accept_again.contains(&true) {
+        if !self.ready.is_empty() || !self.closing.is_empty() || self.accept_again.contains(&true) {
             return Some(Duration::ZERO);
         }
         let deadline = [
             self.timers.next_deadline(),
             self.shutdown_deadline,
             self.accept_paused_until,
+            self.summaries.next_due(),
         ]
         .into_iter()
         .flatten()
@@ -336,6 +416,8 @@ impl Server {
             timers: &mut self.timers,
             read_buf: &mut self.read_buf,
             spare_output: &mut self.spare_output,
+            memory: &mut self.memory,
+            lingering: &mut self.lingering,
         };
         (&mut self.conns, shared)
     }
@@ -352,7 +434,7 @@ impl Server {
         }
         let id = conn.id();
         let next = conn.drive(readable, hangup, &mut cx);
-        self.follow(key, id, next);
+        self.act_on(key, id, next);
     }
 
     /// Runs the connections that had work left at the end of their turn.
@@ -371,7 +453,7 @@ impl Server {
             }
             conn.unqueue();
             let next = conn.drive(true, false, &mut cx);
-            self.follow(key, id, next);
+            self.act_on(key, id, next);
         }
         ready.clear();
         self.ready_spare = ready;
@@ -389,12 +471,67 @@ impl Server {
                 continue;
             }
             let next = conn.on_timer(timer.kind, &mut cx);
-            self.follow(timer.key, timer.conn_id, next);
+            self.act_on(timer.key, timer.conn_id, next);
         }
     }
 
+    /// The process fell back below three quarters of `--max-memory`: every
+    /// connection paused for it may read again. No socket event will come
+    /// for the lines they hold, so they go on the ready list.
+    fn wake_paused(&mut self) {
+        if !std::mem::take(&mut self.memory.lifted) {
+            return;
+        }
+        for (key, conn) in self.conns.iter_mut() {
+            if conn.state() == State::Paused && conn.mark_queued() {
+                self.ready.push((key, conn.id()));
+            }
+        }
+    }
+
+    /// At most `MAX_LINGERING` sockets linger: past that, the oldest are
+    /// closed at once. Entries of connections that closed since are dropped.
+    fn bound_lingering(&mut self) {
+        if self.lingering.len() <= MAX_LINGERING {
+            return;
+        }
+        let conns = &self.conns;
+        self.lingering.retain(|&(key, id)| {
+            conns
+                .get(key)
+                .is_some_and(|c| c.id() == id && c.state() == State::Lingering)
+        });
+        while self.lingering.len() > MAX_LINGERING {
+            self.evict_lingering(1);
+        }
+    }
+
+    /// Closes up to `wanted` of the oldest lingering sockets, to free their
+    /// descriptors (at the end of this turn, in `reap`). Every reply was
+    /// written before they started lingering: only the courtesy drain is
+    /// cut short. Returns how many were closed.
+    fn evict_lingering(&mut self, wanted: usize) -> usize {
+        let mut evicted = 0;
+        while evicted < wanted {
+            let Some((key, id)) = self.lingering.pop_front() else {
+                break;
+            };
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.id() != id {
+                continue;
+            }
+            if conn.cut_linger_short() == Next::Close {
+                self.close(key);
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+
     /// Acts on what a connection asked for.
-    fn follow(&mut self, key: usize, id: u64, next: Next) {
+    fn act_on(&mut self, key: usize, id: u64, next: Next) {
         match next {
             Next::Wait => {}
             // Once on the list is enough: a connection that asks again
@@ -414,7 +551,7 @@ impl Server {
     fn close(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key) {
             if conn.state() != State::Closed {
-                conn.mark_closed();
+                conn.mark_closed(&mut self.stats);
                 self.closing.push(key);
             }
         }
@@ -430,9 +567,30 @@ impl Server {
             if conn.is_client() {
                 self.stats.connections -= 1;
             }
-            match conn.reason() {
-                Some(reason) => debug!("closed {}: {reason}", conn.peer()),
-                None => debug!("closed {}", conn.peer()),
+            let kind = match conn.reason() {
+                Some(CloseReason::LineTooLong) => Some(Kind::LineTooLong),
+                Some(CloseReason::IdleTimeout) => Some(Kind::IdleTimeout),
+                Some(CloseReason::WriteTimeout) => Some(Kind::WriteTimeout),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                self.summaries.note(kind, self.now);
+            }
+            if log::log_enabled!(log::Level::Debug) {
+                let totals = conn.totals();
+                let reason = conn
+                    .reason()
+                    .map_or("closed".to_string(), |r| r.to_string());
+                debug!(
+                    "closed {}: {reason}; open {:.3} s, {} bytes in, {} bytes out, {} command(s)",
+                    conn.peer(),
+                    self.now
+                        .saturating_duration_since(totals.opened)
+                        .as_secs_f64(),
+                    totals.bytes_in,
+                    totals.bytes_out,
+                    totals.commands
+                );
             }
         }
         // Stale timer entries of closed connections wait in the heap until
@@ -447,7 +605,7 @@ impl Server {
     /// Accepts the queued connections on listener `index`, at most
     /// `ACCEPTS_PER_TURN`: edge-triggered, the listener reports a burst of
     /// connects once, so if the budget runs out it sets `accept_again`.
-    fn accept_all(&mut self, index: usize) {
+    fn accept_within_budget(&mut self, index: usize) {
         if self.accept_paused_until.is_some() {
             return;
         }
@@ -459,7 +617,13 @@ impl Server {
                 Ok((stream, peer)) => self.admit(stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if sys::is_out_of_descriptors(&e) => {
-                    self.turn_away_without_descriptors(index);
+                    if self.evict_lingering(ACCEPTS_PER_TURN) > 0 {
+                        // Lingering sockets give their descriptors back at
+                        // the end of this turn; accept on after that.
+                        self.accept_again[index] = true;
+                    } else {
+                        self.turn_away_without_descriptors(index);
+                    }
                     return;
                 }
                 // That one connection failed (aborted before we took it, ...);
@@ -479,33 +643,38 @@ impl Server {
         }
         // Budget spent: more clients may be queued, and the listener will
         // not report them again. Accept on after the others had their turn.
-        if let Some(again) = self.accept_again.get_mut(index) {
-            *again = true;
-        }
+        self.accept_again[index] = true;
     }
 
-    /// Listeners whose accept budget ran out earlier in this turn accept on.
-    /// The flag is taken first: `accept_all` sets it again if the budget runs
+    /// Listeners whose accept budget ran out earlier accept on. The flag is
+    /// taken first: `accept_within_budget` sets it again if the budget runs
     /// out once more, for the next turn.
     fn run_accept_again(&mut self) {
         for index in 0..self.accept_again.len() {
             if std::mem::take(&mut self.accept_again[index]) {
-                self.accept_all(index);
+                self.accept_within_budget(index);
             }
         }
     }
 
     /// Admission before allocation: a connection over `--max-connections` is
-    /// turned away before any client state or buffer exists for it.
+    /// turned away before any client state or buffer exists for it. Every
+    /// socket, whatever its state, holds a descriptor: when the server holds
+    /// its whole budget of them, the oldest lingering socket is closed to
+    /// make room, and a newcomer is turned away only if none lingers.
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
         // Responses are small writes; without this, Nagle holds a reply
         // back while an earlier one is unacknowledged (up to 40 ms).
         let _ = stream.set_nodelay(true);
-        let busy = self.stats.connections >= self.config.max_connections;
+        let out_of_sockets = self.conns.len() - self.closing.len() >= self.socket_budget
+            && self.evict_lingering(1) == 0;
+        let busy = out_of_sockets || self.stats.connections >= self.config.max_connections;
         if busy {
             self.stats.rejected += 1;
-            let lingering = self.conns.len() - self.stats.connections as usize;
-            if lingering >= MAX_LINGERING_REJECTS {
+            self.summaries.note(Kind::Busy, self.now);
+            if out_of_sockets || self.lingering.len() >= MAX_LINGERING {
+                // No descriptor to spare for a lingering close: say why and
+                // close at once (a short write on a fresh socket cannot block).
                 debug!("turned away {peer}: server busy (no linger)");
                 let mut stream = stream;
                 let _ = stream.write(protocol::BUSY);
@@ -514,6 +683,16 @@ impl Server {
         } else {
             self.stats.accepted += 1;
             self.stats.connections += 1;
+            // Dead peers: let the kernel probe an idle connection, so one
+            // that vanished (power loss, cable) ends as a reset would.
+            if let Some(idle) = self.limits.tcp_keepalive {
+                let keepalive = socket2::TcpKeepalive::new()
+                    .with_time(idle)
+                    .with_interval(idle.min(Duration::from_secs(75)));
+                if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+                    debug!("cannot set TCP keepalive for {peer}: {e}");
+                }
+            }
         }
         self.next_id += 1;
         let id = self.next_id;
@@ -521,11 +700,11 @@ impl Server {
         // inserted; `insert` below returns this same key, as nothing is
         // inserted in between.
         let key = self.conns.vacant_key();
-        let (conns, mut cx) = self.parts();
+        let (conns, mut shared) = self.parts();
         let (conn, next) = if busy {
-            Connection::reject_busy(stream, peer, key, id, &mut cx)
+            Connection::reject_busy(stream, peer, key, id, &mut shared)
         } else {
-            Connection::accept(stream, peer, key, id, &mut cx)
+            Connection::accept(stream, peer, key, id, &mut shared)
         };
         conns.insert(conn);
         debug!(
@@ -542,7 +721,7 @@ impl Server {
             Interest::READABLE | Interest::WRITABLE,
         );
         match registered {
-            Ok(()) => self.follow(key, id, next),
+            Ok(()) => self.act_on(key, id, next),
             Err(e) => {
                 warn!("cannot register {peer}: {e}");
                 self.close(key);
@@ -550,41 +729,47 @@ impl Server {
         }
     }
 
-    /// Out of descriptors: `accept` cannot make one, yet the listener stays
-    /// readable with clients queued. Free the spare descriptor, accept one
-    /// client with it, tell it we are busy, close it, take the spare back;
-    /// repeat until the queue is empty. Clients hear why, the backlog does
-    /// not stall, and the loop does not spin.
+    /// Out of descriptors, with no lingering socket to free: `accept`
+    /// cannot make one, yet the listener stays readable with clients
+    /// queued. Free the spare descriptor, accept one client with it, tell
+    /// it we are busy, close it, take the spare back; repeat, within the
+    /// same accept budget as ever (a connect flood must not keep the loop
+    /// here while established clients wait). Clients hear why, the backlog
+    /// does not stall, and the loop does not spin.
     fn turn_away_without_descriptors(&mut self, index: usize) {
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             let Some(listener) = self.listeners.get(index) else {
                 return;
             };
             if self.spare_fd.take().is_none() {
-                break;
+                // No spare to use: wait a little, then try again (see
+                // resume_accepting).
+                warn!("out of file descriptors: accepting paused for {ACCEPT_BACKOFF:?}");
+                self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+                return;
             }
-            match listener.accept() {
+            let accepted = listener.accept();
+            match accepted {
                 Ok((mut stream, peer)) => {
                     self.stats.rejected += 1;
+                    self.summaries.note(Kind::OutOfDescriptors, self.now);
                     let _ = stream.write(protocol::BUSY);
                     debug!("turned away {peer}: out of file descriptors");
                     // Close it before taking the spare back: its descriptor is the spare's.
                     drop(stream);
                     self.spare_fd = File::open("/dev/null").ok();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Err(e) => {
                     self.spare_fd = File::open("/dev/null").ok();
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+                    }
                     return;
-                }
-                Err(_) => {
-                    self.spare_fd = File::open("/dev/null").ok();
-                    break;
                 }
             }
         }
-        // No spare to use: wait a little, then try again (see resume_accepting).
-        warn!("out of file descriptors: accepting paused for {ACCEPT_BACKOFF:?}");
-        self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+        // Budget spent: the rest of the queue waits for the next turn.
+        self.accept_again[index] = true;
     }
 
     /// After a pause, accept by hand: the queued clients raised their edge
@@ -596,20 +781,30 @@ impl Server {
                 self.spare_fd = File::open("/dev/null").ok();
             }
             for index in 0..self.listeners.len() {
-                self.accept_all(index);
+                self.accept_within_budget(index);
             }
         }
     }
 
     fn on_signal(&mut self) {
-        let mut received = false;
+        use signal_hook::consts::SIGHUP;
+        let mut stop = false;
         if let Some(signals) = self.signals.as_mut() {
             for signal in signals.pending() {
-                info!("received signal {signal}: shutting down");
-                received = true;
+                if signal == SIGHUP {
+                    // Nothing is reloadable yet; the line says so, and the
+                    // server goes on (the default action would kill it).
+                    info!("reload: received SIGHUP; nothing to reload (no certificate, key or token file is configured)");
+                } else if self.shutdown_deadline.is_some() {
+                    info!("received signal {signal} during the shutdown: stopping at once");
+                    self.stop_at_once = true;
+                } else {
+                    info!("received signal {signal}: shutting down");
+                    stop = true;
+                }
             }
         }
-        if received {
+        if stop {
             self.begin_shutdown();
         }
     }
@@ -633,7 +828,7 @@ impl Server {
         for (key, id) in keys {
             let (conns, mut cx) = self.parts();
             let next = conns[key].shut_down(&mut cx);
-            self.follow(key, id, next);
+            self.act_on(key, id, next);
         }
     }
 }
@@ -656,15 +851,24 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// Raises the soft limit on open files to the hard limit, and warns when
 /// `--max-connections` cannot fit under it.
-fn check_descriptor_limit(max_connections: u64) {
+fn check_descriptor_limit(max_connections: u64) -> u64 {
+    let needed = max_connections.saturating_add(RESERVED_DESCRIPTORS);
     match sys::raise_descriptor_limit() {
-        Ok(limit) if limit < max_connections + RESERVED_DESCRIPTORS => warn!(
-            "--max-connections {max_connections} needs about {} file descriptors, but the limit is {limit}; \
-             connections past it are turned away with ERR server busy",
-            max_connections + RESERVED_DESCRIPTORS
-        ),
-        Ok(limit) => debug!("open file limit: {limit}"),
-        Err(e) => warn!("cannot read or raise the open file limit: {e}"),
+        Ok(limit) => {
+            if limit < needed {
+                warn!(
+                    "--max-connections {max_connections} needs about {needed} file descriptors, but the limit is {limit}; \
+                     connections past it are turned away with ERR server busy"
+                );
+            } else {
+                debug!("open file limit: {limit}");
+            }
+            limit
+        }
+        Err(e) => {
+            warn!("cannot read or raise the open file limit: {e}");
+            needed
+        }
     }
 }
 
@@ -689,7 +893,7 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         let before: Vec<usize> = server.conns.iter().map(|(k, _)| k).collect();
-        server.accept_all(0);
+        server.accept_within_budget(0);
         let key = server
             .conns
             .iter()

@@ -23,6 +23,14 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Bytes written to clients.
     pub bytes_out: u64,
+    /// Bytes held now in client buffers: unfinished input, held lines,
+    /// pending output (`--max-memory` caps it).
+    pub buffered: u64,
+    /// Connections whose reading is paused now (backpressure).
+    pub paused: u64,
+    /// Failed `AUTH` attempts (authentication is not configurable yet, so
+    /// this stays 0; the key is part of the reply already).
+    pub auth_failures: u64,
 }
 
 impl Stats {
@@ -36,6 +44,9 @@ impl Stats {
             commands: 0,
             bytes_in: 0,
             bytes_out: 0,
+            buffered: 0,
+            paused: 0,
+            auth_failures: 0,
         }
     }
 }

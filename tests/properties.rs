@@ -22,7 +22,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use loopline::config::Limits;
-use loopline::connection::{Connection, Next, Shared, State};
+use loopline::connection::{
+    input_capacity_bound, output_capacity_bound, Connection, Next, Shared, State, SPARE_OUTPUT_KEEP,
+};
 use loopline::framing::{cut_line, final_line, unfinished_too_long, Cut};
 use loopline::protocol::{self, After};
 use loopline::stats::Stats;
@@ -399,6 +401,19 @@ fn socket_pair() -> (
     )
 }
 
+/// The limits a setup stands for.
+fn limits_for(setup: &Setup) -> Limits {
+    Limits {
+        max_line: setup.max_line,
+        max_output: setup.max_output,
+        idle_timeout: None,
+        write_timeout: None,
+        linger: Duration::from_secs(2),
+        max_memory: usize::MAX,
+        tcp_keepalive: None,
+    }
+}
+
 /// The invariants that hold after every call into the connection.
 /// `shut_down` answers the lines held back by backpressure past
 /// `--max-output` (at most one read's worth), so after it the output bound
@@ -411,6 +426,22 @@ fn check(
 ) -> Result<(), TestCaseError> {
     let input = conn.buffered_input();
     let pending = conn.pending_output();
+    // The memory really held, not only the bytes pending: capacities never
+    // grow with what the connection sent or read over its life.
+    let limits = limits_for(setup);
+    let (input_capacity, output_capacity) = conn.buffer_capacities();
+    prop_assert!(
+        input_capacity <= input_capacity_bound(&limits, setup.read_buf),
+        "input capacity {} > bound {}",
+        input_capacity,
+        input_capacity_bound(&limits, setup.read_buf)
+    );
+    prop_assert!(
+        output_capacity <= output_capacity_bound(&limits),
+        "output capacity {} > bound {}",
+        output_capacity,
+        output_capacity_bound(&limits)
+    );
     prop_assert!(
         input <= setup.max_line + 1 + setup.read_buf,
         "held input {} > max_line + 1 + read buffer ({} + 1 + {})",
@@ -418,7 +449,7 @@ fn check(
         setup.max_line,
         setup.read_buf
     );
-    if conn.state() != State::Open {
+    if !matches!(conn.state(), State::Open | State::Paused | State::Draining) {
         prop_assert_eq!(input, 0, "a closing connection holds no input");
     } else if next == Next::Wait && pending == 0 {
         // Nothing pending and nothing more to do: reading is not paused (a
@@ -480,6 +511,13 @@ impl Harness<'_> {
         let mut turns = 0;
         loop {
             check(&self.conn, next, self.setup, self.shutdown_at.is_some())?;
+            // The loop's spare output buffer gives a burst's memory back.
+            prop_assert!(
+                self.cx.spare_output.capacity()
+                    <= SPARE_OUTPUT_KEEP.min(output_capacity_bound(self.cx.limits)),
+                "spare output buffer kept {} bytes",
+                self.cx.spare_output.capacity()
+            );
             match next {
                 Next::Wait => return Ok(()),
                 Next::Close => {
@@ -542,7 +580,7 @@ impl Harness<'_> {
         if self.closed {
             return Ok(());
         }
-        if self.conn.state() == State::Open && self.shutdown_at.is_none() {
+        if matches!(self.conn.state(), State::Open | State::Paused) && self.shutdown_at.is_none() {
             self.shutdown_at = Some(self.cx.stats.bytes_in as usize);
         }
         let next = self.conn.shut_down(&mut self.cx);
@@ -639,13 +677,7 @@ fn client_write(
 
 fn run_state_machine(setup: &Setup, script: &Script, ops: &[Op]) -> Result<(), TestCaseError> {
     let input = script.bytes();
-    let limits = Limits {
-        max_line: setup.max_line,
-        max_output: setup.max_output,
-        idle_timeout: None,
-        write_timeout: None,
-        linger: Duration::from_secs(2),
-    };
+    let limits = limits_for(setup);
     let now = Instant::now();
     let mut stats = Stats::new(now);
     // The loop counts a client when it accepts it; the connection uncounts
@@ -655,6 +687,8 @@ fn run_state_machine(setup: &Setup, script: &Script, ops: &[Op]) -> Result<(), T
     let mut timers = Timers::new();
     let mut read_buf = vec![0u8; setup.read_buf];
     let mut spare_output = Vec::new();
+    let mut memory = loopline::connection::MemoryPressure::default();
+    let mut lingering = std::collections::VecDeque::new();
     let mut cx = Shared {
         now,
         limits: &limits,
@@ -662,6 +696,8 @@ fn run_state_machine(setup: &Setup, script: &Script, ops: &[Op]) -> Result<(), T
         timers: &mut timers,
         read_buf: &mut read_buf,
         spare_output: &mut spare_output,
+        memory: &mut memory,
+        lingering: &mut lingering,
     };
     let (stream, peer, mut client, dup) = socket_pair();
     let mut dup = mio::net::TcpStream::from_std(dup);

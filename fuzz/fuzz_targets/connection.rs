@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use loopline::config::Limits;
-use loopline::connection::{Connection, Next, Shared, State};
+use loopline::connection::{
+    input_capacity_bound, output_capacity_bound, Connection, Next, Shared, State, SPARE_OUTPUT_KEEP,
+};
 use loopline::framing::{cut_line, final_line, Cut};
 use loopline::protocol::{self, After};
 use loopline::stats::Stats;
@@ -69,9 +71,28 @@ impl Run<'_> {
             held <= self.max_line + 1 + self.read_buf,
             "held input {held}"
         );
-        if self.conn.state() != State::Open {
+        if !matches!(
+            self.conn.state(),
+            State::Open | State::Paused | State::Draining
+        ) {
             assert_eq!(held, 0, "a closing connection holds input");
         }
+        // The memory really held: capacities, not only pending bytes.
+        let (input_capacity, output_capacity) = self.conn.buffer_capacities();
+        assert!(
+            input_capacity <= input_capacity_bound(self.cx.limits, self.read_buf),
+            "input capacity {input_capacity}"
+        );
+        assert!(
+            output_capacity <= output_capacity_bound(self.cx.limits),
+            "output capacity {output_capacity}"
+        );
+        assert!(
+            self.cx.spare_output.capacity()
+                <= SPARE_OUTPUT_KEEP.min(output_capacity_bound(self.cx.limits)),
+            "spare output kept {}",
+            self.cx.spare_output.capacity()
+        );
         // After a shutdown, lines held back by backpressure are answered
         // past max_output: at most one read's worth, a reply each.
         let extra = if self.shut_down {
@@ -171,6 +192,8 @@ fuzz_target!(|data: &[u8]| {
         idle_timeout: None,
         write_timeout: None,
         linger: Duration::from_secs(2),
+        max_memory: usize::MAX,
+        tcp_keepalive: None,
     };
     let now = Instant::now();
     let mut stats = Stats::new(now);
@@ -179,6 +202,8 @@ fuzz_target!(|data: &[u8]| {
     let mut timers = Timers::new();
     let mut read_buf = vec![0u8; read_buf_len];
     let mut spare_output = Vec::new();
+    let mut memory = loopline::connection::MemoryPressure::default();
+    let mut lingering = std::collections::VecDeque::new();
     let cx = Shared {
         now,
         limits: &limits,
@@ -186,6 +211,8 @@ fuzz_target!(|data: &[u8]| {
         timers: &mut timers,
         read_buf: &mut read_buf,
         spare_output: &mut spare_output,
+        memory: &mut memory,
+        lingering: &mut lingering,
     };
     let mut cx = cx;
     let (conn, next) = Connection::accept(stream, "127.0.0.1:1".parse().unwrap(), 0, 1, &mut cx);
@@ -213,7 +240,7 @@ fuzz_target!(|data: &[u8]| {
             }
             if op & 0x80 != 0 && shutdowns_enabled() && !run.closed && !run.shut_down {
                 run.shut_down = true;
-                if run.conn.state() == State::Open {
+                if matches!(run.conn.state(), State::Open | State::Paused) {
                     shutdown_at = Some(run.cx.stats.bytes_in as usize);
                 }
                 let next = run.conn.shut_down(&mut run.cx);

@@ -1,0 +1,186 @@
+//! Rate-limited log lines for clients turned away or closed by a limit or a
+//! timer, so an operator sees refusals at the default level without a flood
+//! of lines: at most one line per kind per [`SUMMARY_WINDOW`], with the
+//! count and the limit that caused them, e.g.
+//!
+//! ```text
+//! turned away 137 connection(s) in 10 s: server busy (--max-connections 10000)
+//! ```
+//!
+//! The first event of a quiet period is logged at once; the ones that follow
+//! within the window are counted and summed in one line when it ends.
+
+use std::time::{Duration, Instant};
+
+use log::info;
+
+/// At most one line per kind this often.
+pub const SUMMARY_WINDOW: Duration = Duration::from_secs(10);
+
+/// What happened to the clients a line counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Turned away: `--max-connections` were open.
+    Busy,
+    /// Turned away: the process had no descriptor left.
+    OutOfDescriptors,
+    /// Closed: a request line passed `--max-line`.
+    LineTooLong,
+    /// Closed: no complete request for `--idle-timeout`.
+    IdleTimeout,
+    /// Closed: the peer took no bytes for `--write-timeout`.
+    WriteTimeout,
+}
+
+const KINDS: usize = 5;
+
+impl Kind {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Kind::Busy | Kind::OutOfDescriptors => "turned away",
+            _ => "closed",
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    /// Events not yet logged.
+    count: u64,
+    /// When the first of them happened.
+    since: Option<Instant>,
+    /// When this kind's last line was logged.
+    last_line: Option<Instant>,
+}
+
+/// The tallies, one per kind, and what each line says the limit is.
+#[derive(Debug)]
+pub struct Summaries {
+    tallies: [Tally; KINDS],
+    /// Per kind: the cause and its limit, e.g. `server busy (--max-connections 10000)`.
+    causes: [String; KINDS],
+}
+
+impl Summaries {
+    /// Tallies for a server with these limits, described once at start.
+    pub fn new(
+        max_connections: u64,
+        descriptor_limit: u64,
+        max_line: u64,
+        idle_timeout: Duration,
+        write_timeout: Duration,
+    ) -> Summaries {
+        Summaries {
+            tallies: [Tally::default(); KINDS],
+            causes: [
+                format!("server busy (--max-connections {max_connections})"),
+                format!("out of file descriptors (open file limit {descriptor_limit})"),
+                format!("request line too long (--max-line {max_line})"),
+                format!("idle timeout (--idle-timeout {idle_timeout:?})"),
+                format!("write timeout: peer took no bytes (--write-timeout {write_timeout:?})"),
+            ],
+        }
+    }
+
+    /// Counts one event; logs at once if this kind has been quiet for a window.
+    pub fn note(&mut self, kind: Kind, now: Instant) {
+        let tally = &mut self.tallies[kind.index()];
+        tally.count += 1;
+        tally.since.get_or_insert(now);
+        self.log_due(now);
+    }
+
+    /// When the next line is due, for the loop's `poll` timeout.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.tallies
+            .iter()
+            .filter(|t| t.count > 0)
+            .filter_map(|t| t.last_line.map(|at| at + SUMMARY_WINDOW))
+            .min()
+    }
+
+    /// Logs every kind whose count is waiting and whose window has passed.
+    pub fn log_due(&mut self, now: Instant) {
+        for (index, tally) in self.tallies.iter_mut().enumerate() {
+            if tally.count == 0 || tally.last_line.is_some_and(|at| now < at + SUMMARY_WINDOW) {
+                continue;
+            }
+            let from = tally.last_line.or(tally.since).unwrap_or(now);
+            // Whole seconds, rounded up: "in 0 s" would read as nothing.
+            let secs = now
+                .saturating_duration_since(from)
+                .as_secs_f64()
+                .ceil()
+                .max(1.0);
+            info!(
+                "{} {} connection(s) in {secs} s: {}",
+                KIND_ORDER[index].verb(),
+                tally.count,
+                self.causes[index]
+            );
+            *tally = Tally {
+                count: 0,
+                since: None,
+                last_line: Some(now),
+            };
+        }
+    }
+}
+
+const KIND_ORDER: [Kind; KINDS] = [
+    Kind::Busy,
+    Kind::OutOfDescriptors,
+    Kind::LineTooLong,
+    Kind::IdleTimeout,
+    Kind::WriteTimeout,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summaries() -> Summaries {
+        Summaries::new(
+            10,
+            1024,
+            1024,
+            Duration::from_secs(300),
+            Duration::from_secs(30),
+        )
+    }
+
+    #[test]
+    fn first_event_logs_at_once_then_one_line_per_window() {
+        let t0 = Instant::now();
+        let mut s = summaries();
+        s.note(Kind::Busy, t0);
+        assert_eq!(s.tallies[0].count, 0, "logged at once");
+        assert_eq!(s.next_due(), None);
+        for i in 0..5 {
+            s.note(Kind::Busy, t0 + Duration::from_secs(i + 1));
+        }
+        assert_eq!(s.tallies[0].count, 5, "held for the window");
+        assert_eq!(s.next_due(), Some(t0 + SUMMARY_WINDOW));
+        s.log_due(t0 + SUMMARY_WINDOW);
+        assert_eq!(s.tallies[0].count, 0);
+        assert_eq!(s.next_due(), None);
+    }
+
+    #[test]
+    fn kinds_are_counted_apart_and_in_order() {
+        for (i, kind) in KIND_ORDER.iter().enumerate() {
+            assert_eq!(kind.index(), i);
+        }
+        let t0 = Instant::now();
+        let mut s = summaries();
+        s.note(Kind::IdleTimeout, t0);
+        s.note(Kind::IdleTimeout, t0);
+        s.note(Kind::WriteTimeout, t0);
+        assert_eq!(s.tallies[Kind::IdleTimeout.index()].count, 1);
+        assert_eq!(s.tallies[Kind::WriteTimeout.index()].count, 0);
+    }
+}
