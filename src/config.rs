@@ -987,6 +987,21 @@ mod tests {
     }
 
     #[test]
+    fn server_bind_refuses_an_invalid_config_before_binding() {
+        // Bound by hand, Duration::MAX would panic at the first deadline.
+        let config = Config {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            idle_timeout: Duration::MAX,
+            ..Config::default()
+        };
+        match crate::Server::bind(config) {
+            Err(crate::StartError::Config(e)) => assert_eq!(e.option(), "--idle-timeout"),
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => panic!("bound a server with an idle timeout of Duration::MAX"),
+        }
+    }
+
+    #[test]
     fn bad_values_are_usage_errors() {
         for args in [
             &["loopline", "--max-line", "0"][..],

@@ -205,10 +205,19 @@ impl Server {
         // Bind every address before announcing any: a start that fails on
         // its second address must log no `listening on` line, or a script
         // waiting for that line would take a failed start for a running one.
+        let is_name = |listen_addr: &crate::config::ListenAddr| {
+            matches!(listen_addr.host, crate::config::Host::Name(_))
+        };
+        let address_missing_here = |e: &io::Error| {
+            e.kind() == io::ErrorKind::AddrNotAvailable
+                || e.raw_os_error() == Some(libc::EAFNOSUPPORT)
+        };
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
         // Per listener, the `--listen` value it came from (for the log).
         let mut listened_from = Vec::new();
+        // Addresses of a host name that this machine lacks, skipped.
+        let mut skipped = Vec::new();
         for listen_addr in &config.listen {
             let resolved = listen_addr
                 .resolve()
@@ -216,13 +225,26 @@ impl Server {
                     listen: listen_addr.clone(),
                     source,
                 })?;
+            let bound_before = listeners.len();
+            let mut last_skipped = None;
             for addr in resolved {
                 let failed = |source| StartError::Listen {
                     addr,
                     listen: listen_addr.clone(),
                     source,
                 };
-                let mut listener = listen(addr).map_err(failed)?;
+                let mut listener = match listen(addr) {
+                    Ok(listener) => listener,
+                    // A host name may name an address this machine lacks
+                    // (::1 in /etc/hosts with IPv6 turned off, as in many
+                    // containers): skip it, if another of its addresses binds.
+                    Err(e) if is_name(listen_addr) && address_missing_here(&e) => {
+                        skipped.push(format!("{addr} of --listen {listen_addr}: {e}"));
+                        last_skipped = Some(failed(e));
+                        continue;
+                    }
+                    Err(e) => return Err(failed(e)),
+                };
                 let local = listener.local_addr().map_err(failed)?;
                 // Listener `i` (in the order bound) gets token LISTENER_BASE + i.
                 let token = Token(LISTENER_BASE + listeners.len());
@@ -233,6 +255,15 @@ impl Server {
                 local_addrs.push(local);
                 listened_from.push(listen_addr);
             }
+            // Every address of the name was missing: that is a failure.
+            if listeners.len() == bound_before {
+                if let Some(error) = last_skipped {
+                    return Err(error);
+                }
+            }
+        }
+        for skip in skipped {
+            warn!("skipped {skip}");
         }
         for (local, listen_addr) in local_addrs.iter().zip(listened_from) {
             let options = listen_addr.options();
