@@ -241,6 +241,7 @@ impl<T: BoundValue> Bounds<T> {
         }
     }
 
+    /// Whether the option accepts `value`.
     pub fn contains(&self, value: T) -> bool {
         (self.zero_turns_off && value == T::ZERO) || (self.min <= value && value <= self.max)
     }
@@ -381,7 +382,8 @@ pub const LISTENER_OPTIONS: &[&str] = &[];
 pub struct ListenAddr {
     pub host: Host,
     pub port: u16,
-    /// Names from [`LISTENER_OPTIONS`], each at most once, in the order given.
+    /// Names from [`LISTENER_OPTIONS`], each at most once, in the order
+    /// given. Private, so that only parsing (which checks them) sets it.
     options: Vec<&'static str>,
 }
 
