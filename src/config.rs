@@ -1,77 +1,334 @@
-//! Command-line options (SPEC section 2), parsed with clap.
+//! Command-line options, their accepted values, and the limits derived
+//! from them.
 //!
-//! A bad option is a usage error: clap prints a message naming the option
-//! and the process exits with status 2, before anything is bound.
+//! Options are parsed with clap. A bad option is a usage error: clap prints
+//! a message naming the option and the process exits with status 2, before
+//! anything is bound. A program that builds a [`Config`] by hand skips clap,
+//! so [`Config::validate`] (called first thing by `Server::bind`) checks the
+//! same ranges: each is defined once, in [`bounds`], and used by both.
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
 
+/// What the end of `--help` says: the forms of a DUR, logging, exit codes,
+/// signals and examples. The man page is generated from it too.
+const AFTER_HELP: &str = "\
+DUR is a number of seconds (2, 0.5) or a number with a unit: 500ms, 2s, 5m, 1h.
+
+HOST is an IPv4 address (127.0.0.1), an IPv6 address in brackets ([::1]) or a \
+host name, resolved once at start to every address it names (localhost:9000 \
+listens on 127.0.0.1 and on ::1 where both exist). Port 0 picks a free port; \
+the log shows the real one.
+
+Logging goes to stderr. RUST_LOG sets the level: error, warn, info (the \
+default), debug or trace. Once every listener is bound, the server logs one \
+line 'listening on ADDR' for each.
+
+Exit status: 0 after a graceful shutdown; 1 for a failure at start (an \
+address in use, a host name that does not resolve) or a second SIGINT or \
+SIGTERM during a graceful shutdown; 2 for a usage error (a bad option or \
+value, named in the message).
+
+Signals: SIGINT or SIGTERM starts a graceful shutdown (stop accepting, send \
+every response already due, then 'ERR server shutting down', close); a second \
+one hurries it, closing every connection at once. SIGHUP reloads, and never \
+stops the server.
+
+Examples:
+  loopline --listen 127.0.0.1:9000
+  loopline --listen localhost:9000 --idle-timeout 5m";
+
 /// Everything the server needs to start. Build it with [`Config::parse`]
-/// (from the command line) or by hand (in tests and embedding programs).
+/// (from the command line) or by hand (in tests and embedding programs);
+/// `Server::bind` checks a hand-built one with [`Config::validate`].
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "loopline",
     version,
     about = "A TCP line-protocol server (PING, ECHO, QUIT, HELP, STATS) on one mio event loop",
-    after_help = "DUR is seconds (2, 0.5) or a number with a unit (500ms, 2s, 5m, 1h).\n\
-                  Logging goes to stderr; RUST_LOG sets the level (default info)."
+    after_help = AFTER_HELP
 )]
 pub struct Config {
-    /// Address to listen on: IPv4 or [IPv6]:port; port 0 picks a free port. Repeatable.
-    #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:9000")]
-    pub listen: Vec<SocketAddr>,
+    /// Address to listen on, as HOST:PORT (see HOST below), optionally
+    /// followed by listener options, comma-separated. Repeatable.
+    #[arg(
+        long = "listen",
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:9000"
+    )]
+    pub listen: Vec<ListenAddr>,
 
-    /// Open client connections at once; one more gets `ERR server busy`.
+    /// Open client connections at once; one more gets ERR server busy.
     #[arg(long, value_name = "N", default_value_t = 10_000,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = bounds::MAX_CONNECTIONS.parser())]
     pub max_connections: u64,
 
     /// Longest request line in bytes (CR and LF not counted).
     #[arg(long, value_name = "BYTES", default_value_t = 1024,
-          value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
+          value_parser = bounds::MAX_LINE.parser())]
     pub max_line: u64,
 
     /// Pending output in bytes above which the server stops reading from a client.
     #[arg(long, value_name = "BYTES", default_value_t = 1_048_576,
-          value_parser = clap::value_parser!(u64).range(1..=(1 << 40)))]
+          value_parser = bounds::MAX_OUTPUT.parser())]
     pub max_output: u64,
 
+    /// Bytes held in all client buffers of the process together (unfinished
+    /// input, held lines, pending output); above it, reading pauses.
+    #[arg(long, value_name = "BYTES", default_value_t = 268_435_456,
+          value_parser = bounds::MAX_MEMORY.parser())]
+    pub max_memory: u64,
+
     /// Close a connection with no complete request for this long; 0 turns it off.
-    #[arg(long, value_name = "DUR", default_value = "300s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "300s",
+          value_parser = bounds::IDLE_TIMEOUT.parser())]
     pub idle_timeout: Duration,
 
     /// Close a connection whose peer takes no bytes for this long while output is pending; 0 turns it off.
-    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "30s",
+          value_parser = bounds::WRITE_TIMEOUT.parser())]
     pub write_timeout: Duration,
 
     /// How long a graceful shutdown (SIGINT, SIGTERM) may spend flushing before closing anyway.
-    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "5s",
+          value_parser = bounds::SHUTDOWN_TIMEOUT.parser())]
     pub shutdown_timeout: Duration,
 
-    /// Bytes held in all client buffers of the process together, above which reading pauses.
-    #[arg(long, value_name = "BYTES", default_value_t = 268_435_456,
-          value_parser = clap::value_parser!(u64).range(4096..=(1 << 40)))]
-    pub max_memory: u64,
-
-    /// TCP keepalive on client sockets: idle time before the kernel probes; 0 turns it off.
-    #[arg(long, value_name = "DUR", default_value = "300s", value_parser = parse_duration)]
+    /// Idle time after which the kernel probes a client whose connection is
+    /// silent, to find peers that are gone; 0 turns it off.
+    #[arg(long, value_name = "DUR", default_value = "300s",
+          value_parser = bounds::TCP_KEEPALIVE.parser())]
     pub tcp_keepalive: Duration,
 }
 
 impl Default for Config {
-    /// The defaults of SPEC section 2.
+    /// The documented defaults: what `loopline` with no option uses.
     fn default() -> Config {
         Config::parse_from(["loopline"])
     }
 }
 
-/// The longest DUR accepted: 10 years, far beyond any useful timeout.
+impl Config {
+    /// Checks every field against the range its option accepts. The command
+    /// line is checked by clap already; this catches a `Config` built by
+    /// hand, whose values would otherwise overflow (a line limit of
+    /// `u64::MAX`) or panic (a deadline `Duration::MAX` away) deep in the loop.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::NoListener);
+        }
+        bounds::MAX_CONNECTIONS.check(self.max_connections)?;
+        bounds::MAX_LINE.check(self.max_line)?;
+        bounds::MAX_OUTPUT.check(self.max_output)?;
+        bounds::MAX_MEMORY.check(self.max_memory)?;
+        bounds::IDLE_TIMEOUT.check(self.idle_timeout)?;
+        bounds::WRITE_TIMEOUT.check(self.write_timeout)?;
+        bounds::SHUTDOWN_TIMEOUT.check(self.shutdown_timeout)?;
+        bounds::TCP_KEEPALIVE.check(self.tcp_keepalive)?;
+        Ok(())
+    }
+}
+
+/// The longest DUR any option accepts: 10 years, far beyond any useful
+/// timeout, and far enough from `Duration::MAX` that `Instant + duration`
+/// (every deadline) cannot overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
+/// The range of values each option accepts.
+pub mod bounds {
+    use super::{Bounds, MAX_DURATION};
+    use std::time::Duration;
+
+    pub const MAX_CONNECTIONS: Bounds<u64> = Bounds::new("--max-connections", 1, 1_000_000);
+    /// Up to 1 GiB: a line is held whole in memory while it arrives.
+    pub const MAX_LINE: Bounds<u64> = Bounds::new("--max-line", 1, 1 << 30);
+    /// Up to 1 TiB; `--max-memory` is the practical cap.
+    pub const MAX_OUTPUT: Bounds<u64> = Bounds::new("--max-output", 1, 1 << 40);
+    /// From 1 KiB (small values let tests reach the cap quickly) to 1 TiB.
+    pub const MAX_MEMORY: Bounds<u64> = Bounds::new("--max-memory", 1024, 1 << 40);
+    pub const IDLE_TIMEOUT: Bounds<Duration> =
+        Bounds::new("--idle-timeout", Duration::ZERO, MAX_DURATION);
+    pub const WRITE_TIMEOUT: Bounds<Duration> =
+        Bounds::new("--write-timeout", Duration::ZERO, MAX_DURATION);
+    pub const SHUTDOWN_TIMEOUT: Bounds<Duration> =
+        Bounds::new("--shutdown-timeout", Duration::ZERO, MAX_DURATION);
+    /// The kernel counts keepalive idle time in whole seconds, from 1 to
+    /// 32767 on Linux (TCP_KEEPIDLE); 0 is the server's own "off".
+    pub const TCP_KEEPALIVE: Bounds<Duration> = Bounds::new(
+        "--tcp-keepalive",
+        Duration::from_secs(1),
+        Duration::from_secs(32767),
+    )
+    .or_zero_for_off();
+}
+
+/// The values an option accepts: `min..=max`, and 0 as well when 0 turns
+/// the feature off. Displayed as a sentence naming the option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds<T> {
+    /// The option, as typed on the command line.
+    pub option: &'static str,
+    pub min: T,
+    pub max: T,
+    /// 0 is accepted too, below `min`, and means "off".
+    pub zero_turns_off: bool,
+}
+
+/// A type an option's value can have: a count (of connections or bytes)
+/// or a duration.
+pub trait BoundValue: Copy + PartialOrd + Send + Sync + 'static {
+    const ZERO: Self;
+    /// Reads the value from the command line.
+    fn parse(text: &str) -> Result<Self, String>;
+    /// Writes the value as a user would type it.
+    fn show(self) -> String;
+    /// The error for `value` outside `bounds`.
+    fn out_of_range(bounds: Bounds<Self>, value: Self) -> ConfigError;
+}
+
+impl BoundValue for u64 {
+    const ZERO: u64 = 0;
+    fn parse(text: &str) -> Result<u64, String> {
+        text.parse().map_err(|_| {
+            if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+                format!("{text} is too large")
+            } else {
+                format!("{text:?} is not a whole number")
+            }
+        })
+    }
+    fn show(self) -> String {
+        self.to_string()
+    }
+    fn out_of_range(bounds: Bounds<u64>, value: u64) -> ConfigError {
+        ConfigError::Number { bounds, value }
+    }
+}
+
+impl BoundValue for Duration {
+    const ZERO: Duration = Duration::ZERO;
+    fn parse(text: &str) -> Result<Duration, String> {
+        parse_duration(text)
+    }
+    fn show(self) -> String {
+        show_duration(self)
+    }
+    fn out_of_range(bounds: Bounds<Duration>, value: Duration) -> ConfigError {
+        ConfigError::Duration { bounds, value }
+    }
+}
+
+impl<T: BoundValue> Bounds<T> {
+    pub const fn new(option: &'static str, min: T, max: T) -> Bounds<T> {
+        Bounds {
+            option,
+            min,
+            max,
+            zero_turns_off: false,
+        }
+    }
+
+    /// The same bounds, with 0 accepted as "off".
+    pub const fn or_zero_for_off(self) -> Bounds<T> {
+        Bounds {
+            zero_turns_off: true,
+            ..self
+        }
+    }
+
+    /// Whether the option accepts `value`.
+    pub fn contains(&self, value: T) -> bool {
+        (self.zero_turns_off && value == T::ZERO) || (self.min <= value && value <= self.max)
+    }
+
+    /// `Ok` when `value` is accepted, else the error naming the option.
+    pub fn check(&self, value: T) -> Result<(), ConfigError> {
+        if self.contains(value) {
+            Ok(())
+        } else {
+            Err(T::out_of_range(*self, value))
+        }
+    }
+
+    /// The clap value parser for the option: parse, then check the range,
+    /// with the same sentence as [`Config::validate`].
+    pub fn parser(self) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+        move |text| {
+            let value = T::parse(text).map_err(|problem| format!("{problem}; {self}"))?;
+            self.check(value).map_err(|_| self.to_string())?;
+            Ok(value)
+        }
+    }
+}
+
+impl<T: BoundValue> fmt::Display for Bounds<T> {
+    /// "--max-line must be between 1 and 1073741824", "--idle-timeout must
+    /// be at most 87600h", "--tcp-keepalive must be 0 (off) or between 1s
+    /// and 32767s".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (option, min, max) = (self.option, self.min.show(), self.max.show());
+        if self.min == T::ZERO {
+            write!(f, "{option} must be at most {max}")
+        } else if self.zero_turns_off {
+            write!(f, "{option} must be 0 (off) or between {min} and {max}")
+        } else {
+            write!(f, "{option} must be between {min} and {max}")
+        }
+    }
+}
+
+/// A [`Config`] field outside the range its option accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A count (connections, bytes) out of range.
+    Number { bounds: Bounds<u64>, value: u64 },
+    /// A duration out of range.
+    Duration {
+        bounds: Bounds<Duration>,
+        value: Duration,
+    },
+    /// No `--listen` address: the server would serve nothing.
+    NoListener,
+}
+
+impl ConfigError {
+    /// The option at fault, as typed on the command line.
+    pub fn option(&self) -> &'static str {
+        match self {
+            ConfigError::Number { bounds, .. } => bounds.option,
+            ConfigError::Duration { bounds, .. } => bounds.option,
+            ConfigError::NoListener => "--listen",
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Number { bounds, value } => write!(f, "{bounds}, not {value}"),
+            ConfigError::Duration { bounds, value } => {
+                write!(f, "{bounds}, not {}", show_duration(*value))
+            }
+            ConfigError::NoListener => {
+                write!(
+                    f,
+                    "--listen must be given at least once: there is nothing to serve"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 /// Parses a DUR: a number of seconds (`2`, `0.5`) or a number with a unit
-/// (`500ms`, `2s`, `5m`, `1h`).
+/// (`500ms`, `2s`, `5m`, `1h`). Each option's [`bounds`] then say how long
+/// it may be.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -92,33 +349,298 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let value: f64 = number
         .parse()
         .map_err(|_| format!("{text:?} is not a duration (examples: 2, 0.5, 500ms, 5m)"))?;
-    let duration = Duration::try_from_secs_f64(value * scale)
-        .map_err(|_| format!("{text:?} is out of range"))?;
-    // Deadlines are `Instant + duration`, which must not overflow.
-    if duration > MAX_DURATION {
-        return Err(format!("{text:?} is longer than the maximum, 10 years"));
-    }
-    Ok(duration)
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("{text:?} is far too long"))
 }
 
+/// A duration in the largest DUR unit that shows it exactly: `87600h`,
+/// `5m`, `30s`, `500ms`; seconds with a fraction otherwise.
+pub fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if d.is_zero() {
+        "0".to_string()
+    } else if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}s", d.as_secs_f64())
+    } else if ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// The options a listener may carry after its address, comma-separated
+/// (`0.0.0.0:9443,tls`). None exists yet: adding one is adding its name
+/// here, and the code that honours it asks [`ListenAddr::has_option`].
+pub const LISTENER_OPTIONS: &[&str] = &[];
+
+/// One `--listen` value: `HOST:PORT`, then listener options if any.
+/// `"127.0.0.1:9000".parse()` and `SocketAddr::into()` both make one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenAddr {
+    pub host: Host,
+    pub port: u16,
+    /// Names from [`LISTENER_OPTIONS`], each at most once, in the order
+    /// given. Private, so that only parsing (which checks them) sets it.
+    options: Vec<&'static str>,
+}
+
+/// The HOST of a [`ListenAddr`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    Ip(IpAddr),
+    /// A host name, resolved when the server starts.
+    Name(String),
+}
+
+impl ListenAddr {
+    /// The listener options given, in order.
+    pub fn options(&self) -> &[&'static str] {
+        &self.options
+    }
+
+    /// Whether the listener option `name` was given.
+    pub fn has_option(&self, name: &str) -> bool {
+        debug_assert!(
+            LISTENER_OPTIONS.contains(&name),
+            "no listener option {name:?}"
+        );
+        self.options.contains(&name)
+    }
+
+    /// Every socket address this names, without duplicates, in the
+    /// resolver's order. A host name is looked up now (the system
+    /// resolver: /etc/hosts, then DNS); an IP address is used as it is.
+    pub fn resolve(&self) -> io::Result<Vec<SocketAddr>> {
+        let found: Vec<SocketAddr> = match &self.host {
+            Host::Ip(ip) => vec![SocketAddr::new(*ip, self.port)],
+            Host::Name(name) => (name.as_str(), self.port).to_socket_addrs()?.collect(),
+        };
+        // /etc/hosts may name an address twice (say, two lines for
+        // localhost); binding it twice would fail with "address in use".
+        let mut unique = Vec::with_capacity(found.len());
+        for addr in found {
+            if !unique.contains(&addr) {
+                unique.push(addr);
+            }
+        }
+        if unique.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the name has no address",
+            ));
+        }
+        Ok(unique)
+    }
+}
+
+impl From<SocketAddr> for ListenAddr {
+    /// The address as it is, with no listener option. (An IPv6 scope id or
+    /// flow label is not kept.)
+    fn from(addr: SocketAddr) -> ListenAddr {
+        ListenAddr {
+            host: Host::Ip(addr.ip()),
+            port: addr.port(),
+            options: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    /// The form it was given in: `127.0.0.1:9000`, `[::1]:9000`,
+    /// `localhost:9000`, then `,OPTION` for each option.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port)?,
+            Host::Ip(IpAddr::V4(ip)) => write!(f, "{ip}:{}", self.port)?,
+            Host::Name(name) => write!(f, "{name}:{}", self.port)?,
+        }
+        for option in &self.options {
+            write!(f, ",{option}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for ListenAddr {
+    type Err = ListenAddrError;
+
+    fn from_str(text: &str) -> Result<ListenAddr, ListenAddrError> {
+        let fail = |problem| ListenAddrError {
+            value: text.to_string(),
+            problem,
+        };
+        let mut parts = text.split(',');
+        // `split` yields at least one part, maybe empty.
+        let address = parts.next().unwrap_or_default();
+        let (host, port) = parse_host_port(address).map_err(fail)?;
+        let mut options = Vec::new();
+        for name in parts {
+            let Some(&option) = LISTENER_OPTIONS.iter().find(|known| **known == name) else {
+                return Err(fail(ListenAddrProblem::UnknownOption(name.to_string())));
+            };
+            if options.contains(&option) {
+                return Err(fail(ListenAddrProblem::RepeatedOption(option)));
+            }
+            options.push(option);
+        }
+        Ok(ListenAddr {
+            host,
+            port,
+            options,
+        })
+    }
+}
+
+/// Splits `HOST:PORT` (`[IPv6]:PORT` for IPv6) and checks both halves.
+fn parse_host_port(address: &str) -> Result<(Host, u16), ListenAddrProblem> {
+    if let Some(bracketed) = address.strip_prefix('[') {
+        let (ip, port) = bracketed
+            .split_once("]:")
+            .ok_or(ListenAddrProblem::MissingPort)?;
+        let ip: Ipv6Addr = ip.parse().map_err(|_| ListenAddrProblem::BadIpv6)?;
+        return Ok((Host::Ip(IpAddr::V6(ip)), parse_port(port)?));
+    }
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or(ListenAddrProblem::MissingPort)?;
+    let port = parse_port(port)?;
+    if host.is_empty() {
+        return Err(ListenAddrProblem::MissingHost);
+    }
+    if host.contains(':') {
+        // `::1:9000`: which colon ends the address is anyone's guess.
+        return Err(ListenAddrProblem::UnbracketedIpv6);
+    }
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        // Digits and dots mean an IPv4 address, never a host name: a typo
+        // like 127.0.0.256 is reported, not sent to the resolver.
+        let ip: Ipv4Addr = host.parse().map_err(|_| ListenAddrProblem::BadIpv4)?;
+        return Ok((Host::Ip(IpAddr::V4(ip)), port));
+    }
+    if !is_host_name(host) {
+        return Err(ListenAddrProblem::BadHostName);
+    }
+    Ok((Host::Name(host.to_string()), port))
+}
+
+fn parse_port(port: &str) -> Result<u16, ListenAddrProblem> {
+    // `u16::from_str` alone would take "+80".
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ListenAddrProblem::BadPort);
+    }
+    port.parse().map_err(|_| ListenAddrProblem::BadPort)
+}
+
+/// A DNS name as resolvers take it: dot-separated labels of letters,
+/// digits, `-` and `_`, each 1 to 63 bytes, not starting or ending with
+/// `-`; at most 253 bytes in all. One trailing dot (fully qualified) is fine.
+fn is_host_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// A `--listen` value that is not of an accepted form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddrError {
+    /// The whole value, as given.
+    pub value: String,
+    pub problem: ListenAddrProblem,
+}
+
+/// What is wrong with a `--listen` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddrProblem {
+    MissingHost,
+    MissingPort,
+    BadPort,
+    BadIpv4,
+    BadIpv6,
+    UnbracketedIpv6,
+    BadHostName,
+    UnknownOption(String),
+    RepeatedOption(&'static str),
+}
+
+impl fmt::Display for ListenAddrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = &self.value;
+        match &self.problem {
+            ListenAddrProblem::MissingHost => write!(
+                f,
+                "{value:?} has no HOST before its :PORT (0.0.0.0 means every IPv4 address)"
+            )?,
+            ListenAddrProblem::MissingPort => write!(f, "{value:?} has no :PORT")?,
+            ListenAddrProblem::BadPort => {
+                write!(f, "the port in {value:?} is not a number from 0 to 65535")?
+            }
+            ListenAddrProblem::BadIpv4 => write!(f, "{value:?} holds no valid IPv4 address")?,
+            ListenAddrProblem::BadIpv6 => {
+                write!(f, "{value:?} holds no valid IPv6 address in its brackets")?
+            }
+            ListenAddrProblem::UnbracketedIpv6 => {
+                write!(f, "the IPv6 address in {value:?} must be in brackets")?
+            }
+            ListenAddrProblem::BadHostName => write!(f, "{value:?} holds no valid host name")?,
+            ListenAddrProblem::UnknownOption(name) if LISTENER_OPTIONS.is_empty() => {
+                return write!(
+                    f,
+                    "unknown listener option {name:?} in {value:?}: this version has none"
+                );
+            }
+            ListenAddrProblem::UnknownOption(name) => {
+                return write!(
+                    f,
+                    "unknown listener option {name:?} in {value:?} (known: {})",
+                    LISTENER_OPTIONS.join(", ")
+                );
+            }
+            ListenAddrProblem::RepeatedOption(name) => {
+                return write!(f, "listener option {name:?} is given twice in {value:?}");
+            }
+        }
+        // A malformed address: show every form that works.
+        write!(
+            f,
+            "; use HOST:PORT with HOST an IPv4 address, [IPv6] or a host name, \
+             e.g. 127.0.0.1:9000, [::1]:9000, localhost:9000"
+        )
+    }
+}
+
+impl std::error::Error for ListenAddrError {}
+
 /// The limits a connection enforces, in the types the hot path wants.
+/// [`Limits::from_config`] is the one place they are derived.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// `--max-line`, in bytes.
     pub max_line: usize,
     /// `--max-output`: pending output above which reading pauses.
     pub max_output: usize,
+    /// `--max-memory`: bytes in all client buffers of the process above
+    /// which reading pauses.
+    pub max_memory: usize,
     /// `--idle-timeout`, `None` when 0 (off).
     pub idle_timeout: Option<Duration>,
     /// `--write-timeout`, `None` when 0 (off).
     pub write_timeout: Option<Duration>,
+    /// `--tcp-keepalive`, `None` when 0 (off).
+    pub tcp_keepalive: Option<Duration>,
     /// How long a closing connection may drain unread input after its last
     /// line, before the socket is dropped (see `Connection::linger`).
     pub linger: Duration,
-    /// `--max-memory`: bytes held in all client buffers together.
-    pub max_memory: usize,
-    /// `--tcp-keepalive`, `None` when 0 (off).
-    pub tcp_keepalive: Option<Duration>,
 }
 
 /// How long a closing connection reads and discards input after its last line.
@@ -128,14 +650,17 @@ impl Limits {
     /// The limits `config` sets.
     pub fn from_config(config: &Config) -> Limits {
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        // The bounds keep every count far below usize::MAX on 64-bit
+        // machines; a 32-bit one saturates instead of wrapping.
+        let bytes = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         Limits {
-            max_line: usize::try_from(config.max_line).unwrap_or(usize::MAX),
-            max_output: usize::try_from(config.max_output).unwrap_or(usize::MAX),
+            max_line: bytes(config.max_line),
+            max_output: bytes(config.max_output),
+            max_memory: bytes(config.max_memory),
             idle_timeout: nonzero(config.idle_timeout),
             write_timeout: nonzero(config.write_timeout),
-            linger: LINGER_TIMEOUT,
-            max_memory: usize::try_from(config.max_memory).unwrap_or(usize::MAX),
             tcp_keepalive: nonzero(config.tcp_keepalive),
+            linger: LINGER_TIMEOUT,
         }
     }
 }
@@ -145,13 +670,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn duration_forms_of_the_spec() {
+    fn duration_forms() {
         let ms = |n| Duration::from_millis(n);
         assert_eq!(parse_duration("2"), Ok(ms(2000)));
         assert_eq!(parse_duration("0.5"), Ok(ms(500)));
         assert_eq!(parse_duration("500ms"), Ok(ms(500)));
         assert_eq!(parse_duration("2s"), Ok(ms(2000)));
         assert_eq!(parse_duration("5m"), Ok(ms(300_000)));
+        assert_eq!(parse_duration("1h"), Ok(ms(3_600_000)));
         assert_eq!(parse_duration("0"), Ok(ms(0)));
         for bad in [
             "",
@@ -161,42 +687,320 @@ mod tests {
             "1e3",
             "abc",
             "2 s s",
-            "10000000000000000000",
-            "99999999h",
+            "inf",
+            &"9".repeat(400),
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
-    fn defaults_match_the_spec() {
+    fn durations_show_in_the_largest_exact_unit() {
+        assert_eq!(show_duration(MAX_DURATION), "87600h");
+        assert_eq!(show_duration(Duration::from_secs(300)), "5m");
+        assert_eq!(show_duration(Duration::from_secs(32767)), "32767s");
+        assert_eq!(show_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(show_duration(Duration::from_micros(1500)), "0.0015s");
+        assert_eq!(show_duration(Duration::ZERO), "0");
+        // Every shown value reads back as itself.
+        for d in [
+            MAX_DURATION,
+            Duration::from_millis(1500),
+            Duration::from_secs(60),
+        ] {
+            assert_eq!(parse_duration(&show_duration(d)), Ok(d));
+        }
+    }
+
+    #[test]
+    fn defaults() {
         let c = Config::default();
         assert_eq!(c.listen, vec!["127.0.0.1:9000".parse().unwrap()]);
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.max_line, 1024);
         assert_eq!(c.max_output, 1_048_576);
+        assert_eq!(c.max_memory, 268_435_456);
         assert_eq!(c.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.write_timeout, Duration::from_secs(30));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(c.tcp_keepalive, Duration::from_secs(300));
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]
-    fn listen_repeats_and_takes_ipv6() {
-        let c =
-            Config::try_parse_from(["loopline", "--listen", "127.0.0.1:0", "--listen", "[::1]:0"])
-                .unwrap();
-        assert_eq!(c.listen.len(), 2);
-        assert!(c.listen[1].is_ipv6());
+    fn listen_repeats_and_takes_ipv6_and_names() {
+        let c = Config::try_parse_from([
+            "loopline",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "[::1]:0",
+            "--listen",
+            "localhost:9000",
+        ])
+        .unwrap();
+        assert_eq!(c.listen.len(), 3);
+        assert_eq!(c.listen[1].host, Host::Ip("::1".parse().unwrap()));
+        assert_eq!(c.listen[2].host, Host::Name("localhost".into()));
+        assert_eq!(c.listen[2].port, 9000);
+    }
+
+    #[test]
+    fn listen_addr_display_round_trips() {
+        for text in [
+            "127.0.0.1:9000",
+            "[::1]:0",
+            "[fe80::1]:65535",
+            "localhost:9000",
+            "db-1.example.org.:80",
+        ] {
+            let addr: ListenAddr = text.parse().unwrap();
+            assert_eq!(addr.to_string(), text);
+            assert!(addr.options().is_empty());
+        }
+        let socket: SocketAddr = "[::1]:9000".parse().unwrap();
+        assert_eq!(ListenAddr::from(socket).to_string(), "[::1]:9000");
+        assert_eq!(ListenAddr::from(socket).resolve().unwrap(), vec![socket]);
+    }
+
+    #[test]
+    fn malformed_listen_values_name_their_problem_and_the_forms() {
+        use ListenAddrProblem::*;
+        for (text, problem) in [
+            ("localhost", MissingPort),
+            ("", MissingPort),
+            ("[::1]", MissingPort),
+            ("127.0.0.1:", BadPort),
+            ("127.0.0.1:70000", BadPort),
+            ("127.0.0.1:+80", BadPort),
+            ("127.0.0.256:80", BadIpv4),
+            ("1.2.3:80", BadIpv4),
+            ("[::g]:80", BadIpv6),
+            ("[127.0.0.1]:80", BadIpv6),
+            ("::1:80", UnbracketedIpv6),
+            (":80", MissingHost),
+            ("-bad:80", BadHostName),
+            ("a..b:80", BadHostName),
+            ("sp ace:80", BadHostName),
+        ] {
+            let err = text.parse::<ListenAddr>().unwrap_err();
+            assert_eq!(err.problem, problem, "{text:?}");
+            let message = err.to_string();
+            assert!(message.contains(&format!("{text:?}")), "{message}");
+            assert!(message.contains("HOST:PORT"), "{message}");
+            assert!(message.contains("[::1]:9000"), "{message}");
+        }
+    }
+
+    #[test]
+    fn every_listener_option_is_rejected_for_now() {
+        for text in ["0.0.0.0:9443,tls", "0.0.0.0:9443,tls,proxy", "127.0.0.1:0,"] {
+            let err = text.parse::<ListenAddr>().unwrap_err();
+            assert!(
+                matches!(err.problem, ListenAddrProblem::UnknownOption(_)),
+                "{text:?}: {err:?}"
+            );
+            assert!(err.to_string().contains("unknown listener option"), "{err}");
+        }
+    }
+
+    #[test]
+    fn localhost_resolves_to_loopback_addresses_without_duplicates() {
+        let addrs = "localhost:9000"
+            .parse::<ListenAddr>()
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert!(
+            addrs.iter().any(|a| a.ip() == Ipv4Addr::LOCALHOST),
+            "{addrs:?}"
+        );
+        assert!(addrs
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 9000));
+        for (i, a) in addrs.iter().enumerate() {
+            assert!(!addrs[i + 1..].contains(a), "{a} twice in {addrs:?}");
+        }
     }
 
     #[test]
     fn zero_timeouts_turn_timers_off() {
-        let c =
-            Config::try_parse_from(["loopline", "--idle-timeout", "0", "--write-timeout", "0s"])
-                .unwrap();
+        let c = Config::try_parse_from([
+            "loopline",
+            "--idle-timeout",
+            "0",
+            "--write-timeout",
+            "0s",
+            "--tcp-keepalive",
+            "0",
+        ])
+        .unwrap();
         let limits = Limits::from_config(&c);
         assert_eq!(limits.idle_timeout, None);
         assert_eq!(limits.write_timeout, None);
+        assert_eq!(limits.tcp_keepalive, None);
+    }
+
+    #[test]
+    fn new_options_reach_the_limits() {
+        let c =
+            Config::try_parse_from(["loopline", "--max-memory", "65536", "--tcp-keepalive", "2m"])
+                .unwrap();
+        let limits = Limits::from_config(&c);
+        assert_eq!(limits.max_memory, 65536);
+        assert_eq!(limits.tcp_keepalive, Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn range_messages_read_as_sentences() {
+        assert_eq!(
+            bounds::MAX_CONNECTIONS.to_string(),
+            "--max-connections must be between 1 and 1000000"
+        );
+        assert_eq!(
+            bounds::MAX_LINE.to_string(),
+            "--max-line must be between 1 and 1073741824"
+        );
+        assert_eq!(
+            bounds::MAX_MEMORY.to_string(),
+            "--max-memory must be between 1024 and 1099511627776"
+        );
+        assert_eq!(
+            bounds::IDLE_TIMEOUT.to_string(),
+            "--idle-timeout must be at most 87600h"
+        );
+        assert_eq!(
+            bounds::TCP_KEEPALIVE.to_string(),
+            "--tcp-keepalive must be 0 (off) or between 1s and 32767s"
+        );
+    }
+
+    #[test]
+    fn bounds_accept_their_ends_and_nothing_past_them() {
+        let b = bounds::MAX_CONNECTIONS;
+        assert!(!b.contains(0) && b.contains(1) && b.contains(1_000_000));
+        assert!(!b.contains(1_000_001));
+        let k = bounds::TCP_KEEPALIVE;
+        assert!(k.contains(Duration::ZERO) && k.contains(Duration::from_secs(1)));
+        assert!(!k.contains(Duration::from_millis(500)));
+        assert!(!k.contains(Duration::from_secs(32768)));
+        let i = bounds::IDLE_TIMEOUT;
+        assert!(i.contains(Duration::ZERO) && i.contains(MAX_DURATION));
+        assert!(!i.contains(MAX_DURATION + Duration::from_nanos(1)));
+    }
+
+    #[test]
+    fn clap_and_validate_give_the_same_sentence() {
+        let err = Config::try_parse_from(["loopline", "--max-connections", "1000001"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&bounds::MAX_CONNECTIONS.to_string()), "{err}");
+        let c = Config {
+            max_connections: 1_000_001,
+            ..Config::default()
+        };
+        let invalid = c.validate().unwrap_err();
+        assert_eq!(
+            invalid.to_string(),
+            "--max-connections must be between 1 and 1000000, not 1000001"
+        );
+    }
+
+    #[test]
+    fn validate_catches_each_bad_field_of_a_hand_built_config() {
+        let ok = Config::default();
+        let cases: Vec<(Config, &str)> = vec![
+            (
+                Config {
+                    listen: Vec::new(),
+                    ..ok.clone()
+                },
+                "--listen",
+            ),
+            (
+                Config {
+                    max_connections: u64::MAX,
+                    ..ok.clone()
+                },
+                "--max-connections",
+            ),
+            (
+                Config {
+                    max_connections: 0,
+                    ..ok.clone()
+                },
+                "--max-connections",
+            ),
+            (
+                Config {
+                    max_line: u64::MAX,
+                    ..ok.clone()
+                },
+                "--max-line",
+            ),
+            (
+                Config {
+                    max_output: 0,
+                    ..ok.clone()
+                },
+                "--max-output",
+            ),
+            (
+                Config {
+                    max_memory: u64::MAX,
+                    ..ok.clone()
+                },
+                "--max-memory",
+            ),
+            (
+                Config {
+                    idle_timeout: Duration::MAX,
+                    ..ok.clone()
+                },
+                "--idle-timeout",
+            ),
+            (
+                Config {
+                    write_timeout: Duration::MAX,
+                    ..ok.clone()
+                },
+                "--write-timeout",
+            ),
+            (
+                Config {
+                    shutdown_timeout: Duration::MAX,
+                    ..ok.clone()
+                },
+                "--shutdown-timeout",
+            ),
+            (
+                Config {
+                    tcp_keepalive: Duration::from_millis(500),
+                    ..ok.clone()
+                },
+                "--tcp-keepalive",
+            ),
+        ];
+        for (config, option) in cases {
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.option(), option, "{err}");
+            assert!(err.to_string().starts_with(option), "{err}");
+        }
+    }
+
+    #[test]
+    fn server_bind_refuses_an_invalid_config_before_binding() {
+        // Bound by hand, Duration::MAX would panic at the first deadline.
+        let config = Config {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            idle_timeout: Duration::MAX,
+            ..Config::default()
+        };
+        match crate::Server::bind(config) {
+            Err(crate::StartError::Config(e)) => assert_eq!(e.option(), "--idle-timeout"),
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => panic!("bound a server with an idle timeout of Duration::MAX"),
+        }
     }
 
     #[test]
@@ -204,8 +1008,12 @@ mod tests {
         for args in [
             &["loopline", "--max-line", "0"][..],
             &["loopline", "--max-connections", "-3"],
+            &["loopline", "--max-memory", "1023"],
             &["loopline", "--idle-timeout", "soon"],
+            &["loopline", "--idle-timeout", "87601h"],
+            &["loopline", "--tcp-keepalive", "10h"],
             &["loopline", "--listen", "localhost"],
+            &["loopline", "--listen", "127.0.0.1:0,tls"],
             &["loopline", "--nope"],
         ] {
             let err = Config::try_parse_from(args).unwrap_err();

@@ -114,8 +114,21 @@ impl std::error::Error for RunError {}
 /// Why the server could not start.
 #[derive(Debug)]
 pub enum StartError {
-    /// A `--listen` address could not be bound.
-    Listen { addr: SocketAddr, source: io::Error },
+    /// A field of the `Config` is outside the range its option accepts
+    /// (only a `Config` built by hand: the command line is checked by clap).
+    Config(crate::config::ConfigError),
+    /// A `--listen` host name could not be resolved.
+    Resolve {
+        listen: crate::config::ListenAddr,
+        source: io::Error,
+    },
+    /// An address of a `--listen` value could not be bound.
+    Listen {
+        addr: SocketAddr,
+        /// The `--listen` value that named `addr`.
+        listen: crate::config::ListenAddr,
+        source: io::Error,
+    },
     /// The poller, waker or signal handler could not be set up.
     Setup {
         what: &'static str,
@@ -126,7 +139,23 @@ pub enum StartError {
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StartError::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            StartError::Config(e) => write!(f, "{e}"),
+            StartError::Resolve { listen, source } => {
+                write!(f, "cannot resolve --listen {listen}: {source}")
+            }
+            StartError::Listen {
+                addr,
+                listen,
+                source,
+            } => {
+                write!(f, "cannot listen on {addr}")?;
+                // A host name resolves to addresses the user never typed:
+                // say which value they came from.
+                if matches!(listen.host, crate::config::Host::Name(_)) {
+                    write!(f, " (from --listen {listen})")?;
+                }
+                write!(f, ": {source}")
+            }
             StartError::Setup { what, source } => write!(f, "cannot set up {what}: {source}"),
         }
     }
@@ -135,7 +164,10 @@ impl std::fmt::Display for StartError {
 impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StartError::Listen { source, .. } | StartError::Setup { source, .. } => Some(source),
+            StartError::Config(e) => Some(e),
+            StartError::Resolve { source, .. }
+            | StartError::Listen { source, .. }
+            | StartError::Setup { source, .. } => Some(source),
         }
     }
 }
@@ -208,28 +240,87 @@ pub struct Server {
 impl Server {
     /// Binds every `--listen` address and prepares the loop.
     pub fn bind(config: Config) -> Result<Server, StartError> {
+        // A `Config` built by hand has not been through clap's checks, and
+        // an out-of-range value would overflow or panic deep in the loop.
+        config.validate().map_err(StartError::Config)?;
         let setup = |what| move |source| StartError::Setup { what, source };
         let poll = Poll::new().map_err(setup("the poller"))?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(setup("the waker"))?);
         let descriptor_limit = check_descriptor_limit(config.max_connections);
 
+        // Bind every address before announcing any: a start that fails on
+        // its second address must log no `listening on` line, or a script
+        // waiting for that line would take a failed start for a running one.
+        let is_name = |listen_addr: &crate::config::ListenAddr| {
+            matches!(listen_addr.host, crate::config::Host::Name(_))
+        };
+        let address_missing_here = |e: &io::Error| {
+            e.kind() == io::ErrorKind::AddrNotAvailable
+                || e.raw_os_error() == Some(libc::EAFNOSUPPORT)
+        };
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
-        for (i, &addr) in config.listen.iter().enumerate() {
-            let mut listener =
-                listen(addr).map_err(|source| StartError::Listen { addr, source })?;
-            let local = listener
-                .local_addr()
-                .map_err(|source| StartError::Listen { addr, source })?;
-            poll.registry()
-                .register(&mut listener, Token(LISTENER_BASE + i), Interest::READABLE)
-                .map_err(|source| StartError::Listen { addr, source })?;
-            info!("listening on {local}");
+        // Per listener, the `--listen` value it came from (for the log).
+        let mut listened_from = Vec::new();
+        // Addresses of a host name that this machine lacks, skipped.
+        let mut skipped = Vec::new();
+        for listen_addr in &config.listen {
+            let resolved = listen_addr
+                .resolve()
+                .map_err(|source| StartError::Resolve {
+                    listen: listen_addr.clone(),
+                    source,
+                })?;
+            let bound_before = listeners.len();
+            let mut last_skipped = None;
+            for addr in resolved {
+                let failed = |source| StartError::Listen {
+                    addr,
+                    listen: listen_addr.clone(),
+                    source,
+                };
+                let mut listener = match listen(addr) {
+                    Ok(listener) => listener,
+                    // A host name may name an address this machine lacks
+                    // (::1 in /etc/hosts with IPv6 turned off, as in many
+                    // containers): skip it, if another of its addresses binds.
+                    Err(e) if is_name(listen_addr) && address_missing_here(&e) => {
+                        skipped.push(format!("{addr} of --listen {listen_addr}: {e}"));
+                        last_skipped = Some(failed(e));
+                        continue;
+                    }
+                    Err(e) => return Err(failed(e)),
+                };
+                let local = listener.local_addr().map_err(failed)?;
+                // Listener `i` (in the order bound) gets token LISTENER_BASE + i.
+                let token = Token(LISTENER_BASE + listeners.len());
+                poll.registry()
+                    .register(&mut listener, token, Interest::READABLE)
+                    .map_err(failed)?;
+                listeners.push(listener);
+                local_addrs.push(local);
+                listened_from.push(listen_addr);
+            }
+            // Every address of the name was missing: that is a failure.
+            if listeners.len() == bound_before {
+                if let Some(error) = last_skipped {
+                    return Err(error);
+                }
+            }
+        }
+        for skip in skipped {
+            warn!("skipped {skip}");
+        }
+        for (local, listen_addr) in local_addrs.iter().zip(listened_from) {
+            let options = listen_addr.options();
+            if options.is_empty() {
+                info!("listening on {local}");
+            } else {
+                info!("listening on {local} ({})", options.join(", "));
+            }
             if !local.ip().is_loopback() {
                 warn!("{local} is not a loopback address: clients on the network can reach this server");
             }
-            listeners.push(listener);
-            local_addrs.push(local);
         }
 
         let now = Instant::now();

@@ -1,4 +1,5 @@
-//! The command line (SPEC section 2): options, --help, --version, exit codes.
+//! The command line: options and their ranges, --listen forms, --help,
+//! --version, exit codes.
 
 mod util;
 
@@ -25,11 +26,37 @@ fn help_lists_every_option_and_exits_0() {
         "--idle-timeout",
         "--write-timeout",
         "--shutdown-timeout",
+        "--max-memory",
+        "--tcp-keepalive",
         "--version",
     ] {
         assert!(text.contains(option), "--help lacks {option}");
     }
-    assert!(text.contains("[default: 127.0.0.1:9000]"));
+    // Wrapped to the terminal (100 columns without one): fold whitespace.
+    let folded = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(folded.contains("[default: 127.0.0.1:9000]"), "{text}");
+}
+
+#[test]
+fn help_tells_a_newcomer_exit_codes_signals_and_logging() {
+    let out = loopline(&["--help"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needed in [
+        "Exit status: 0 after a graceful shutdown; 1 for a failure at start",
+        "2 for a usage error",
+        "SIGINT or SIGTERM starts a graceful shutdown",
+        "a second one hurries it",
+        "SIGHUP reloads, and never stops the server",
+        "RUST_LOG",
+        "500ms, 2s, 5m, 1h",
+        "Examples:",
+    ] {
+        // Wrapping may break a phrase across lines: compare with the
+        // whitespace folded.
+        let folded = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(folded.contains(needed), "--help lacks {needed:?}:\n{text}");
+    }
+    assert!(!text.contains('`'), "Markdown backticks in --help:\n{text}");
 }
 
 #[test]
@@ -58,6 +85,152 @@ fn usage_errors_exit_2_naming_the_option() {
         assert!(err.contains(named), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+#[test]
+fn every_range_is_a_sentence_and_a_usage_error() {
+    for (args, sentence) in [
+        (
+            &["--max-connections", "0"][..],
+            "--max-connections must be between 1 and 1000000",
+        ),
+        (
+            &["--max-connections", "1000001"],
+            "--max-connections must be between 1 and 1000000",
+        ),
+        (
+            &["--max-line", "1073741825"],
+            "--max-line must be between 1 and 1073741824",
+        ),
+        (
+            &["--max-line", "99999999999999999999999"],
+            "--max-line must be between 1 and 1073741824",
+        ),
+        (
+            &["--max-output", "0"],
+            "--max-output must be between 1 and 1099511627776",
+        ),
+        (
+            &["--max-memory", "1023"],
+            "--max-memory must be between 1024 and 1099511627776",
+        ),
+        (
+            &["--idle-timeout", "87601h"],
+            "--idle-timeout must be at most 87600h",
+        ),
+        (
+            &["--write-timeout", "99999999h"],
+            "--write-timeout must be at most 87600h",
+        ),
+        (
+            &["--shutdown-timeout", "87600.5h"],
+            "--shutdown-timeout must be at most 87600h",
+        ),
+        (
+            &["--tcp-keepalive", "500ms"],
+            "--tcp-keepalive must be 0 (off) or between 1s and 32767s",
+        ),
+        (
+            &["--tcp-keepalive", "10h"],
+            "--tcp-keepalive must be 0 (off) or between 1s and 32767s",
+        ),
+    ] {
+        let out = loopline(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(sentence), "{args:?}: {err}");
+        assert!(!err.contains("..="), "a Rust range in {err}");
+    }
+}
+
+#[test]
+fn the_new_limits_are_accepted_at_their_small_ends() {
+    let server = Server::start(&["--max-memory", "65536", "--tcp-keepalive", "0"]);
+    let mut c = server.client();
+    c.send(b"PING\n");
+    c.expect_line("PONG");
+}
+
+#[test]
+fn a_malformed_listen_value_exits_2_showing_the_forms() {
+    for value in [
+        "127.0.0.1",
+        "::1:9000",
+        "127.0.0.256:9000",
+        "[::1]:port",
+        "bad_host!:80",
+    ] {
+        let out = loopline(&["--listen", value]);
+        assert_eq!(out.status.code(), Some(2), "{value}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        for form in [
+            "HOST:PORT",
+            "127.0.0.1:9000",
+            "[::1]:9000",
+            "localhost:9000",
+        ] {
+            assert!(err.contains(form), "{value}: {err}");
+        }
+    }
+}
+
+#[test]
+fn listener_options_are_parsed_and_each_rejected_for_now() {
+    for value in [
+        "127.0.0.1:0,tls",
+        "127.0.0.1:0,proxy",
+        "0.0.0.0:9443,tls,proxy",
+    ] {
+        let out = loopline(&["--listen", value]);
+        assert_eq!(out.status.code(), Some(2), "{value}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains("unknown listener option"), "{value}: {err}");
+    }
+}
+
+#[test]
+fn a_host_name_listens_on_every_address_it_names() {
+    use std::net::ToSocketAddrs;
+    let mut expected: Vec<std::net::IpAddr> = Vec::new();
+    for addr in ("localhost", 0).to_socket_addrs().unwrap() {
+        if !expected.contains(&addr.ip()) {
+            expected.push(addr.ip());
+        }
+    }
+    let mut server = Server::start_raw(&["--listen", "localhost:0"], "info");
+    // `start_raw` has read the first `listening on` line; read the others.
+    let mut bound = vec![server.addr];
+    while bound.len() < expected.len() {
+        bound.push(util::parse_listening(&server.wait_for_log("listening on ")));
+    }
+    let ips: Vec<_> = bound.iter().map(|a| a.ip()).collect();
+    assert!(ips.contains(&"127.0.0.1".parse().unwrap()), "{ips:?}");
+    for ip in &expected {
+        assert!(ips.contains(ip), "{ip} not bound: {ips:?}");
+    }
+    for addr in bound {
+        let mut c = util::Client::connect(addr);
+        c.expect_line("READY");
+        c.send(b"PING\n");
+        c.expect_line("PONG");
+    }
+}
+
+#[test]
+fn a_start_failing_on_its_second_address_logs_no_listening_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_loopline"))
+        .args(["--listen", "127.0.0.1:0", "--listen", &addr])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!err.contains("listening on"), "{err}");
+    let failure: Vec<&str> = err.lines().filter(|l| l.contains(&addr)).collect();
+    assert_eq!(failure.len(), 1, "{err}");
+    assert!(failure[0].contains("in use"), "{err}");
 }
 
 #[test]

@@ -45,7 +45,7 @@ fn binding_a_taken_address_is_a_typed_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let config = loopline::Config {
-        listen: vec![addr],
+        listen: vec![addr.into()],
         ..Default::default()
     };
     match loopline::Server::bind(config) {
