@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of loopline (issue 3): libFuzzer through
+# Coverage-guided fuzzing of loopline: libFuzzer through
 # cargo-fuzz, on the stable toolchain (RUSTC_BOOTSTRAP=1 lets stable rustc
 # take the -Z sanitizer and coverage flags cargo-fuzz passes).
 #

@@ -4,9 +4,11 @@
 //! Run it through `scripts/soak.sh` (which builds both binaries), or:
 //!
 //! ```text
-//! cargo build --release --bin loopline --example soak
-//! target/release/examples/soak [--duration SECS] [--warmup SECS] [--binary PATH]
+//! cargo build --release -p loopline -p loopline-soak
+//! target/release/loopline-soak [--duration DUR] [--warmup DUR] [--binary PATH]
 //! ```
+//!
+//! DUR is read by the server's own parser: `180`, `90s`, `3m`.
 //!
 //! It starts `loopline --listen 127.0.0.1:0 --idle-timeout 5s --write-timeout 5s`
 //! at RUST_LOG=info and drives, side by side: well-behaved clients,
@@ -18,6 +20,10 @@
 //! connection), that its log has no panic, error or unexpected warning, and
 //! that its memory is back within a small margin of the reference. It prints
 //! the figures and exits with 1 if a check failed (2 for bad options).
+//!
+//! The server's memory and CPU time come from `loopline::sys` (`/proc`,
+//! Linux only); elsewhere they read as 0, so there the memory check proves
+//! nothing.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -28,6 +34,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use loopline::config::parse_duration;
+use loopline::sys::{process_cpu_time, process_rss_kib};
 use socket2::{Domain, Protocol, Socket, Type};
 
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -57,11 +65,11 @@ fn parse_options() -> Result<Options, String> {
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
-            "--duration" => options.duration = parse_secs(&value("--duration")?)?,
-            "--warmup" => options.warmup = parse_secs(&value("--warmup")?)?,
+            "--duration" => options.duration = parse_duration(&value("--duration")?)?,
+            "--warmup" => options.warmup = parse_duration(&value("--warmup")?)?,
             "--binary" => options.binary = value("--binary")?,
             "-h" | "--help" => {
-                println!("usage: soak [--duration SECS (180)] [--warmup SECS (20)] [--binary PATH (target/release/loopline)]");
+                println!("usage: loopline-soak [--duration DUR (180s)] [--warmup DUR (20s)] [--binary PATH (target/release/loopline)]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown option {other:?}")),
@@ -71,15 +79,6 @@ fn parse_options() -> Result<Options, String> {
         return Err("--warmup must be shorter than --duration".into());
     }
     Ok(options)
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    let s = s.strip_suffix('s').unwrap_or(s);
-    s.parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .map(Duration::from_secs_f64)
-        .ok_or(format!("bad number of seconds: {s:?}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -144,31 +143,14 @@ impl Server {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Resident memory in KiB; 0 where it cannot be read.
     fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        process_rss_kib(self.pid()).unwrap_or(0)
     }
 
-    /// User + system CPU time so far.
+    /// User + system CPU time so far; zero where it cannot be read.
     fn cpu_time(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let Some(paren) = stat.rfind(')') else {
-            return Duration::ZERO;
-        };
-        let fields: Vec<&str> = stat[paren + 2..].split_whitespace().collect();
-        let ticks: u64 = fields
-            .get(11..13)
-            .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
-        // SAFETY: sysconf only reads a configuration value.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        Duration::from_millis(ticks * 1000 / hz)
+        process_cpu_time(self.pid()).unwrap_or(Duration::ZERO)
     }
 
     /// `STATS` on a fresh connection, as `key=value` pairs.

@@ -6,12 +6,14 @@
 # /proc/<pid>/status, before and after.
 #
 # Usage:  cargo build --examples
-#         bash examples/measure_connections.sh step2_threads 1000
-#         bash examples/measure_connections.sh step5_backpressure 1000
-# Set BIN_DIR=target/release/examples to measure a release build.
+#         bash scripts/measure_connections.sh step2_threads 1000
+#         bash scripts/measure_connections.sh step5_backpressure 1000
+# Set BIN_DIR=target/release/examples to measure a release build (BIN_DIR is
+# relative to the repository root, where the script runs).
 #
 # Loopback only; the connections are closed when the script exits.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 name=${1:?usage: $0 EXAMPLE [CONNECTIONS]}
 n=${2:-1000}

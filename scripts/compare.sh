@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# bench/compare.sh: loopline against Redis, driven by the same load generator
-# (target/release/loopline-bench) on the same scenarios, alternating between
+# scripts/compare.sh: loopline against Redis, driven by the same load
+# generator (tools/loopline-bench) on the same scenarios, alternating between
 # the two servers and repeating each run; prints a table of medians with
-# loopline/Redis ratios and writes the rows to a CSV.
+# loopline/Redis ratios and writes the rows to a CSV (bench-results/, not
+# committed, unless --csv says otherwise) and every raw run beside it.
 #
-# Usage: bench/compare.sh [--quick] [--repeats R] [--duration S] [--warmup S]
-#                         [--threads T] [--idle N] [--servers "loopline redis"]
-#                         [--csv PATH] [--no-build]
+# Usage: scripts/compare.sh [--quick] [--repeats R] [--duration S] [--warmup S]
+#                           [--threads T] [--idle N] [--servers "loopline redis"]
+#                           [--csv PATH] [--no-build]
 #
 # Everything runs on loopback: both servers listen on 127.0.0.1 only and are
 # stopped when the script exits. The machine this was written for has 2 cores:
@@ -21,10 +22,13 @@ IDLE_CONNS=10000
 SERVERS="loopline redis"
 BUILD=1
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CSV="$ROOT/bench/results/latest.csv"
+# Results of a run go to an ignored folder; the reference results the docs
+# cite (docs/results/) are written only when --csv names a path there.
+CSV="$ROOT/bench-results/compare.csv"
 
 usage() {
-    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    # the header comment, up to the first line that is not a comment
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
     cat <<'EOF'
 
 Options:
@@ -35,8 +39,9 @@ Options:
   --threads T        loopline-bench event-loop threads (default 1)
   --idle N           connections for the idle-connection scenario (default 10000)
   --servers LIST     which servers, e.g. "redis" alone (default "loopline redis")
-  --csv PATH         where the table goes as CSV (default bench/results/latest.csv)
-  --no-build         do not run cargo build --release
+  --csv PATH         where the table goes as CSV (default bench-results/compare.csv);
+                     the raw runs go beside it, as PATH without .csv plus -runs.jsonl
+  --no-build         do not build the release binaries
 EOF
 }
 
@@ -75,9 +80,9 @@ if has_server redis && ! command -v redis-server >/dev/null 2>&1; then
 fi
 if [ "$BUILD" = 1 ]; then
     if has_server loopline; then
-        cargo build --release
+        cargo build --release -p loopline -p loopline-bench
     else
-        cargo build --release --bin loopline-bench
+        cargo build --release -p loopline-bench
     fi
 fi
 [ -x "$BENCH" ] || { log "missing $BENCH (build it first)"; exit 1; }
@@ -207,7 +212,7 @@ json_field() { # json key -> value (flat JSON; "null" when absent)
 }
 
 RAW="$TMP/raw.tsv"     # scenario server repeat metric value
-JSONL="$ROOT/bench/results/latest.jsonl"
+JSONL="${CSV%.csv}-runs.jsonl"
 mkdir -p "$(dirname "$CSV")" "$(dirname "$JSONL")"
 : >"$RAW"
 : >"$JSONL"

@@ -1,4 +1,9 @@
-"""Draws docs/performance.png from bench/results/sweep.csv (bench/sweep.sh).
+"""Draws the sweep plot from a scripts/sweep.sh table.
+
+    usage: python3 scripts/plot.py SWEEP_CSV PNG
+
+(scripts/sweep.sh calls it: bench-results/sweep.csv to bench-results/sweep.png
+by default; docs/performance.png is drawn from docs/results/sweep-*.csv.)
 
 Left: responses per second against connections, one line per pipeline depth.
 Right: latency percentiles (p50, p99, p99.9) against connections at depth 1.

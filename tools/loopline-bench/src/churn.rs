@@ -1,0 +1,340 @@
+//! Churn mode: C concurrent slots over T threads, each slot looping
+//! connect -> greeting -> request (QUIT) -> reply -> close for the
+//! duration; reports connections/s and the time of a whole cycle.
+//!
+//! By default the slot waits for the server to close first, as a client of
+//! loopline's QUIT does; `--close-first` closes right after the reply.
+
+use crate::cli::Workload;
+use crate::connect::{
+    close_with_reset, connect_outcome, open_connection, peer_closing, SourceAddresses,
+};
+use crate::measure::{elapsed_ns, measure_window, new_latency_histogram};
+use crate::report::ChurnSummary;
+use crate::responses::{read_responses, ReadOutcome, ResponseScanner};
+use crate::{connections_for_thread, POLL_SLICE};
+use hdrhistogram::Histogram;
+use mio::event::Event;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use std::io::{ErrorKind, Write};
+use std::process::ExitCode;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Instant;
+
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+enum Phase {
+    Connecting,
+    Greeting,
+    Sending,
+    AwaitingReply,
+    /// Replied; waiting for the server's close.
+    AwaitingClose,
+}
+
+/// One cycle in progress.
+struct Cycle {
+    stream: TcpStream,
+    phase: Phase,
+    greeting_left: usize,
+    reply_lines: usize,
+    /// Offset inside the request of the next byte to write.
+    write_offset: usize,
+    scanner: ResponseScanner,
+    started: Instant,
+}
+
+/// What one thread counted.
+struct ChurnCounts {
+    cycles: u64,
+    cycle_time: Histogram<u64>,
+    failed_cycles: u64,
+    error_lines: u64,
+}
+
+/// One thread's event loop over its share of the slots.
+struct ChurnWorker<'a> {
+    workload: &'a Workload,
+    poll: Poll,
+    slots: Vec<Option<Cycle>>,
+    sources: SourceAddresses,
+    read_buffer: Vec<u8>,
+    counts: ChurnCounts,
+    warmup_end: Instant,
+    end: Instant,
+    /// Only one thread reports its first connect error, so a refused
+    /// connection does not flood stderr.
+    report_connect_error: bool,
+}
+
+impl ChurnWorker<'_> {
+    /// Starts a new cycle in slot `i`, unless the run is over.
+    fn start(&mut self, i: usize) {
+        let now = Instant::now();
+        if now >= self.end {
+            return;
+        }
+        match open_connection(self.workload.target, &mut self.sources, true) {
+            Ok(mut stream) => {
+                if self
+                    .poll
+                    .registry()
+                    .register(
+                        &mut stream,
+                        Token(i),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
+                    .is_err()
+                {
+                    self.counts.failed_cycles += 1;
+                    return;
+                }
+                self.slots[i] = Some(Cycle {
+                    stream,
+                    phase: Phase::Connecting,
+                    greeting_left: self.workload.greeting_lines,
+                    reply_lines: 0,
+                    write_offset: 0,
+                    scanner: ResponseScanner::default(),
+                    started: now,
+                });
+            }
+            Err(e) => {
+                if self.report_connect_error {
+                    eprintln!("loopline-bench: connect to {}: {e}", self.workload.target);
+                    self.report_connect_error = false;
+                }
+                self.counts.failed_cycles += 1;
+            }
+        }
+    }
+
+    /// Ends the cycle in slot `i` (counted only inside the measured
+    /// window) and starts the next one.
+    fn finish(&mut self, i: usize, ok: bool) {
+        if let Some(cycle) = self.slots[i].take() {
+            let now = Instant::now();
+            if now >= self.warmup_end && now < self.end {
+                if ok {
+                    self.counts.cycles += 1;
+                    self.counts
+                        .cycle_time
+                        .saturating_record(elapsed_ns(now, cycle.started));
+                } else {
+                    self.counts.failed_cycles += 1;
+                }
+            }
+            // Dropping the stream closes it.
+        }
+        self.start(i);
+    }
+
+    fn send(&mut self, i: usize) {
+        let Some(cycle) = self.slots[i].as_mut() else {
+            return;
+        };
+        let request = &self.workload.request;
+        while cycle.write_offset < request.len() {
+            match cycle.stream.write(&request[cycle.write_offset..]) {
+                Ok(n) => cycle.write_offset += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.finish(i, false);
+                    return;
+                }
+            }
+        }
+        cycle.phase = Phase::AwaitingReply;
+    }
+
+    fn on_event(&mut self, event: &Event) {
+        let i = event.token().0;
+        let Some(cycle) = self.slots[i].as_mut() else {
+            return;
+        };
+        if cycle.phase == Phase::Connecting {
+            match connect_outcome(&cycle.stream, event) {
+                None => return,
+                Some(Err(_)) => {
+                    self.finish(i, false);
+                    return;
+                }
+                Some(Ok(())) if cycle.greeting_left > 0 => cycle.phase = Phase::Greeting,
+                Some(Ok(())) => {
+                    cycle.phase = Phase::Sending;
+                    self.send(i);
+                }
+            }
+        } else if cycle.phase == Phase::Sending && event.is_writable() {
+            self.send(i);
+        }
+        // `send` may have ended the cycle (and started another in the slot).
+        let Some(cycle) = self.slots[i].as_mut() else {
+            return;
+        };
+        let read = read_responses(
+            &mut cycle.stream,
+            &mut self.read_buffer,
+            &mut cycle.scanner,
+            &self.workload.error_prefixes,
+            peer_closing(event),
+        );
+        self.counts.error_lines += read.error_lines as u64;
+        let mut lines = read.lines;
+        if cycle.greeting_left > 0 {
+            let greeting = lines.min(cycle.greeting_left);
+            cycle.greeting_left -= greeting;
+            lines -= greeting;
+            if cycle.greeting_left == 0 && cycle.phase == Phase::Greeting {
+                cycle.phase = Phase::Sending;
+                self.send(i);
+            }
+        }
+        let Some(cycle) = self.slots[i].as_mut() else {
+            return;
+        };
+        if cycle.phase == Phase::AwaitingReply {
+            cycle.reply_lines += lines;
+            if cycle.reply_lines >= self.workload.lines_per_response {
+                cycle.phase = Phase::AwaitingClose;
+                if self.workload.close_first {
+                    self.finish(i, true);
+                    return;
+                }
+            }
+        }
+        let replied = cycle.phase == Phase::AwaitingClose;
+        match read.outcome {
+            ReadOutcome::Open => {}
+            ReadOutcome::Eof => self.finish(i, replied),
+            ReadOutcome::Failed => self.finish(i, false),
+        }
+    }
+
+    fn run(mut self, barrier: &Barrier) -> ChurnCounts {
+        let mut events = Events::with_capacity(1024);
+        barrier.wait();
+        let start = Instant::now();
+        self.warmup_end = start + self.workload.warmup;
+        self.end = self.warmup_end + self.workload.duration;
+        for i in 0..self.slots.len() {
+            self.start(i);
+        }
+        let mut next_sweep = start + POLL_SLICE;
+        loop {
+            let now = Instant::now();
+            if now >= self.end {
+                break;
+            }
+            // Every poll slice: fail cycles that are stuck, and retry slots
+            // whose connect failed outright.
+            if now >= next_sweep {
+                next_sweep = now + POLL_SLICE;
+                for i in 0..self.slots.len() {
+                    let stuck = match &self.slots[i] {
+                        Some(cycle) => {
+                            now.duration_since(cycle.started) > self.workload.cycle_timeout
+                        }
+                        None => true,
+                    };
+                    if stuck {
+                        self.finish(i, false);
+                    }
+                }
+            }
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(POLL_SLICE.min(self.end - now)))
+            {
+                if e.kind() != ErrorKind::Interrupted {
+                    eprintln!("loopline-bench: poll: {e}");
+                    break;
+                }
+            }
+            for event in events.iter() {
+                self.on_event(event);
+            }
+        }
+        close_with_reset(
+            self.workload.close_with_reset,
+            self.slots.iter().flatten().map(|cycle| &cycle.stream),
+        );
+        self.counts
+    }
+}
+
+pub fn run(workload: Workload) -> ExitCode {
+    let threads = workload.threads;
+    let workload = Arc::new(workload);
+    // The workers and this thread, which samples CPU time.
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let n = connections_for_thread(workload.connections, threads, t);
+        let workload = Arc::clone(&workload);
+        let barrier = Arc::clone(&barrier);
+        handles.push(thread::spawn(move || {
+            let poll = match Poll::new() {
+                Ok(poll) => poll,
+                Err(e) => {
+                    eprintln!("loopline-bench: thread {t}: {e}");
+                    barrier.wait();
+                    return None;
+                }
+            };
+            let now = Instant::now();
+            let worker = ChurnWorker {
+                workload: &workload,
+                poll,
+                slots: (0..n).map(|_| None).collect(),
+                sources: SourceAddresses::new(workload.target, workload.source_ips, t),
+                read_buffer: vec![0; 16 * 1024],
+                counts: ChurnCounts {
+                    cycles: 0,
+                    cycle_time: new_latency_histogram(),
+                    failed_cycles: 0,
+                    error_lines: 0,
+                },
+                warmup_end: now,
+                end: now,
+                report_connect_error: t == 0,
+            };
+            Some(worker.run(&barrier))
+        }));
+    }
+    let cpu = measure_window(
+        &barrier,
+        workload.warmup,
+        workload.duration,
+        workload.server_pid,
+    );
+    let mut summary = ChurnSummary {
+        target: workload.target,
+        slots: workload.connections,
+        threads,
+        warmup: workload.warmup,
+        duration: workload.duration,
+        cycles: 0,
+        cycle_time: new_latency_histogram(),
+        errors: 0,
+        cpu,
+    };
+    for handle in handles {
+        if let Ok(Some(counts)) = handle.join() {
+            // Same bounds on every histogram, so adding cannot fail.
+            summary.cycle_time.add(&counts.cycle_time).ok();
+            summary.cycles += counts.cycles;
+            summary.errors += counts.failed_cycles + counts.error_lines;
+        } else {
+            summary.errors += 1;
+        }
+    }
+    summary.print();
+    if summary.cycles == 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,481 @@
+//! Load mode: C connections spread over T threads, each thread its own mio
+//! event loop (edge-triggered); every connection keeps DEPTH requests in
+//! flight, and every response's latency goes into an HDR histogram.
+//!
+//! How it stays out of the server's way: no locks or channels while
+//! running; the DEPTH requests (or the ones a read batch freed) go out in
+//! one `write` from a prebuilt buffer; responses are counted, not kept; one
+//! clock read per read batch; no allocation per request.
+//!
+//! Latency is closed-loop round-trip time: a request's clock starts when it
+//! is queued, which is right when its predecessor's response is read.
+
+use crate::cli::Workload;
+use crate::connect::{
+    close_with_reset, connect_outcome, open_connection, peer_closing, SourceAddresses,
+};
+use crate::measure::{elapsed_ns, measure_window, new_latency_histogram};
+use crate::report::LoadSummary;
+use crate::responses::{read_responses, ReadOutcome, ResponseScanner};
+use crate::{connections_for_thread, POLL_SLICE};
+use hdrhistogram::Histogram;
+use mio::event::Event;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind, Write};
+use std::process::ExitCode;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Instant;
+
+/// Read buffer per thread; responses are only counted, never kept.
+const READ_BUFFER_BYTES: usize = 256 * 1024;
+
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+enum Phase {
+    /// The non-blocking connect has not finished.
+    Connecting,
+    /// Connected; skipping the server's greeting lines.
+    Greeting,
+    /// Greeting done, waiting for the measured run to start.
+    Ready,
+    /// Sending requests and counting responses.
+    Running,
+}
+
+struct LoadConnection {
+    stream: TcpStream,
+    phase: Phase,
+    greeting_left: usize,
+    /// Lines read towards the next response, when one response is several
+    /// lines.
+    partial_response_lines: usize,
+    scanner: ResponseScanner,
+    /// Send instants of the requests in flight, oldest first (capacity DEPTH).
+    send_times: VecDeque<Instant>,
+    /// Request bytes queued but not yet written.
+    unsent_bytes: usize,
+    /// Offset inside the request of the next byte to write.
+    write_offset: usize,
+}
+
+/// What one thread counted.
+struct LoadCounts {
+    responses: u64,
+    latency: Histogram<u64>,
+    connection_errors: u64,
+    error_lines: u64,
+    connected: u64,
+    unexpected: u64,
+}
+
+/// One thread's event loop over its share of the connections.
+struct LoadWorker<'a> {
+    workload: &'a Workload,
+    poll: Poll,
+    connections: Vec<Option<LoadConnection>>,
+    sources: SourceAddresses,
+    read_buffer: Vec<u8>,
+    /// The request repeated DEPTH+1 times: any queued run of requests,
+    /// starting at any offset, is one contiguous slice of it.
+    request_run: Vec<u8>,
+    counts: LoadCounts,
+    started: bool,
+    warmup_end: Instant,
+    end: Instant,
+    /// Connections connecting or reading their greeting.
+    in_setup: usize,
+    /// Index of the next connection to open.
+    next_to_open: usize,
+}
+
+impl<'a> LoadWorker<'a> {
+    fn new(workload: &'a Workload, n: usize, thread_index: usize) -> io::Result<LoadWorker<'a>> {
+        let now = Instant::now();
+        Ok(LoadWorker {
+            workload,
+            poll: Poll::new()?,
+            connections: (0..n).map(|_| None).collect(),
+            sources: SourceAddresses::new(workload.target, workload.source_ips, thread_index),
+            read_buffer: vec![0; READ_BUFFER_BYTES],
+            request_run: workload.request.repeat(workload.pipeline_depth + 1),
+            counts: LoadCounts {
+                responses: 0,
+                latency: new_latency_histogram(),
+                connection_errors: 0,
+                error_lines: 0,
+                connected: 0,
+                unexpected: 0,
+            },
+            started: false,
+            warmup_end: now,
+            end: now,
+            in_setup: 0,
+            next_to_open: 0,
+        })
+    }
+
+    /// Opens connections until `--connect-window` are in set-up.
+    fn open_more(&mut self) {
+        while self.next_to_open < self.connections.len()
+            && self.in_setup < self.workload.connect_window
+        {
+            let i = self.next_to_open;
+            self.next_to_open += 1;
+            match open_connection(self.workload.target, &mut self.sources, true) {
+                Ok(mut stream) => {
+                    // Read and write interest once, for the connection's
+                    // whole life: no re-registration per request.
+                    if self
+                        .poll
+                        .registry()
+                        .register(
+                            &mut stream,
+                            Token(i),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .is_err()
+                    {
+                        self.counts.connection_errors += 1;
+                        continue;
+                    }
+                    self.connections[i] = Some(LoadConnection {
+                        stream,
+                        phase: Phase::Connecting,
+                        greeting_left: self.workload.greeting_lines,
+                        partial_response_lines: 0,
+                        scanner: ResponseScanner::default(),
+                        send_times: VecDeque::with_capacity(self.workload.pipeline_depth),
+                        unsent_bytes: 0,
+                        write_offset: 0,
+                    });
+                    self.in_setup += 1;
+                }
+                Err(e) => {
+                    if self.counts.connection_errors == 0 {
+                        eprintln!("loopline-bench: connect to {}: {e}", self.workload.target);
+                    }
+                    self.counts.connection_errors += 1;
+                }
+            }
+        }
+    }
+
+    /// Drops a failed or closed connection and counts it as an error.
+    fn close_failed(&mut self, i: usize) {
+        if let Some(connection) = self.connections[i].take() {
+            if matches!(connection.phase, Phase::Connecting | Phase::Greeting) {
+                self.in_setup -= 1;
+            }
+            self.counts.connection_errors += 1;
+            // Dropping the stream closes it, which also removes it from the poll.
+        }
+    }
+
+    /// The connection finished its greeting.
+    fn greeted(&mut self, i: usize) {
+        self.in_setup -= 1;
+        self.counts.connected += 1;
+        if let Some(connection) = self.connections[i].as_mut() {
+            connection.phase = Phase::Ready;
+        }
+        if self.started {
+            self.start_requests(i);
+        }
+    }
+
+    /// Starts a ready connection: queues DEPTH requests and writes them.
+    fn start_requests(&mut self, i: usize) {
+        let Some(connection) = self.connections[i].as_mut() else {
+            return;
+        };
+        if connection.phase != Phase::Ready {
+            return;
+        }
+        connection.phase = Phase::Running;
+        let now = Instant::now();
+        let depth = self.workload.pipeline_depth;
+        connection
+            .send_times
+            .extend(std::iter::repeat_n(now, depth));
+        connection.unsent_bytes += depth * self.workload.request.len();
+        self.write_queued(i);
+    }
+
+    /// Writes queued requests until they are all out or the socket is full.
+    fn write_queued(&mut self, i: usize) {
+        let Some(connection) = self.connections[i].as_mut() else {
+            return;
+        };
+        let request_len = self.workload.request.len();
+        let mut failed = false;
+        while connection.unsent_bytes > 0 {
+            let start = connection.write_offset;
+            let slice = &self.request_run[start..start + connection.unsent_bytes];
+            match connection.stream.write(slice) {
+                Ok(n) => {
+                    connection.unsent_bytes -= n;
+                    connection.write_offset = (connection.write_offset + n) % request_len;
+                    if n < slice.len() {
+                        break; // send buffer full: wait for the writable edge
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            self.close_failed(i);
+        }
+    }
+
+    fn on_event(&mut self, event: &Event) {
+        let i = event.token().0;
+        let Some(connection) = self.connections[i].as_mut() else {
+            return;
+        };
+        if connection.phase == Phase::Connecting {
+            match connect_outcome(&connection.stream, event) {
+                None => return,
+                Some(Err(_)) => {
+                    self.close_failed(i);
+                    return;
+                }
+                Some(Ok(())) => {
+                    connection.phase = Phase::Greeting;
+                    if self.workload.greeting_lines == 0 {
+                        self.greeted(i);
+                    }
+                }
+            }
+            // The greeting may have arrived with the connect edge.
+            self.on_readable(i, peer_closing(event));
+            return;
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.on_readable(i, peer_closing(event));
+        }
+        if event.is_writable() {
+            if let Some(connection) = self.connections[i].as_ref() {
+                if connection.phase == Phase::Running && connection.unsent_bytes > 0 {
+                    self.write_queued(i);
+                }
+            }
+        }
+    }
+
+    fn on_readable(&mut self, i: usize, to_end: bool) {
+        let Some(connection) = self.connections[i].as_mut() else {
+            return;
+        };
+        let read = read_responses(
+            &mut connection.stream,
+            &mut self.read_buffer,
+            &mut connection.scanner,
+            &self.workload.error_prefixes,
+            to_end,
+        );
+        self.counts.error_lines += read.error_lines as u64;
+        if read.lines > 0 {
+            self.on_lines(i, read.lines);
+        }
+        match read.outcome {
+            ReadOutcome::Open => {}
+            ReadOutcome::Eof | ReadOutcome::Failed => self.close_failed(i),
+        }
+    }
+
+    /// `lines` response lines arrived: stamp the answered requests'
+    /// latencies and queue as many new requests in their place.
+    fn on_lines(&mut self, i: usize, lines: usize) {
+        let Some(connection) = self.connections[i].as_mut() else {
+            return;
+        };
+        let mut lines = lines;
+        if connection.greeting_left > 0 {
+            let greeting = lines.min(connection.greeting_left);
+            connection.greeting_left -= greeting;
+            lines -= greeting;
+        }
+        if connection.phase == Phase::Greeting && connection.greeting_left == 0 {
+            self.greeted(i);
+            // Lines after the greeting, before any request was sent, are noise.
+            return;
+        }
+        if connection.phase != Phase::Running || lines == 0 {
+            return;
+        }
+        let total = connection.partial_response_lines + lines;
+        let responses = total / self.workload.lines_per_response;
+        connection.partial_response_lines = total % self.workload.lines_per_response;
+        if responses == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let in_window = now >= self.warmup_end;
+        let latency = &mut self.counts.latency;
+        // Requests queued together share one send instant: record each run
+        // of equal instants with one histogram call.
+        let mut run: Option<(Instant, u64)> = None;
+        let mut answered = 0u64;
+        for _ in 0..responses {
+            match connection.send_times.pop_front() {
+                Some(sent) => {
+                    answered += 1;
+                    if in_window {
+                        run = match run {
+                            Some((run_sent, n)) if run_sent == sent => Some((run_sent, n + 1)),
+                            Some((run_sent, n)) => {
+                                latency.saturating_record_n(elapsed_ns(now, run_sent), n);
+                                Some((sent, 1))
+                            }
+                            None => Some((sent, 1)),
+                        };
+                    }
+                }
+                None => self.counts.unexpected += 1,
+            }
+        }
+        if let Some((run_sent, n)) = run {
+            latency.saturating_record_n(elapsed_ns(now, run_sent), n);
+        }
+        if in_window {
+            self.counts.responses += answered;
+        }
+        if now < self.end {
+            let refill = self.workload.pipeline_depth - connection.send_times.len();
+            connection
+                .send_times
+                .extend(std::iter::repeat_n(now, refill));
+            connection.unsent_bytes += refill * self.workload.request.len();
+            self.write_queued(i);
+        }
+    }
+
+    /// One poll and its events. False when polling failed for good.
+    fn poll_once(&mut self, events: &mut Events, timeout: std::time::Duration) -> bool {
+        if let Err(e) = self.poll.poll(events, Some(timeout)) {
+            if e.kind() != ErrorKind::Interrupted {
+                eprintln!("loopline-bench: poll: {e}");
+                return false;
+            }
+        }
+        for event in events.iter() {
+            self.on_event(event);
+        }
+        true
+    }
+
+    /// Opens every connection and waits for its greeting, then (after the
+    /// barrier shared with the other threads) runs the measured window.
+    fn run(mut self, barrier: &Barrier) -> LoadCounts {
+        let mut events = Events::with_capacity(1024);
+        let deadline = Instant::now() + self.workload.connect_timeout;
+        self.open_more();
+        while self.in_setup > 0 || self.next_to_open < self.connections.len() {
+            let now = Instant::now();
+            if now >= deadline {
+                eprintln!(
+                    "loopline-bench: connect timeout: {} connection(s) still not ready",
+                    self.in_setup + self.connections.len() - self.next_to_open
+                );
+                break;
+            }
+            if !self.poll_once(&mut events, POLL_SLICE.min(deadline - now)) {
+                break;
+            }
+            self.open_more();
+        }
+        barrier.wait();
+
+        let start = Instant::now();
+        self.warmup_end = start + self.workload.warmup;
+        self.end = self.warmup_end + self.workload.duration;
+        self.started = true;
+        for i in 0..self.connections.len() {
+            self.start_requests(i);
+        }
+        loop {
+            let now = Instant::now();
+            if now >= self.end {
+                break;
+            }
+            if !self.poll_once(&mut events, POLL_SLICE.min(self.end - now)) {
+                break;
+            }
+        }
+        close_with_reset(
+            self.workload.close_with_reset,
+            self.connections.iter().flatten().map(|c| &c.stream),
+        );
+        self.counts
+    }
+}
+
+pub fn run(workload: Workload) -> ExitCode {
+    let threads = workload.threads;
+    let workload = Arc::new(workload);
+    // The workers and this thread, which samples CPU time.
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let n = connections_for_thread(workload.connections, threads, t);
+        let workload = Arc::clone(&workload);
+        let barrier = Arc::clone(&barrier);
+        handles.push(thread::spawn(move || {
+            match LoadWorker::new(&workload, n, t) {
+                Ok(worker) => Some(worker.run(&barrier)),
+                Err(e) => {
+                    eprintln!("loopline-bench: thread {t}: {e}");
+                    barrier.wait();
+                    None
+                }
+            }
+        }));
+    }
+    let cpu = measure_window(
+        &barrier,
+        workload.warmup,
+        workload.duration,
+        workload.server_pid,
+    );
+    let mut summary = LoadSummary {
+        target: workload.target,
+        connections: workload.connections,
+        connected: 0,
+        pipeline_depth: workload.pipeline_depth,
+        threads,
+        warmup: workload.warmup,
+        duration: workload.duration,
+        responses: 0,
+        latency: new_latency_histogram(),
+        connection_errors: 0,
+        error_lines: 0,
+        unexpected: 0,
+        cpu,
+    };
+    for handle in handles {
+        if let Ok(Some(counts)) = handle.join() {
+            // Same bounds on every histogram, so adding cannot fail.
+            summary.latency.add(&counts.latency).ok();
+            summary.responses += counts.responses;
+            summary.connection_errors += counts.connection_errors;
+            summary.error_lines += counts.error_lines;
+            summary.connected += counts.connected;
+            summary.unexpected += counts.unexpected;
+        } else {
+            summary.connection_errors += 1;
+        }
+    }
+    summary.print();
+    if summary.responses == 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

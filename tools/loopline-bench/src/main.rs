@@ -1,0 +1,97 @@
+//! `loopline-bench`: a load generator for any protocol where each request is
+//! one line and each response is a fixed number of lines (loopline itself, or
+//! Redis inline commands such as `PING\r\n` -> `+PONG\r\n`).
+//!
+//! Three modes, one module each:
+//! - [`load`] (default): pipelined requests over C connections and T
+//!   threads; prints responses/s after warm-up and p50/p99/p99.9 latency.
+//! - [`hold`]: opens N idle connections and holds them; prints the server's
+//!   RSS growth per connection.
+//! - [`churn`]: connect, greeting, QUIT, reply, close, in a loop; prints
+//!   connections/s.
+//!
+//! The rest: [`cli`] (the options and the checked [`cli::Workload`]),
+//! [`connect`] (non-blocking connects over several source addresses),
+//! [`responses`] (counting response lines), [`measure`] (latency
+//! histograms, CPU time) and [`report`] (the human and JSON result lines).
+//!
+//! Every mode prints one human line and one JSON line on stdout; progress and
+//! warnings go to stderr. Only loopback targets are accepted unless
+//! `--allow-non-loopback` is given.
+
+mod churn;
+mod cli;
+mod connect;
+mod hold;
+mod load;
+mod measure;
+mod report;
+mod responses;
+
+use clap::Parser;
+use cli::{Args, Mode, Workload};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Longest an event loop sleeps in one poll, so deadlines are noticed.
+const POLL_SLICE: Duration = Duration::from_millis(100);
+
+/// Descriptors kept free for everything that is not a connection (stdio,
+/// the poll instance, the threads' wake-ups).
+const SPARE_DESCRIPTORS: u64 = 64;
+
+/// Thread `index`'s share when `total` connections are dealt out over
+/// `threads`: equal shares, the first `total % threads` one more.
+fn connections_for_thread(total: usize, threads: usize, index: usize) -> usize {
+    total / threads + usize::from(index < total % threads)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let workload = match Workload::from_args(&args) {
+        Ok(workload) => workload,
+        Err(e) => {
+            eprintln!("loopline-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Each connection is a descriptor: raise the soft limit as far as the
+    // platform allows and warn when it is still too low.
+    match loopline::sys::raise_descriptor_limit() {
+        Ok(limit) if (workload.connections as u64).saturating_add(SPARE_DESCRIPTORS) > limit => {
+            eprintln!(
+                "loopline-bench: warning: {} connections but only {limit} open files allowed",
+                workload.connections
+            );
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("loopline-bench: warning: cannot read the open-files limit: {e}"),
+    }
+    if workload.mode != Mode::Hold {
+        eprintln!(
+            "loopline-bench: {:?} {} request `{}`, {} greeting line(s), {} line(s) per response",
+            workload.mode,
+            workload.target,
+            cli::show_bytes(&workload.request),
+            workload.greeting_lines,
+            workload.lines_per_response
+        );
+    }
+    match workload.mode {
+        Mode::Load => load::run(workload),
+        Mode::Hold => hold::run(&workload),
+        Mode::Churn => churn::run(workload),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_dealt_out_evenly() {
+        let shares: Vec<usize> = (0..3).map(|t| connections_for_thread(10, 3, t)).collect();
+        assert_eq!(shares, [4, 3, 3]);
+        assert_eq!(connections_for_thread(2, 4, 3), 0);
+    }
+}
