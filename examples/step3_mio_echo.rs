@@ -17,7 +17,7 @@
 //!   the client. Step 5 keeps the rest in a per-connection output buffer and
 //!   sends it when the socket becomes writable again.
 //! - Fairness. A client that sends without pause keeps the loop in its read
-//!   loop; loopline reads a bounded budget per turn (PITFALLS.md #3).
+//!   loop; loopline reads a bounded budget per turn (docs/pitfalls.md, pitfall 3).
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::process;
@@ -47,7 +47,8 @@ fn run(addr: &str) -> io::Result<()> {
         )
     })?;
     // Like std, mio listens with a backlog of 128: a burst of connects
-    // beyond it waits for SYN retries. loopline uses socket2 and 4096 (PITFALLS #10).
+    // beyond it waits for SYN retries. loopline uses socket2 and 4096
+    // (docs/pitfalls.md, pitfall 10).
     let mut listener = TcpListener::bind(addr)
         .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))?;
     eprintln!("listening on {}", listener.local_addr()?);
@@ -101,7 +102,7 @@ fn accept_all(listener: &TcpListener, poll: &mut Poll, clients: &mut Slab<TcpStr
                 // new one. For an echo server that is harmless (it just reads
                 // WouldBlock). loopline keeps a closed connection's slot until
                 // the batch ends (`Server::reap`), and checks a per-connection
-                // id on its ready list and timers (PITFALLS #5).
+                // id on its ready list and timers (docs/pitfalls.md, pitfall 5).
                 match poll
                     .registry()
                     .register(&mut stream, token, Interest::READABLE)
@@ -117,7 +118,7 @@ fn accept_all(listener: &TcpListener, poll: &mut Poll, clients: &mut Slab<TcpStr
             Err(err) if err.kind() == ErrorKind::ConnectionAborted => continue,
             Err(err) if err.kind() == ErrorKind::Interrupted => continue,
             // Out of file descriptors, most likely. Stop for now; loopline
-            // handles this properly (PITFALLS #4).
+            // handles this properly (docs/pitfalls.md, pitfall 4).
             Err(err) => {
                 eprintln!("accept failed: {err}");
                 return;

@@ -193,7 +193,8 @@ impl Client {
             replies.extend_from_slice(b"ERR line too long\n");
             // The caller closes the socket. If unread input is still queued
             // then, the kernel sends a reset that can destroy these replies
-            // in flight; loopline drains briefly before closing (PITFALLS #8).
+            // in flight; loopline drains briefly before closing (docs/pitfalls.md,
+            // pitfall 8).
             let _ = self.send(&replies);
             return false;
         }

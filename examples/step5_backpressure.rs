@@ -316,7 +316,7 @@ impl Client {
 
     /// After `ERR line too long`: read nothing more, flush, then close. (A
     /// close with unread input sends a reset that can destroy the last
-    /// replies; loopline drains briefly first, PITFALLS #8.)
+    /// replies; loopline drains briefly first: docs/pitfalls.md, pitfall 8.)
     fn stop_reading_after_error(&mut self) {
         self.done_reading = true;
         self.input = Vec::new();

@@ -1,4 +1,5 @@
-//! Tests for the teaching examples in `examples/` (issue 5).
+//! Tests for the teaching examples in `examples/` (the tutorial ladder,
+//! `docs/tutorial.md`).
 //!
 //! Each test starts a compiled example binary on 127.0.0.1:0, reads the real
 //! port from its `listening on ADDR` line on stderr, and talks to it over

@@ -1,5 +1,5 @@
-//! One client flooding pipelined requests must not starve another (PITFALLS
-//! 3): the loop serves each connection a bounded slice per turn, so a PING
+//! One client flooding pipelined requests must not starve another
+//! (`docs/pitfalls.md`, pitfall 3): the loop serves each connection a bounded slice per turn, so a PING
 //! round trip on a second connection stays short while the flood runs.
 
 mod util;

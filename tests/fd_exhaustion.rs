@@ -1,4 +1,4 @@
-//! Running out of file descriptors (PITFALLS 4): the server is started with
+//! Running out of file descriptors (`docs/pitfalls.md`, pitfall 4): the server is started with
 //! RLIMIT_NOFILE 64 (soft and hard, so it cannot raise it) and
 //! `--max-connections 1000`, so `accept` fails with EMFILE long before the
 //! connection limit. Every connection attempt must still get an answer

@@ -1,5 +1,5 @@
 //! Garbage input: random bytes, NULs, CR floods, invalid UTF-8, a megabyte
-//! with no LF. The server answers each line as the spec says (request
+//! with no LF. The server answers each line as `docs/protocol.md` says (request
 //! lines are raw bytes, never UTF-8 checked), refuses a line that is too
 //! long and closes, never panics, and does not grow.
 
@@ -14,16 +14,18 @@ const MAX_LINE: usize = 1024;
 /// How much the server's memory may grow over a whole test.
 const RSS_MARGIN_KIB: u64 = 8 * 1024;
 
-/// What the spec says one response line must be.
+/// What the protocol says one response line must be.
 #[derive(Debug)]
 enum Want {
     Exact(Vec<u8>),
-    /// `ERR ...` with a message the spec leaves open (usage errors).
+    /// `ERR ...` with a message the protocol leaves open (usage errors).
     AnyErr,
 }
 
-/// The responses the spec requires for `input` sent and then half-closed,
-/// and whether the server closes before reading it all.
+/// The responses the protocol requires for `input` sent and then
+/// half-closed, and whether the server closes before reading it all.
+/// Written from `docs/protocol.md`, not from `src/`: an oracle built from
+/// the code under test would share its bugs.
 fn model(input: &[u8]) -> Vec<Want> {
     let mut out = Vec::new();
     let mut rest = input;

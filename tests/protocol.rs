@@ -1,4 +1,5 @@
-//! Every row and rule of SPEC section 1, over real sockets.
+//! Every row and rule of the protocol (`docs/protocol.md`, section 1), over
+//! real sockets.
 
 mod util;
 
