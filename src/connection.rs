@@ -64,6 +64,12 @@ use crate::stats::Stats;
 use crate::sys;
 use crate::timer::{Timer, TimerKind, Timers};
 
+/// While the process is over `--max-memory`, a connection with nothing
+/// pending still reads, but this much at most: if its client turns out not
+/// to read its replies, the lines it leaves held are few. (A connection
+/// that reads on is simply run again, a small read per turn.)
+pub const READ_UNDER_PRESSURE: usize = 1024;
+
 /// Reads a closing connection may make per turn while it drains unread input
 /// (a peer that keeps sending cannot keep the loop here).
 const LINGER_READS_PER_TURN: usize = 4;
@@ -632,13 +638,17 @@ impl Connection {
     /// Reads once into the shared buffer and answers the complete lines.
     fn read_requests(&mut self, shared: &mut Shared) -> Next {
         loop {
-            if self.pending_output() > 0 && self.memory_over(shared) {
-                // The process is over --max-memory and we have output
-                // waiting: read nothing more until the total falls.
-                self.state = State::Paused;
-                return Next::Wait;
+            let mut budget = shared.read_buf.len();
+            if self.memory_over(shared) {
+                if self.pending_output() > 0 {
+                    // The process is over --max-memory and we have output
+                    // waiting: read nothing more until the total falls.
+                    self.state = State::Paused;
+                    return Next::Wait;
+                }
+                budget = budget.min(READ_UNDER_PRESSURE);
             }
-            let n = match self.stream.read(shared.read_buf) {
+            let n = match self.stream.read(&mut shared.read_buf[..budget]) {
                 Ok(0) => return self.on_peer_eof(shared),
                 Ok(n) => n,
                 // Drained: the kernel has nothing more. The next byte to
@@ -650,7 +660,7 @@ impl Connection {
             };
             shared.stats.bytes_in += n as u64;
             self.totals.bytes_in += n as u64;
-            let full = n == shared.read_buf.len();
+            let full = n == budget;
             // Lend the read bytes out of `shared` for the framing, so the
             // rest of `shared` stays usable meanwhile; put them back after.
             let read_buf = mem::take(&mut shared.read_buf);

@@ -1054,6 +1054,39 @@ mod tests {
         assert_eq!(got, b"PONG\n");
     }
 
+    /// Regression: the loop's spare output buffer kept the capacity of the
+    /// largest burst until exit. A read of 64 KiB of `STATS` lines makes
+    /// about 1.5 MiB of replies in one call; afterwards the spare is back
+    /// to its resting size, and the connection keeps only what is pending.
+    #[test]
+    fn the_spare_output_buffer_gives_a_burst_back() {
+        let mut server = server();
+        let (mut client, key) = connect(&mut server);
+        assert_eq!(read_some(&mut client), b"READY\n");
+        let burst = b"STATS\n".repeat(READ_BUFFER_SIZE / 6);
+        std::io::Write::write_all(&mut client, &burst).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while server.stats.commands < (READ_BUFFER_SIZE / 6) as u64 {
+            assert!(Instant::now() < deadline, "burst never answered");
+            server.on_connection_event(key, true, false);
+            server.run_ready();
+        }
+        assert!(
+            server.stats.bytes_out + server.conns[key].pending_output() as u64 > 1 << 20,
+            "the burst was too small to test anything"
+        );
+        assert!(
+            server.spare_output.capacity() <= crate::connection::SPARE_OUTPUT_KEEP,
+            "spare kept {} bytes",
+            server.spare_output.capacity()
+        );
+        let (_, output_capacity) = server.conns[key].buffer_capacities();
+        assert!(
+            output_capacity <= crate::connection::output_capacity_bound(&server.limits),
+            "connection kept {output_capacity} bytes"
+        );
+    }
+
     /// A client whose read fills the whole shared buffer is put on the ready
     /// list instead of being read to the end: the rest waits for the next
     /// turn, and other connections get theirs first (PITFALLS 3).

@@ -1,0 +1,144 @@
+//! `--write-timeout` means the peer took no bytes. Both directions: a slow
+//! but live reader is never closed, however long its output waits; a peer
+//! that stops taking bytes is closed once the timeout has passed since the
+//! last byte it took.
+//!
+//! Why this needs care: after a WouldBlock the writable edge comes only
+//! once the kernel's send buffer (megabytes on loopback) has drained by a
+//! large share, so a clock that moved only on the server's own successful
+//! writes closed live readers slower than that. The server now asks the
+//! kernel how many written bytes are still unacknowledged.
+
+mod util;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::{Client, Server, PATIENCE};
+
+const PAD: &str = "pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp";
+
+/// Sends `ECHO <n> <pad>` for n in 0..lines from its own thread; stops
+/// quietly if the server closes (the readers check what matters).
+fn spawn_writer(mut stream: TcpStream, lines: u64) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut batch = Vec::with_capacity(1 << 15);
+        for i in 0..lines {
+            batch.extend_from_slice(format!("ECHO {i} {PAD}\n").as_bytes());
+            if batch.len() >= 1 << 14 || i + 1 == lines {
+                if stream.write_all(&batch).is_err() {
+                    return;
+                }
+                batch.clear();
+            }
+        }
+    })
+}
+
+/// Checks the replies in `buf` against the next expected sequence number;
+/// keeps an unfinished line.
+fn check_replies(buf: &mut Vec<u8>, next: &mut u64) {
+    let mut start = 0;
+    while let Some(lf) = buf[start..].iter().position(|&b| b == b'\n') {
+        let want = format!("OK {next} {PAD}");
+        assert_eq!(&buf[start..start + lf], want.as_bytes(), "reply {next}");
+        *next += 1;
+        start += lf + 1;
+    }
+    buf.drain(..start);
+}
+
+/// Regression: a client reading steadily at about 1 MB/s while it keeps
+/// sending was closed after 1.2 s with `--write-timeout 1s` ("peer took no
+/// bytes"). It must stay connected and get every reply, in order.
+#[test]
+fn a_slow_live_reader_is_never_closed_by_the_write_timeout() {
+    const LINES: u64 = 50_000; // ~5.5 MB of replies: about 5 s at 1 MB/s
+    let server = Server::start(&["--write-timeout", "1s"]);
+    let mut client = Client::connect_with_receive_buffer(server.addr, 64 * 1024);
+    client.expect_line("READY");
+    let writer = spawn_writer(client.stream.try_clone().unwrap(), LINES);
+
+    // 16 KiB every 15 ms: at most ~1 MB/s, slower than the server can
+    // produce, so output waits in the server for the whole run.
+    let mut stream = client.stream.try_clone().unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut next = 0;
+    let started = Instant::now();
+    while next < LINES {
+        thread::sleep(Duration::from_millis(15));
+        let n = stream.read(&mut chunk).expect("read replies");
+        assert!(
+            n > 0,
+            "closed after {next} replies and {:?}: a live reader was taken for a stalled one",
+            started.elapsed()
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        check_replies(&mut buf, &mut next);
+    }
+    writer.join().unwrap();
+    eprintln!("{LINES} replies read slowly in {:?}", started.elapsed());
+    assert!(!server.logged("write timeout"));
+    client.send(b"PING\n");
+    client.expect_line("PONG");
+}
+
+/// A peer that reads for a while, then stops taking bytes, is closed once
+/// the timeout has passed since it stopped (and not before), without a
+/// further line.
+#[test]
+fn a_reader_that_stops_is_closed_after_the_timeout() {
+    let mut server = Server::start(&["--write-timeout", "1s"]);
+    let mut client = Client::connect_with_receive_buffer(server.addr, 64 * 1024);
+    client.expect_line("READY");
+    let writer = spawn_writer(client.stream.try_clone().unwrap(), 200_000);
+
+    // Read for a while, a little at a time...
+    let mut stream = client.stream.try_clone().unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut next = 0;
+    let reading_until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < reading_until {
+        thread::sleep(Duration::from_millis(15));
+        let n = stream.read(&mut chunk).expect("read replies");
+        assert!(n > 0, "closed while reading");
+        buf.extend_from_slice(&chunk[..n]);
+        check_replies(&mut buf, &mut next);
+    }
+    // ...then stop taking bytes.
+    let stopped = Instant::now();
+    server.wait_for_log("write timeout");
+    let after = stopped.elapsed();
+    eprintln!("closed {after:?} after the reader stopped, {next} replies read");
+    assert!(
+        after >= Duration::from_secs(1),
+        "closed {after:?} after the peer stopped reading, before --write-timeout 1s"
+    );
+    assert!(
+        after < PATIENCE,
+        "closed only {after:?} after the peer stopped"
+    );
+    // The connection is gone: reading on ends (EOF or reset), and the
+    // writer's sends fail.
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(_) => assert!(Instant::now() < deadline, "still receiving"),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                assert!(Instant::now() < deadline, "neither EOF nor reset")
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    let _ = client.stream.shutdown(std::net::Shutdown::Both);
+    let _ = writer.join();
+}
