@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::connection::{Limits, LINGER_TIMEOUT};
+
 /// What the end of `--help` says: the forms of a DUR, logging, exit codes,
 /// signals and examples. The man page is generated from it too.
 const AFTER_HELP: &str = "\
@@ -621,31 +623,8 @@ impl fmt::Display for ListenAddrError {
 
 impl std::error::Error for ListenAddrError {}
 
-/// The limits a connection enforces, in the types the hot path wants.
-/// [`Limits::from_config`] is the one place they are derived.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// `--max-line`, in bytes.
-    pub max_line: usize,
-    /// `--max-output`: pending output above which reading pauses.
-    pub max_output: usize,
-    /// `--max-memory`: bytes in all client buffers of the process above
-    /// which reading pauses.
-    pub max_memory: usize,
-    /// `--idle-timeout`, `None` when 0 (off).
-    pub idle_timeout: Option<Duration>,
-    /// `--write-timeout`, `None` when 0 (off).
-    pub write_timeout: Option<Duration>,
-    /// `--tcp-keepalive`, `None` when 0 (off).
-    pub tcp_keepalive: Option<Duration>,
-    /// How long a closing connection may drain unread input after its last
-    /// line, before the socket is dropped (see `Connection::linger`).
-    pub linger: Duration,
-}
-
-/// How long a closing connection reads and discards input after its last line.
-pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
-
+/// The config layer derives the limits; the connection layer, which
+/// enforces them, defines them (a lower layer never imports a higher one).
 impl Limits {
     /// The limits `config` sets.
     pub fn from_config(config: &Config) -> Limits {

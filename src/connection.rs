@@ -57,7 +57,6 @@ use std::time::{Duration, Instant};
 use memchr::memchr;
 use mio::net::TcpStream;
 
-use crate::config::Limits;
 use crate::framing::{self, Cut};
 use crate::protocol::{self, After};
 use crate::stats::Stats;
@@ -73,6 +72,32 @@ pub const READ_UNDER_PRESSURE: usize = 1024;
 /// Reads a closing connection may make per turn while it drains unread input
 /// (a peer that keeps sending cannot keep the loop here).
 const LINGER_READS_PER_TURN: usize = 4;
+
+/// The limits a connection enforces, in the types the hot path wants.
+/// `Limits::from_config` (in [`crate::config`]) is the one place they are
+/// derived from the command line.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `--max-line`, in bytes.
+    pub max_line: usize,
+    /// `--max-output`: pending output above which reading pauses.
+    pub max_output: usize,
+    /// `--max-memory`: bytes in all client buffers of the process above
+    /// which reading pauses.
+    pub max_memory: usize,
+    /// `--idle-timeout`, `None` when 0 (off).
+    pub idle_timeout: Option<Duration>,
+    /// `--write-timeout`, `None` when 0 (off).
+    pub write_timeout: Option<Duration>,
+    /// `--tcp-keepalive`, `None` when 0 (off).
+    pub tcp_keepalive: Option<Duration>,
+    /// How long a closing connection may drain unread input after its last
+    /// line, before the socket is dropped (see `Connection::linger`).
+    pub linger: Duration,
+}
+
+/// How long a closing connection reads and discards input after its last line.
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The longest response line, in bytes, for a given `--max-line`: `OK `, an
 /// echoed line and its LF, or an `ERR usage: NAME ...` line; STATS and the

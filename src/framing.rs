@@ -5,7 +5,7 @@
 //! it never reads a socket and never allocates. The connection keeps the
 //! bytes of an unfinished line and offers them again with the next read.
 //!
-//! Rules (SPEC section 1): a line ends at LF; one CR directly before the LF
+//! Rules (docs/protocol.md): a line ends at LF; one CR directly before the LF
 //! is removed; a line longer than `max_line` bytes (CR and LF not counted) is
 //! refused as soon as the unfinished line can no longer fit, without waiting
 //! for an LF that may never come.

@@ -2,7 +2,7 @@
 //! QUIT, HELP, STATS), on a hand-rolled, single-threaded mio event loop.
 //!
 //! The contract (protocol bytes, limits, command line, exit codes) is
-//! SPEC.md; `docs/` explains the design. Embedding it:
+//! docs/protocol.md; the rest of `docs/` explains the design. Embedding it:
 //!
 //! ```no_run
 //! let config = loopline::Config { listen: vec!["127.0.0.1:0".parse().unwrap()], ..Default::default() };

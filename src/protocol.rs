@@ -3,7 +3,7 @@
 //! This module knows nothing of sockets, buffers or timers. It is handed a
 //! complete request line (LF and CR already removed by [`crate::framing`])
 //! and appends exactly one response line, ending in LF, to `out`. The exact
-//! bytes are the contract in SPEC.md section 1.
+//! bytes are the contract of docs/protocol.md.
 
 use std::io::Write as _;
 use std::time::Instant;

@@ -39,8 +39,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::config::{Config, Limits};
-use crate::connection::{CloseReason, Connection, MemoryPressure, Next, Shared, State};
+use crate::config::Config;
+use crate::connection::{CloseReason, Connection, Limits, MemoryPressure, Next, Shared, State};
 use crate::protocol;
 use crate::stats::Stats;
 use crate::summaries::{Kind, Summaries};
@@ -1000,7 +1000,8 @@ mod tests {
         buf[..n].to_vec()
     }
 
-    /// Regression guard for PITFALLS 5: a connection closed in a batch keeps
+    /// Regression guard for stale events after slot reuse (docs/pitfalls.md):
+    /// a connection closed in a batch keeps
     /// its slot until the batch ends, so a later event of the same batch that
     /// names it can neither reach it nor a newcomer; and once the slot is
     /// reused, the old connection's timers do not reach the new one.
@@ -1089,7 +1090,8 @@ mod tests {
 
     /// A client whose read fills the whole shared buffer is put on the ready
     /// list instead of being read to the end: the rest waits for the next
-    /// turn, and other connections get theirs first (PITFALLS 3).
+    /// turn, and other connections get theirs first (one client must not
+    /// starve the rest: docs/pitfalls.md).
     #[test]
     fn a_flooding_client_is_served_one_buffer_per_turn() {
         let mut server = server();

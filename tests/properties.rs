@@ -21,9 +21,9 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use loopline::config::Limits;
 use loopline::connection::{
-    input_capacity_bound, output_capacity_bound, Connection, Next, Shared, State, SPARE_OUTPUT_KEEP,
+    input_capacity_bound, output_capacity_bound, Connection, Limits, Next, Shared, State,
+    SPARE_OUTPUT_KEEP,
 };
 use loopline::framing::{cut_line, final_line, unfinished_too_long, Cut};
 use loopline::protocol::{self, After};

@@ -22,9 +22,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use loopline::config::Limits;
 use loopline::connection::{
-    input_capacity_bound, output_capacity_bound, Connection, Next, Shared, State, SPARE_OUTPUT_KEEP,
+    input_capacity_bound, Limits, output_capacity_bound, Connection, Next, Shared, State, SPARE_OUTPUT_KEEP,
 };
 use loopline::framing::{cut_line, final_line, Cut};
 use loopline::protocol::{self, After};

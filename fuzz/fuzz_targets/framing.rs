@@ -1,6 +1,6 @@
 //! Fuzz target `framing`: random bytes and a random `--max-line`, cut line
 //! by line with `framing::cut_line`; every answer is checked against the
-//! contract (SPEC section 1).
+//! contract (docs/protocol.md).
 //!
 //! Input: byte 0 sets max_line (1..=256), the rest is the stream.
 
