@@ -16,20 +16,34 @@
 //!
 //! # Layout
 //!
+//! The layers, top to bottom; a module imports only from layers below it.
+//!
+//! * [`config`]: the command line (clap), validated (`Config::validate`),
+//!   and the [`connection::Limits`] derived from it.
+//! * [`server`]: the event loop: `Poll`, listeners, the slab of
+//!   connections keyed by `Token`, timers, signals, admission, the socket
+//!   budget, shutdown. Knows nothing of commands.
+//! * [`connection`]: one client's socket, buffers and state machine (Open,
+//!   Paused, Draining, Closing, Lingering, Closed): read, frame, answer,
+//!   write, backpressure, the memory bounds, the careful close.
 //! * [`framing`]: cuts request lines out of a byte stream; knows nothing
 //!   else. Partial lines wait, CR is stripped, the line limit is enforced.
 //! * [`protocol`]: maps one request line to one response line; knows
 //!   nothing of sockets.
-//! * [`connection`]: one client's socket, buffers and state machine: read,
-//!   frame, answer, write, backpressure, the careful close.
-//! * [`server`]: the event loop: `Poll`, listeners, the slab of
-//!   connections keyed by `Token`, timers, signals, shutdown. Knows nothing
-//!   of commands.
-//! * [`timer`]: the deadline heap that drives the `Poll` timeout.
-//! * [`config`]: command-line options and the limits derived from them.
-//! * [`stats`]: the counters `STATS` reports.
-//! * [`summaries`]: rate-limited log lines for refusals and limit closes.
-//! * [`sys`]: the few calls that differ between Linux, macOS and FreeBSD.
+//!
+//! Beside them, leaves that any layer may use: [`timer`] (the deadline
+//! heap that sets the `Poll` timeout), [`stats`] (the counters `STATS`
+//! reports), [`summaries`] (rate-limited log lines for refusals and limit
+//! closes), [`sys`] (the few calls that differ between Linux, macOS and
+//! FreeBSD).
+//!
+//! Around the crate, in the repository: `src/main.rs` is the thin binary;
+//! `tests/` runs the real binary on loopback, one file per concern, with
+//! the shared harness in `tests/util/`; `examples/` is the tutorial's
+//! ladder, from a blocking server to this loop; `benches/` holds criterion
+//! micro-benchmarks; `fuzz/` the cargo-fuzz targets; `tools/` the load
+//! generator and the soak driver (workspace members of their own);
+//! `scripts/` every script; `docs/` the contract and the design.
 
 pub mod config;
 pub mod connection;

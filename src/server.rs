@@ -514,7 +514,7 @@ impl Server {
     }
 
     fn on_connection_event(&mut self, key: usize, readable: bool, hangup: bool) {
-        let (conns, mut cx) = self.parts();
+        let (conns, mut shared) = self.parts();
         // An event for a token we no longer hold, or for a connection closed
         // earlier in this batch, is stale: ignore it.
         let Some(conn) = conns.get_mut(key) else {
@@ -524,7 +524,7 @@ impl Server {
             return;
         }
         let id = conn.id();
-        let next = conn.drive(readable, hangup, &mut cx);
+        let next = conn.drive(readable, hangup, &mut shared);
         self.act_on(key, id, next);
     }
 
@@ -535,7 +535,7 @@ impl Server {
         let mut ready = std::mem::take(&mut self.ready_spare);
         std::mem::swap(&mut ready, &mut self.ready);
         for &(key, id) in &ready {
-            let (conns, mut cx) = self.parts();
+            let (conns, mut shared) = self.parts();
             let Some(conn) = conns.get_mut(key) else {
                 continue;
             };
@@ -543,7 +543,7 @@ impl Server {
                 continue;
             }
             conn.unqueue();
-            let next = conn.drive(true, false, &mut cx);
+            let next = conn.drive(true, false, &mut shared);
             self.act_on(key, id, next);
         }
         ready.clear();
@@ -552,7 +552,7 @@ impl Server {
 
     fn fire_timers(&mut self) {
         while let Some(timer) = self.timers.pop_due(self.now) {
-            let (conns, mut cx) = self.parts();
+            let (conns, mut shared) = self.parts();
             // The id check drops entries of connections long gone whose slot
             // now holds another connection (cancellation is lazy).
             let Some(conn) = conns.get_mut(timer.key) else {
@@ -561,7 +561,7 @@ impl Server {
             if conn.id() != timer.conn_id || conn.state() == State::Closed {
                 continue;
             }
-            let next = conn.on_timer(timer.kind, &mut cx);
+            let next = conn.on_timer(timer.kind, &mut shared);
             self.act_on(timer.key, timer.conn_id, next);
         }
     }
@@ -917,8 +917,8 @@ impl Server {
         }
         let keys: Vec<(usize, u64)> = self.conns.iter().map(|(key, c)| (key, c.id())).collect();
         for (key, id) in keys {
-            let (conns, mut cx) = self.parts();
-            let next = conns[key].shut_down(&mut cx);
+            let (conns, mut shared) = self.parts();
+            let next = conns[key].shut_down(&mut shared);
             self.act_on(key, id, next);
         }
     }
