@@ -39,7 +39,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::config::Config;
+use crate::config::{Config, ListenAddr};
 use crate::connection::{CloseReason, Connection, Limits, MemoryPressure, Next, Shared, State};
 use crate::protocol;
 use crate::stats::Stats;
@@ -235,6 +235,8 @@ pub struct Server {
     summaries: Summaries,
     /// A second SIGINT or SIGTERM came during the shutdown.
     stop_at_once: bool,
+    /// Per listener, the `--listen` value it came from (for the log).
+    listened_from: Vec<ListenAddr>,
 }
 
 impl Server {
@@ -251,7 +253,7 @@ impl Server {
         // Bind every address before announcing any: a start that fails on
         // its second address must log no `listening on` line, or a script
         // waiting for that line would take a failed start for a running one.
-        let is_name = |listen_addr: &crate::config::ListenAddr| {
+        let is_name = |listen_addr: &ListenAddr| {
             matches!(listen_addr.host, crate::config::Host::Name(_))
         };
         let address_missing_here = |e: &io::Error| {
@@ -261,7 +263,7 @@ impl Server {
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
         // Per listener, the `--listen` value it came from (for the log).
-        let mut listened_from = Vec::new();
+        let mut listened_from: Vec<ListenAddr> = Vec::new();
         // Addresses of a host name that this machine lacks, skipped.
         let mut skipped = Vec::new();
         for listen_addr in &config.listen {
@@ -299,7 +301,7 @@ impl Server {
                     .map_err(failed)?;
                 listeners.push(listener);
                 local_addrs.push(local);
-                listened_from.push(listen_addr);
+                listened_from.push(listen_addr.clone());
             }
             // Every address of the name was missing: that is a failure.
             if listeners.len() == bound_before {
@@ -311,23 +313,12 @@ impl Server {
         for skip in skipped {
             warn!("skipped {skip}");
         }
-        for (local, listen_addr) in local_addrs.iter().zip(listened_from) {
-            let options = listen_addr.options();
-            if options.is_empty() {
-                info!("listening on {local}");
-            } else {
-                info!("listening on {local} ({})", options.join(", "));
-            }
-            if !local.ip().is_loopback() {
-                warn!("{local} is not a loopback address: clients on the network can reach this server");
-            }
-        }
-
         let now = Instant::now();
         let socket_budget = descriptor_limit
             .saturating_sub(RESERVED_DESCRIPTORS + listeners.len() as u64)
             .max(1);
         Ok(Server {
+            listened_from,
             memory: MemoryPressure::default(),
             lingering: VecDeque::new(),
             socket_budget: usize::try_from(socket_budget).unwrap_or(usize::MAX),
@@ -399,6 +390,7 @@ impl Server {
 
     /// Runs the event loop until a graceful shutdown has finished.
     pub fn run(mut self) -> Result<(), RunError> {
+        self.announce();
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
             let timeout = self.poll_timeout();
@@ -475,6 +467,25 @@ impl Server {
             self.close(key);
         }
         self.reap();
+    }
+
+    /// Logs one `listening on ADDR` line per listener. Only here, as the
+    /// loop starts: every listener is bound by now (a start that fails on
+    /// its second address logged none), and the signal handlers are in
+    /// place (`handle_signals` comes between `bind` and `run`), so whoever
+    /// waits for these lines may signal the server at once.
+    fn announce(&self) {
+        for (local, listen_addr) in self.local_addrs.iter().zip(&self.listened_from) {
+            let options = listen_addr.options();
+            if options.is_empty() {
+                info!("listening on {local}");
+            } else {
+                info!("listening on {local} ({})", options.join(", "));
+            }
+            if !local.ip().is_loopback() {
+                warn!("{local} is not a loopback address: clients on the network can reach this server");
+            }
+        }
     }
 
     /// How long `poll` may sleep: not at all when a connection has work
