@@ -11,6 +11,8 @@
 //! lowers the running server's soft limit (`prlimit`) to the next free
 //! descriptor. Linux only: the tests read the server's descriptors in /proc.
 
+#![cfg(target_os = "linux")]
+
 mod util;
 
 use std::collections::{HashSet, VecDeque};

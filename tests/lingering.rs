@@ -12,6 +12,8 @@
 //! (`prlimit`), so that `accept` itself fails with EMFILE. Linux only: the
 //! tests count the server's descriptors in /proc.
 
+#![cfg(target_os = "linux")]
+
 mod util;
 
 use std::io::{self, Write};
