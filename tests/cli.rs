@@ -3,19 +3,11 @@
 
 mod util;
 
-use std::process::{Command, Output};
-use util::Server;
-
-fn loopline(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_loopline"))
-        .args(args)
-        .output()
-        .expect("run loopline")
-}
+use util::{run_loopline, Server};
 
 #[test]
 fn help_lists_every_option_and_exits_0() {
-    let out = loopline(&["--help"]);
+    let out = run_loopline(&["--help"], "info");
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8(out.stdout).unwrap();
     for option in [
@@ -39,7 +31,7 @@ fn help_lists_every_option_and_exits_0() {
 
 #[test]
 fn help_tells_a_newcomer_exit_codes_signals_and_logging() {
-    let out = loopline(&["--help"]);
+    let out = run_loopline(&["--help"], "info");
     let text = String::from_utf8(out.stdout).unwrap();
     for needed in [
         "Exit status: 0 after a graceful shutdown; 1 for a failure at start",
@@ -61,7 +53,7 @@ fn help_tells_a_newcomer_exit_codes_signals_and_logging() {
 
 #[test]
 fn version_prints_the_version() {
-    let out = loopline(&["--version"]);
+    let out = run_loopline(&["--version"], "info");
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
         String::from_utf8(out.stdout).unwrap().trim(),
@@ -79,7 +71,7 @@ fn usage_errors_exit_2_naming_the_option() {
         (&["--max-connections", "many"], "--max-connections"),
         (&["--frobnicate"], "--frobnicate"),
     ] {
-        let out = loopline(args);
+        let out = run_loopline(args, "info");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8(out.stderr).unwrap();
         assert!(err.contains(named), "{args:?}: {err}");
@@ -135,7 +127,7 @@ fn every_range_is_a_sentence_and_a_usage_error() {
             "--tcp-keepalive must be 0 (off) or between 1s and 32767s",
         ),
     ] {
-        let out = loopline(args);
+        let out = run_loopline(args, "info");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8(out.stderr).unwrap();
         assert!(err.contains(sentence), "{args:?}: {err}");
@@ -160,7 +152,7 @@ fn a_malformed_listen_value_exits_2_showing_the_forms() {
         "[::1]:port",
         "bad_host!:80",
     ] {
-        let out = loopline(&["--listen", value]);
+        let out = run_loopline(&["--listen", value], "info");
         assert_eq!(out.status.code(), Some(2), "{value}");
         let err = String::from_utf8(out.stderr).unwrap();
         for form in [
@@ -181,7 +173,7 @@ fn listener_options_are_parsed_and_each_rejected_for_now() {
         "127.0.0.1:0,proxy",
         "0.0.0.0:9443,tls,proxy",
     ] {
-        let out = loopline(&["--listen", value]);
+        let out = run_loopline(&["--listen", value], "info");
         assert_eq!(out.status.code(), Some(2), "{value}");
         let err = String::from_utf8(out.stderr).unwrap();
         assert!(err.contains("unknown listener option"), "{value}: {err}");
@@ -220,11 +212,7 @@ fn a_host_name_listens_on_every_address_it_names() {
 fn a_start_failing_on_its_second_address_logs_no_listening_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_loopline"))
-        .args(["--listen", "127.0.0.1:0", "--listen", &addr])
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
+    let out = run_loopline(&["--listen", "127.0.0.1:0", "--listen", &addr], "info");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(!err.contains("listening on"), "{err}");
@@ -237,11 +225,7 @@ fn a_start_failing_on_its_second_address_logs_no_listening_line() {
 fn address_in_use_exits_1_with_one_clear_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_loopline"))
-        .args(["--listen", &addr])
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap();
+    let out = run_loopline(&["--listen", &addr], "off");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.lines().count(), 1, "{err}");

@@ -1,26 +1,30 @@
-//! Shared helpers for the integration tests: start the real `loopline`
-//! binary on 127.0.0.1:0, find its port in the `listening on` log line, and
-//! talk to it over loopback with bounded timeouts.
+//! Shared helpers for the integration tests: start a real server process
+//! (the `loopline` binary on 127.0.0.1:0, or any program that logs
+//! `listening on ADDR` on stderr), find its port in that log line, talk to it
+//! over loopback with bounded timeouts, and run the binary once to its exit.
+//! Memory and CPU figures come from the library's own reader,
+//! [`loopline::sys`].
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// How long any single wait in a test may take before it fails. Generous:
 /// tests must not depend on the machine's speed.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// The real server, as a child process. Killed on drop.
+/// A real server, as a child process. Killed on drop.
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     /// Every stderr line so far.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The same lines, for [`Server::wait_for_log`] to consume in order.
     lines: Receiver<String>,
 }
 
@@ -32,9 +36,47 @@ impl Server {
 
     /// Starts `loopline ARGS...` (no implied --listen) at log level `level`.
     pub fn start_raw(args: &[&str], level: &str) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_loopline"));
-        command.args(args).env("RUST_LOG", level);
-        Server::spawn(command)
+        Server::spawn(loopline_binary(args, level))
+    }
+
+    /// Starts a prepared command: `loopline` (see [`loopline_command`]) or
+    /// any program that logs `listening on ADDR` on stderr, with its address
+    /// among the arguments the caller gave it. Its stderr is piped into the
+    /// log, and it must log `listening on` within PATIENCE. For tests that
+    /// need more than arguments, e.g. a resource limit set with
+    /// `CommandExt::pre_exec`.
+    pub fn spawn(mut command: Command) -> Server {
+        let program = command.get_program().to_string_lossy().into_owned();
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, lines) = mpsc::channel();
+        let sink = log.clone();
+        // Read stderr on a thread of its own, so the child never blocks on a
+        // full pipe; it keeps draining after the test stops listening.
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        // A placeholder address until the log names the real one: the
+        // Server exists first so that a failed wait still kills the child.
+        let mut server = Server {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            log,
+            lines,
+        };
+        let line = server.wait_for_log("listening on ");
+        server.addr = parse_listening(&line);
+        server
     }
 
     /// Waits for a stderr line containing `needle` and returns it.
@@ -45,8 +87,12 @@ impl Server {
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
-                Err(_) => panic!(
-                    "no log line with {needle:?}; log: {:#?}",
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "no log line with {needle:?} within {PATIENCE:?}; log: {:#?}",
+                    self.log.lock().unwrap()
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "the server closed its stderr (exited?) before logging {needle:?}; log: {:#?}",
                     self.log.lock().unwrap()
                 ),
             }
@@ -56,6 +102,13 @@ impl Server {
     /// Whether any stderr line so far contains `needle`.
     pub fn logged(&self, needle: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Asserts the server never panicked (a panic would be in its log).
+    pub fn assert_no_panic(&self) {
+        let log = self.log.lock().unwrap();
+        let panics: Vec<&String> = log.iter().filter(|l| l.contains("panicked")).collect();
+        assert!(panics.is_empty(), "the server panicked: {panics:#?}");
     }
 
     pub fn connect(&self) -> Client {
@@ -76,13 +129,43 @@ impl Server {
         Stats(c.read_line())
     }
 
+    /// Waits until `STATS` reports `want` open connections (the asking one
+    /// included), failing after PATIENCE. Closes are asynchronous.
+    pub fn wait_for_connections(&self, want: u64) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let now = self.stats().get("connections");
+            if now == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "STATS connections stayed at {now}, expected {want}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Resident memory of the server, in KiB, from /proc.
+    /// Resident memory of the server now, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        proc_status_field(self.pid(), "VmRSS:")
+        loopline::sys::process_rss_kib(self.pid())
+            .unwrap_or_else(|| panic!("cannot read the server's RSS: {PROC_ONLY}"))
+    }
+
+    /// The most resident memory the server has had so far, in KiB (the
+    /// kernel's high-water mark, `VmHWM`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_field(self.pid(), "VmHWM:")
+    }
+
+    /// CPU time (user + system) the server has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        loopline::sys::process_cpu_time(self.pid())
+            .unwrap_or_else(|| panic!("cannot read the server's CPU time: {PROC_ONLY}"))
     }
 
     /// Sends a signal to the server.
@@ -96,14 +179,7 @@ impl Server {
 
     /// Waits for the server to exit, failing after PATIENCE.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "server did not exit");
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_at_most(&mut self.child, PATIENCE).expect("server did not exit")
     }
 }
 
@@ -114,25 +190,99 @@ impl Drop for Server {
     }
 }
 
-/// Parses the address out of a `listening on ADDR` line.
-pub fn parse_listening(line: &str) -> SocketAddr {
-    let at = line.find("listening on ").expect("listening on") + "listening on ".len();
-    line[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .expect("address")
+/// Why a /proc figure may be missing, for the panics that report it.
+const PROC_ONLY: &str = "/proc is Linux-only, and the process must still be running";
+
+/// Reads a `Name:   value kB` field of /proc/PID/status; `field` includes
+/// its colon (`"VmRSS:"`).
+pub fn proc_status_field(pid: u32, field: &str) -> u64 {
+    loopline::sys::proc_status_field(pid, field)
+        .unwrap_or_else(|| panic!("cannot read {field} of process {pid}: {PROC_ONLY}"))
 }
 
-/// Reads a `Name:   value kB` field of /proc/PID/status.
-pub fn proc_status_field(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .expect("field");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+/// Parses the address out of a `listening on ADDR` line.
+pub fn parse_listening(line: &str) -> SocketAddr {
+    line.split_once("listening on ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no address after `listening on` in {line:?}"))
+}
+
+/// `loopline ARGS...` with RUST_LOG=`level`: the one place the tests name
+/// the binary.
+fn loopline_binary(args: &[&str], level: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_loopline"));
+    command.args(args).env("RUST_LOG", level);
+    command
+}
+
+/// `loopline --listen 127.0.0.1:0 ARGS...` with RUST_LOG=`level`, ready for
+/// [`Server::spawn`].
+pub fn loopline_command(args: &[&str], level: &str) -> Command {
+    let mut command = loopline_binary(&["--listen", "127.0.0.1:0"], level);
+    command.args(args);
+    command
+}
+
+/// Runs `loopline ARGS...` (no implied --listen) at log level `level` to its
+/// exit and returns its status and everything it printed: for runs that must
+/// end on their own (--help, --version, usage errors, failures at start). A
+/// run still going after PATIENCE (a server that started serving instead) is
+/// killed and fails the test rather than hang it.
+pub fn run_loopline(args: &[&str], level: &str) -> Output {
+    let mut child = loopline_binary(args, level)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start loopline");
+    // Both pipes are drained while we wait, so a full one cannot block the
+    // child (and so hide its exit).
+    let stdout = read_all_in_background(child.stdout.take().expect("stdout is piped"));
+    let stderr = read_all_in_background(child.stderr.take().expect("stderr is piped"));
+    let status = wait_at_most(&mut child, PATIENCE);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // The pipes close when the child is gone, which ends both readers.
+    let stdout = stdout.join().expect("stdout reader");
+    let stderr = stderr.join().expect("stderr reader");
+    let Some(status) = status else {
+        panic!(
+            "loopline {args:?} was still running after {PATIENCE:?}; stderr: {}",
+            String::from_utf8_lossy(&stderr)
+        )
+    };
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn read_all_in_background(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        // A read error only cuts the capture short; the test sees what came.
+        let _ = pipe.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
+/// The child's exit status, or None if it is still running after `limit`.
+fn wait_at_most(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A parsed `STATS` reply.
@@ -150,15 +300,16 @@ impl Stats {
     }
 }
 
-/// A blocking client with bounded reads.
+/// A blocking client with bounded connects, reads and writes.
 pub struct Client {
     pub stream: TcpStream,
+    /// Bytes received but not yet returned by a read method.
     buf: Vec<u8>,
 }
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        Client::from_stream(TcpStream::connect(addr).expect("connect"))
+        Client::from_stream(TcpStream::connect_timeout(&addr, PATIENCE).expect("connect"))
     }
 
     /// A client whose kernel receive buffer is `bytes` (set before the
@@ -168,7 +319,9 @@ impl Client {
         use socket2::{Domain, Socket, Type};
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
         socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
-        socket.connect(&addr.into()).expect("connect");
+        socket
+            .connect_timeout(&addr.into(), PATIENCE)
+            .expect("connect");
         Client::from_stream(socket.into())
     }
 
@@ -204,14 +357,8 @@ impl Client {
                 self.buf.drain(..=lf);
                 return Some(line);
             }
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) => panic!(
-                    "read failed: {e} (had {:?})",
-                    String::from_utf8_lossy(&self.buf)
-                ),
+            if !self.receive() {
+                return None;
             }
         }
     }
@@ -222,6 +369,37 @@ impl Client {
 
     pub fn expect_line(&mut self, want: &str) {
         assert_eq!(self.read_line(), want);
+    }
+
+    /// Reads exactly `n` bytes, whatever lines they hold; panics on EOF or
+    /// timeout. For servers that answer in raw bytes, not lines.
+    pub fn read_exact_bytes(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(
+                self.receive(),
+                "connection closed after {} of {n} bytes: {:?}",
+                self.buf.len(),
+                String::from_utf8_lossy(&self.buf)
+            );
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// Appends one read's worth of bytes to `buf`; false at EOF. Panics on a
+    /// timeout or error.
+    fn receive(&mut self) -> bool {
+        let mut chunk = [0u8; 65536];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e) => panic!(
+                "read failed: {e} (had {:?})",
+                String::from_utf8_lossy(&self.buf)
+            ),
+        }
     }
 
     /// Reads until the server closes, returning everything not yet read.
@@ -241,6 +419,23 @@ impl Client {
         );
     }
 
+    /// Like [`Client::expect_eof`], but a reset also counts as the close:
+    /// for servers that close without lingering (the tutorial examples),
+    /// where a close with our bytes still unread makes the kernel send a
+    /// reset instead of a FIN.
+    pub fn expect_eof_or_reset(&mut self) {
+        let mut rest = std::mem::take(&mut self.buf);
+        match self.stream.read_to_end(&mut rest) {
+            Ok(_) => assert!(
+                rest.is_empty(),
+                "expected EOF, got {:?}",
+                String::from_utf8_lossy(&rest)
+            ),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected EOF, got {e}"),
+        }
+    }
+
     /// Shuts our writing side (half-close).
     pub fn shutdown_write(&mut self) {
         self.stream.shutdown(Shutdown::Write).expect("shutdown");
@@ -248,15 +443,15 @@ impl Client {
 
     /// Asserts nothing arrives within `wait`.
     pub fn expect_silence(&mut self, wait: Duration) {
-        assert!(self.buf.is_empty());
+        assert!(
+            self.buf.is_empty(),
+            "expected silence, but {:?} had arrived already",
+            String::from_utf8_lossy(&self.buf)
+        );
         self.stream.set_read_timeout(Some(wait)).unwrap();
         let mut byte = [0u8; 1];
         match self.stream.read(&mut byte) {
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             other => panic!("expected silence, got {other:?}"),
         }
         self.stream.set_read_timeout(Some(PATIENCE)).unwrap();
@@ -286,88 +481,4 @@ impl Rng {
     pub fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
-}
-
-impl Server {
-    /// Starts a prepared `loopline` command (see [`loopline_command`]): its
-    /// stderr is piped into the log, and it must log `listening on` within
-    /// PATIENCE. For tests that need more than arguments, e.g. a resource
-    /// limit set with `CommandExt::pre_exec`.
-    pub fn spawn(mut command: Command) -> Server {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start loopline");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, lines) = mpsc::channel();
-        let sink = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let mut server = Server {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            log,
-            lines,
-        };
-        let line = server.wait_for_log("listening on ");
-        server.addr = parse_listening(&line);
-        server
-    }
-
-    /// CPU time (user + system) the server has used so far.
-    pub fn cpu_time(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("proc stat");
-        // The command name (field 2) is in parentheses and may hold spaces:
-        // count fields from the last ')'. utime and stime are fields 14, 15.
-        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        // SAFETY: sysconf only reads a configuration value.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-        Duration::from_millis(ticks * 1000 / hz.max(1))
-    }
-
-    /// Waits until `STATS` reports `want` open connections (the asking one
-    /// included), failing after PATIENCE. Closes are asynchronous.
-    pub fn wait_for_connections(&self, want: u64) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let now = self.stats().get("connections");
-            if now == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "STATS connections stayed at {now}, expected {want}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Asserts the server never panicked (a panic would be in its log).
-    pub fn assert_no_panic(&self) {
-        let log = self.log.lock().unwrap();
-        let panics: Vec<&String> = log.iter().filter(|l| l.contains("panicked")).collect();
-        assert!(panics.is_empty(), "the server panicked: {panics:#?}");
-    }
-}
-
-/// `loopline --listen 127.0.0.1:0 ARGS...` with RUST_LOG=`level`, ready for
-/// [`Server::spawn`].
-pub fn loopline_command(args: &[&str], level: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_loopline"));
-    command
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", level);
-    command
 }
