@@ -1,18 +1,25 @@
-//! Property tests (issue 3, "Proof beyond examples"): the rules of SPEC
-//! section 1 checked on generated inputs rather than hand-picked examples.
+//! Property tests: the protocol's rules (docs/protocol.md) checked on
+//! generated inputs rather than hand-picked examples.
+//!
+//! The oracle is `model`, an independent reference model of the protocol
+//! written from the contract: it shares no code with the crate's framing
+//! and protocol modules, so a bug there cannot hide by appearing on both
+//! sides of a comparison.
 //!
 //! * Over the real server: any split of a request script into reads gives
 //!   the responses of the same script sent in one write, and both equal the
-//!   in-memory reference (framing + protocol, no socket).
+//!   model's transcript.
 //! * On the connection state machine, over a real loopback socket pair with
 //!   a tiny read buffer and tiny kernel buffers: held input and pending
 //!   output stay bounded whatever the client does, sent bytes are always
 //!   consumed unless backpressure holds them, and the transcript equals the
-//!   reference.
-//! * Pure properties of `framing::cut_line` and `protocol::respond`.
+//!   model's.
+//! * Pure properties of `framing::cut_line` and `protocol::respond`, the
+//!   latter against the model's answer to one line.
 //!
 //! `PROPTEST_CASES=N` changes the number of cases of every property.
 
+mod model;
 mod util;
 
 use std::fmt;
@@ -27,6 +34,7 @@ use loopline::framing::{cut_line, final_line, unfinished_too_long, Cut};
 use loopline::protocol::{self, After};
 use loopline::stats::Stats;
 use loopline::timer::Timers;
+use model::{ClientEnd, Expected, Transcript};
 use proptest::collection::SizeRange;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -63,47 +71,14 @@ impl fmt::Debug for Bytes {
 }
 
 // ---------------------------------------------------------------------------
-// The reference: the contract's responses to a whole input read at once and
-// then EOF, computed with the pure framing and protocol functions.
+// Comparing with the model.
 
-fn reference(input: &[u8], max_line: usize) -> Vec<u8> {
-    let (mut out, ended) = reference_no_eof(input, max_line);
-    if !ended {
-        // The client shut its side: a last line without LF is answered.
-        let rest = &input[input
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |lf| lf + 1)..];
-        if !rest.is_empty() {
-            let now = Instant::now();
-            protocol::respond(final_line(rest), &Stats::new(now), now, &mut out);
-        }
-    }
-    out
-}
-
-/// The responses to the complete lines of `input`, and whether one of them
-/// ended the session (QUIT, or a line too long, finished or not).
-fn reference_no_eof(input: &[u8], max_line: usize) -> (Vec<u8>, bool) {
-    let now = Instant::now();
-    let stats = Stats::new(now);
-    let mut out = Vec::new();
-    let mut rest = input;
-    loop {
-        match cut_line(rest, max_line) {
-            Cut::Line { line, used } => {
-                rest = &rest[used..];
-                if protocol::respond(line, &stats, now, &mut out) == After::Close {
-                    return (out, true);
-                }
-            }
-            Cut::TooLong => {
-                out.extend_from_slice(protocol::LINE_TOO_LONG);
-                return (out, true);
-            }
-            Cut::Partial => return (out, false),
-        }
-    }
+/// Fails the case, saying `what` was compared, unless the server sent
+/// exactly the model's transcript.
+fn agrees(expected: &Transcript, server_sent: &[u8], what: &str) -> Result<(), TestCaseError> {
+    expected
+        .check(server_sent)
+        .map_err(|diff| TestCaseError::fail(format!("{what}: {diff}")))
 }
 
 // ---------------------------------------------------------------------------
@@ -272,7 +247,9 @@ fn any_split_into_reads_gives_the_same_responses() {
     proptest!(config(64), |(script in script(SERVER_MAX_LINE, 0..24, 0.3), split in split(), sleeps in any::<u32>())| {
         let input = script.bytes();
         let whole = Bytes(util::responses_to(&server, &input));
-        prop_assert_eq!(&whole, &Bytes(reference(&input, SERVER_MAX_LINE)), "one write vs the reference");
+        // The client has read READY already.
+        let expected = model::transcript(&input, ClientEnd::ShutsWrite, SERVER_MAX_LINE);
+        agrees(&expected.after_greeting(), &whole.0, "one write vs the model")?;
 
         let mut c = server.client();
         c.stream.set_nodelay(true).unwrap();
@@ -754,30 +731,31 @@ fn run_state_machine(setup: &Setup, script: &Script, ops: &[Op]) -> Result<(), T
         .read_to_end(&mut received)
         .map_err(|e| TestCaseError::fail(format!("client read: {e}")))?;
 
-    let mut want = protocol::GREETING.to_vec();
-    match shutdown_at {
-        None => want.extend(reference(&input, setup.max_line)),
+    let expected = match shutdown_at {
+        None => model::transcript(&input, ClientEnd::ShutsWrite, setup.max_line),
         // Shut down while open: every complete line read by then is
         // answered (those held back by backpressure too), then the shutdown
         // line, unless one of those lines already ended the session (BYE,
         // line too long: the last line the connection gets).
         Some(consumed) => {
-            let (replies, ended) = reference_no_eof(&input[..consumed], setup.max_line);
-            want.extend(replies);
-            if !ended {
-                want.extend_from_slice(protocol::SHUTTING_DOWN);
+            let mut expected =
+                model::transcript(&input[..consumed], ClientEnd::StaysOpen, setup.max_line);
+            if !expected.session_over {
+                let shutting_down = Expected::Exact(model::SHUTTING_DOWN.to_vec());
+                expected.lines.push(shutting_down);
             }
+            expected
         }
-    }
-    prop_assert_eq!(Bytes(received), Bytes(want), "transcript vs the reference");
+    };
+    agrees(&expected, &received, "transcript vs the model")?;
     Ok(())
 }
 
 /// Regression (found by these properties and by the `connection` fuzz
 /// target, shrunk by hand): a QUIT held back by backpressure when the server
 /// shuts down is answered with BYE, and the connection used to get `ERR
-/// server shutting down` after it, though BYE must be the last line (SPEC
-/// section 1). The same with a held line too long.
+/// server shutting down` after it, though BYE must be the last line the
+/// connection gets. The same with a held line too long.
 #[test]
 fn bye_stays_the_last_line_when_shutdown_runs_a_held_quit() {
     for last in [&b"QUIT"[..], &[b'x'; 80]] {
@@ -868,8 +846,10 @@ proptest! {
         if !refused {
             prop_assert_eq!(rest, tail);
             // The tail can still become a valid line iff it is one without
-            // its CR (the shortest ending is a bare LF).
-            let fits = final_line(tail).len() <= max_line;
+            // a trailing CR (the shortest ending is a bare LF after it).
+            let shortest = tail.strip_suffix(b"\r").unwrap_or(tail);
+            prop_assert_eq!(final_line(tail), shortest);
+            let fits = shortest.len() <= max_line;
             let want = if fits { Cut::Partial } else { Cut::TooLong };
             prop_assert_eq!(cut_line(rest, max_line), want);
             prop_assert_eq!(
@@ -917,7 +897,8 @@ proptest! {
     }
 
     /// `respond` appends exactly one line, ending in exactly one LF, for any
-    /// line without LF; and closes exactly on QUIT.
+    /// line without LF: the model's answer (a STATS reply compared loosely);
+    /// and closes exactly on QUIT.
     #[test]
     fn respond_appends_exactly_one_line(
         line in prop_oneof![
@@ -946,6 +927,9 @@ proptest! {
         let reply = &out[before.len()..];
         prop_assert_eq!(reply.last(), Some(&b'\n'), "reply {:?}", Bytes(reply.to_vec()));
         prop_assert_eq!(reply.iter().filter(|&&b| b == b'\n').count(), 1, "reply {:?}", Bytes(reply.to_vec()));
-        prop_assert_eq!(after == After::Close, line.eq_ignore_ascii_case(b"QUIT"));
+        let (want, quit) = model::answer(&line);
+        let expected = Transcript { lines: vec![want], session_over: quit };
+        agrees(&expected, reply, "respond vs the model")?;
+        prop_assert_eq!(after == After::Close, quit);
     }
 }
