@@ -267,6 +267,85 @@ fn any_split_into_reads_gives_the_same_responses() {
     });
 }
 
+/// A request line of `max_line - 1` to `max_line + 2` bytes (mostly `ECHO`,
+/// whose answer shows every byte), up to two of them CRs at its end, then
+/// LF, CRLF or nothing: right where "too long" begins, which the scripts
+/// above reach only now and then.
+fn near_the_limit(max_line: usize) -> impl Strategy<Value = Vec<u8>> {
+    let echo = |len: usize| with_arg("ECHO", text(len - 5..=len - 5));
+    (
+        (max_line - 1..=max_line + 2)
+            .prop_flat_map(move |len| prop_oneof![3 => echo(len), 1 => text(len..=len)]),
+        0usize..=2,
+        prop::sample::select(vec![&b"\n"[..], b"\r\n", b""]),
+    )
+        .prop_map(|(mut line, crs, ending)| {
+            let keep = line.len() - crs;
+            line[keep..].fill(b'\r');
+            line.extend_from_slice(ending);
+            line
+        })
+}
+
+/// Complete request lines, a line near the limit, and more complete lines
+/// (sent only when the line near the limit has its LF).
+fn around_the_limit(max_line: usize) -> impl Strategy<Value = Bytes> {
+    let lines = || prop::collection::vec(request(max_line), 0..6);
+    (lines(), near_the_limit(max_line), lines()).prop_map(|(before, near, after)| {
+        let mut input: Vec<u8> = before
+            .into_iter()
+            .flat_map(|l| [l, b"\n".to_vec()].concat())
+            .collect();
+        let finished = near.ends_with(b"\n");
+        input.extend(near);
+        if finished {
+            input.extend(after.into_iter().flat_map(|l| [l, b"\n".to_vec()].concat()));
+        }
+        Bytes(input)
+    })
+}
+
+/// The client sends its bytes and keeps the connection open. The server
+/// answers every complete line without waiting for EOF; a line that can no
+/// longer fit is refused at once (no LF needed) and the server closes by
+/// itself. After the client shuts its side, the rest (a last line without
+/// LF) is answered too.
+#[test]
+fn lines_at_the_limit_are_answered_or_refused_without_waiting_for_eof() {
+    let max_line = SERVER_MAX_LINE.to_string();
+    let server = Server::start(&["--max-line", &max_line]);
+    proptest!(config(64), |(input in around_the_limit(SERVER_MAX_LINE), split in split())| {
+        let mut c = server.client();
+        c.stream.set_nodelay(true).unwrap();
+        for chunk in split.chunks(&input.0) {
+            c.send(chunk);
+        }
+        let open = model::transcript(&input.0, ClientEnd::StaysOpen, SERVER_MAX_LINE).after_greeting();
+        let mut received = Vec::new();
+        if open.session_over {
+            // Refused: the server must close without our EOF. (A server
+            // that waits for an LF makes the read time out, which panics.)
+            while let Some(line) = c.try_read_line() {
+                received.extend([line, b"\n".to_vec()].concat());
+            }
+            received.extend(c.read_to_end());
+            agrees(&open, &received, "before EOF, refused")?;
+        } else {
+            // Exactly the answers to the complete lines arrive before EOF...
+            for _ in 0..open.lines.len() {
+                let Some(line) = c.try_read_line() else { break };
+                received.extend([line, b"\n".to_vec()].concat());
+            }
+            agrees(&open, &received, "before EOF")?;
+            // ...and after it, the answer to an unfinished last line.
+            c.shutdown_write();
+            received.extend(c.read_to_end());
+            let shut = model::transcript(&input.0, ClientEnd::ShutsWrite, SERVER_MAX_LINE).after_greeting();
+            agrees(&shut, &received, "after EOF")?;
+        }
+    });
+}
+
 // ---------------------------------------------------------------------------
 // 1b. The connection state machine on a real socket pair, no server process.
 
