@@ -85,7 +85,7 @@ impl Transcript {
     }
 
     /// Compares what the server sent with this transcript; on a mismatch,
-    /// says where, showing both sides line by line.
+    /// says at which line, showing both sides around it.
     pub fn check(&self, actual: &[u8]) -> Result<(), String> {
         let got = lines_of(actual);
         let first_difference =
@@ -93,17 +93,28 @@ impl Transcript {
                 (Some(want), Some(got)) => !want.matches(got),
                 _ => true,
             });
-        match first_difference {
-            None => Ok(()),
-            Some(i) => Err(format!(
-                "server and model differ at line {i}\n  model:  {:?}\n  server: {:?}",
-                self.lines,
-                got.iter()
-                    .map(|l| Expected::Exact(l.to_vec()))
-                    .collect::<Vec<_>>()
-            )),
-        }
+        let Some(at) = first_difference else {
+            return Ok(());
+        };
+        let server: Vec<Expected> = around(&got, at)
+            .iter()
+            .map(|line| Expected::Exact(line.to_vec()))
+            .collect();
+        Err(format!(
+            "server and model differ at line {at} (model: {} lines, server: {}); from line {}:\n  model:  {:?}\n  server: {server:?}",
+            self.lines.len(),
+            got.len(),
+            at.saturating_sub(2),
+            around(&self.lines, at),
+        ))
     }
+}
+
+/// The lines around line `at`: up to two before it, and three from it on.
+fn around<T>(lines: &[T], at: usize) -> &[T] {
+    let start = at.saturating_sub(2).min(lines.len());
+    let end = (at + 3).min(lines.len());
+    &lines[start..end]
 }
 
 /// `bytes` cut after every LF; a last piece without LF is kept as it is (it
