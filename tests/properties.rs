@@ -1,18 +1,25 @@
-//! Property tests (issue 3, "Proof beyond examples"): the rules of SPEC
-//! section 1 checked on generated inputs rather than hand-picked examples.
+//! Property tests: the protocol's rules (docs/protocol.md) checked on
+//! generated inputs rather than hand-picked examples.
+//!
+//! The oracle is `model`, an independent reference model of the protocol
+//! written from the contract: it shares no code with the crate's framing
+//! and protocol modules, so a bug there cannot hide by appearing on both
+//! sides of a comparison.
 //!
 //! * Over the real server: any split of a request script into reads gives
 //!   the responses of the same script sent in one write, and both equal the
-//!   in-memory reference (framing + protocol, no socket).
+//!   model's transcript.
 //! * On the connection state machine, over a real loopback socket pair with
 //!   a tiny read buffer and tiny kernel buffers: held input and pending
 //!   output stay bounded whatever the client does, sent bytes are always
 //!   consumed unless backpressure holds them, and the transcript equals the
-//!   reference.
-//! * Pure properties of `framing::cut_line` and `protocol::respond`.
+//!   model's.
+//! * Pure properties of `framing::cut_line` and `protocol::respond`, the
+//!   latter against the model's answer to one line.
 //!
 //! `PROPTEST_CASES=N` changes the number of cases of every property.
 
+mod model;
 mod util;
 
 use std::fmt;
@@ -29,6 +36,7 @@ use loopline::framing::{cut_line, final_line, unfinished_too_long, Cut};
 use loopline::protocol::{self, After};
 use loopline::stats::Stats;
 use loopline::timer::Timers;
+use model::{ClientEnd, Expected, Transcript};
 use proptest::collection::SizeRange;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -65,47 +73,14 @@ impl fmt::Debug for Bytes {
 }
 
 // ---------------------------------------------------------------------------
-// The reference: the contract's responses to a whole input read at once and
-// then EOF, computed with the pure framing and protocol functions.
+// Comparing with the model.
 
-fn reference(input: &[u8], max_line: usize) -> Vec<u8> {
-    let (mut out, ended) = reference_no_eof(input, max_line);
-    if !ended {
-        // The client shut its side: a last line without LF is answered.
-        let rest = &input[input
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |lf| lf + 1)..];
-        if !rest.is_empty() {
-            let now = Instant::now();
-            protocol::respond(final_line(rest), &Stats::new(now), now, &mut out);
-        }
-    }
-    out
-}
-
-/// The responses to the complete lines of `input`, and whether one of them
-/// ended the session (QUIT, or a line too long, finished or not).
-fn reference_no_eof(input: &[u8], max_line: usize) -> (Vec<u8>, bool) {
-    let now = Instant::now();
-    let stats = Stats::new(now);
-    let mut out = Vec::new();
-    let mut rest = input;
-    loop {
-        match cut_line(rest, max_line) {
-            Cut::Line { line, used } => {
-                rest = &rest[used..];
-                if protocol::respond(line, &stats, now, &mut out) == After::Close {
-                    return (out, true);
-                }
-            }
-            Cut::TooLong => {
-                out.extend_from_slice(protocol::LINE_TOO_LONG);
-                return (out, true);
-            }
-            Cut::Partial => return (out, false),
-        }
-    }
+/// Fails the case, saying `what` was compared, unless the server sent
+/// exactly the model's transcript.
+fn agrees(expected: &Transcript, server_sent: &[u8], what: &str) -> Result<(), TestCaseError> {
+    expected
+        .check(server_sent)
+        .map_err(|diff| TestCaseError::fail(format!("{what}: {diff}")))
 }
 
 // ---------------------------------------------------------------------------
@@ -274,7 +249,9 @@ fn any_split_into_reads_gives_the_same_responses() {
     proptest!(config(64), |(script in script(SERVER_MAX_LINE, 0..24, 0.3), split in split(), sleeps in any::<u32>())| {
         let input = script.bytes();
         let whole = Bytes(util::responses_to(&server, &input));
-        prop_assert_eq!(&whole, &Bytes(reference(&input, SERVER_MAX_LINE)), "one write vs the reference");
+        // The client has read READY already.
+        let expected = model::transcript(&input, ClientEnd::ShutsWrite, SERVER_MAX_LINE);
+        agrees(&expected.after_greeting(), &whole.0, "one write vs the model")?;
 
         let mut c = server.client();
         c.stream.set_nodelay(true).unwrap();
@@ -289,6 +266,85 @@ fn any_split_into_reads_gives_the_same_responses() {
         c.shutdown_write();
         let split_up = Bytes(c.read_to_end());
         prop_assert_eq!(&split_up, &whole, "split writes vs one write");
+    });
+}
+
+/// A request line of `max_line - 1` to `max_line + 2` bytes (mostly `ECHO`,
+/// whose answer shows every byte), up to two of them CRs at its end, then
+/// LF, CRLF or nothing: right where "too long" begins, which the scripts
+/// above reach only now and then.
+fn near_the_limit(max_line: usize) -> impl Strategy<Value = Vec<u8>> {
+    let echo = |len: usize| with_arg("ECHO", text(len - 5..=len - 5));
+    (
+        (max_line - 1..=max_line + 2)
+            .prop_flat_map(move |len| prop_oneof![3 => echo(len), 1 => text(len..=len)]),
+        0usize..=2,
+        prop::sample::select(vec![&b"\n"[..], b"\r\n", b""]),
+    )
+        .prop_map(|(mut line, crs, ending)| {
+            let keep = line.len() - crs;
+            line[keep..].fill(b'\r');
+            line.extend_from_slice(ending);
+            line
+        })
+}
+
+/// Complete request lines, a line near the limit, and more complete lines
+/// (sent only when the line near the limit has its LF).
+fn around_the_limit(max_line: usize) -> impl Strategy<Value = Bytes> {
+    let lines = || prop::collection::vec(request(max_line), 0..6);
+    (lines(), near_the_limit(max_line), lines()).prop_map(|(before, near, after)| {
+        let mut input: Vec<u8> = before
+            .into_iter()
+            .flat_map(|l| [l, b"\n".to_vec()].concat())
+            .collect();
+        let finished = near.ends_with(b"\n");
+        input.extend(near);
+        if finished {
+            input.extend(after.into_iter().flat_map(|l| [l, b"\n".to_vec()].concat()));
+        }
+        Bytes(input)
+    })
+}
+
+/// The client sends its bytes and keeps the connection open. The server
+/// answers every complete line without waiting for EOF; a line that can no
+/// longer fit is refused at once (no LF needed) and the server closes by
+/// itself. After the client shuts its side, the rest (a last line without
+/// LF) is answered too.
+#[test]
+fn lines_at_the_limit_are_answered_or_refused_without_waiting_for_eof() {
+    let max_line = SERVER_MAX_LINE.to_string();
+    let server = Server::start(&["--max-line", &max_line]);
+    proptest!(config(64), |(input in around_the_limit(SERVER_MAX_LINE), split in split())| {
+        let mut c = server.client();
+        c.stream.set_nodelay(true).unwrap();
+        for chunk in split.chunks(&input.0) {
+            c.send(chunk);
+        }
+        let open = model::transcript(&input.0, ClientEnd::StaysOpen, SERVER_MAX_LINE).after_greeting();
+        let mut received = Vec::new();
+        if open.session_over {
+            // Refused: the server must close without our EOF. (A server
+            // that waits for an LF makes the read time out, which panics.)
+            while let Some(line) = c.try_read_line() {
+                received.extend([line, b"\n".to_vec()].concat());
+            }
+            received.extend(c.read_to_end());
+            agrees(&open, &received, "before EOF, refused")?;
+        } else {
+            // Exactly the answers to the complete lines arrive before EOF...
+            for _ in 0..open.lines.len() {
+                let Some(line) = c.try_read_line() else { break };
+                received.extend([line, b"\n".to_vec()].concat());
+            }
+            agrees(&open, &received, "before EOF")?;
+            // ...and after it, the answer to an unfinished last line.
+            c.shutdown_write();
+            received.extend(c.read_to_end());
+            let shut = model::transcript(&input.0, ClientEnd::ShutsWrite, SERVER_MAX_LINE).after_greeting();
+            agrees(&shut, &received, "after EOF")?;
+        }
     });
 }
 
@@ -790,30 +846,31 @@ fn run_state_machine(setup: &Setup, script: &Script, ops: &[Op]) -> Result<(), T
         .read_to_end(&mut received)
         .map_err(|e| TestCaseError::fail(format!("client read: {e}")))?;
 
-    let mut want = protocol::GREETING.to_vec();
-    match shutdown_at {
-        None => want.extend(reference(&input, setup.max_line)),
+    let expected = match shutdown_at {
+        None => model::transcript(&input, ClientEnd::ShutsWrite, setup.max_line),
         // Shut down while open: every complete line read by then is
         // answered (those held back by backpressure too), then the shutdown
         // line, unless one of those lines already ended the session (BYE,
         // line too long: the last line the connection gets).
         Some(consumed) => {
-            let (replies, ended) = reference_no_eof(&input[..consumed], setup.max_line);
-            want.extend(replies);
-            if !ended {
-                want.extend_from_slice(protocol::SHUTTING_DOWN);
+            let mut expected =
+                model::transcript(&input[..consumed], ClientEnd::StaysOpen, setup.max_line);
+            if !expected.session_over {
+                let shutting_down = Expected::Exact(model::SHUTTING_DOWN.to_vec());
+                expected.lines.push(shutting_down);
             }
+            expected
         }
-    }
-    prop_assert_eq!(Bytes(received), Bytes(want), "transcript vs the reference");
+    };
+    agrees(&expected, &received, "transcript vs the model")?;
     Ok(())
 }
 
 /// Regression (found by these properties and by the `connection` fuzz
 /// target, shrunk by hand): a QUIT held back by backpressure when the server
 /// shuts down is answered with BYE, and the connection used to get `ERR
-/// server shutting down` after it, though BYE must be the last line (SPEC
-/// section 1). The same with a held line too long.
+/// server shutting down` after it, though BYE must be the last line the
+/// connection gets. The same with a held line too long.
 #[test]
 fn bye_stays_the_last_line_when_shutdown_runs_a_held_quit() {
     for last in [&b"QUIT"[..], &[b'x'; 80]] {
@@ -904,8 +961,10 @@ proptest! {
         if !refused {
             prop_assert_eq!(rest, tail);
             // The tail can still become a valid line iff it is one without
-            // its CR (the shortest ending is a bare LF).
-            let fits = final_line(tail).len() <= max_line;
+            // a trailing CR (the shortest ending is a bare LF after it).
+            let shortest = tail.strip_suffix(b"\r").unwrap_or(tail);
+            prop_assert_eq!(final_line(tail), shortest);
+            let fits = shortest.len() <= max_line;
             let want = if fits { Cut::Partial } else { Cut::TooLong };
             prop_assert_eq!(cut_line(rest, max_line), want);
             prop_assert_eq!(
@@ -953,7 +1012,8 @@ proptest! {
     }
 
     /// `respond` appends exactly one line, ending in exactly one LF, for any
-    /// line without LF; and closes exactly on QUIT.
+    /// line without LF: the model's answer (a STATS reply compared loosely);
+    /// and closes exactly on QUIT.
     #[test]
     fn respond_appends_exactly_one_line(
         line in prop_oneof![
@@ -982,6 +1042,9 @@ proptest! {
         let reply = &out[before.len()..];
         prop_assert_eq!(reply.last(), Some(&b'\n'), "reply {:?}", Bytes(reply.to_vec()));
         prop_assert_eq!(reply.iter().filter(|&&b| b == b'\n').count(), 1, "reply {:?}", Bytes(reply.to_vec()));
-        prop_assert_eq!(after == After::Close, line.eq_ignore_ascii_case(b"QUIT"));
+        let (want, quit) = model::answer(&line);
+        let expected = Transcript { lines: vec![want], session_over: quit };
+        agrees(&expected, reply, "respond vs the model")?;
+        prop_assert_eq!(after == After::Close, quit);
     }
 }
