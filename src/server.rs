@@ -253,9 +253,8 @@ impl Server {
         // Bind every address before announcing any: a start that fails on
         // its second address must log no `listening on` line, or a script
         // waiting for that line would take a failed start for a running one.
-        let is_name = |listen_addr: &ListenAddr| {
-            matches!(listen_addr.host, crate::config::Host::Name(_))
-        };
+        let is_name =
+            |listen_addr: &ListenAddr| matches!(listen_addr.host, crate::config::Host::Name(_));
         let address_missing_here = |e: &io::Error| {
             e.kind() == io::ErrorKind::AddrNotAvailable
                 || e.raw_os_error() == Some(libc::EAFNOSUPPORT)
