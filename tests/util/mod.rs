@@ -6,7 +6,7 @@
 //! [`loopline::sys`].
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -180,6 +180,81 @@ impl Server {
     /// Waits for the server to exit, failing after PATIENCE.
     pub fn wait_exit(&mut self) -> ExitStatus {
         wait_at_most(&mut self.child, PATIENCE).expect("server did not exit")
+    }
+}
+
+/// Descriptor limits: a server started with few descriptors, its limit
+/// lowered while it runs, and the descriptors it holds (from /proc, hence
+/// Linux only).
+#[cfg(target_os = "linux")]
+impl Server {
+    /// Starts `loopline --listen 127.0.0.1:0 ARGS...` at log level `level`
+    /// with RLIMIT_NOFILE `nofile`, soft and hard (set between fork and
+    /// exec), so the server cannot raise it itself.
+    pub fn start_with_descriptor_limit(args: &[&str], level: &str, nofile: libc::rlim_t) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mut command = loopline_command(args, level);
+        // SAFETY: the closure runs in the child between fork and exec; it only
+        // calls setrlimit, which is async-signal-safe, and allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Server::spawn(command)
+    }
+
+    /// Sets the soft open file limit of the running server, keeping its hard
+    /// limit (so the soft one can be raised back up to it). Descriptors
+    /// already open stay open; only new ones fail with EMFILE, when no
+    /// number below the limit is free.
+    pub fn set_soft_descriptor_limit(&self, soft: libc::rlim_t) {
+        let pid = self.pid() as libc::pid_t;
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: with no new limit, prlimit only writes the current one
+        // into `limit`, which lives for the whole call.
+        let failed =
+            unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) } != 0;
+        assert!(!failed, "prlimit (read): {}", io::Error::last_os_error());
+        limit.rlim_cur = soft;
+        // SAFETY: prlimit reads `limit` and writes nothing (no old-limit pointer).
+        let failed =
+            unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) } != 0;
+        assert!(!failed, "prlimit (set): {}", io::Error::last_os_error());
+    }
+
+    /// The number of descriptors the server holds now.
+    pub fn open_descriptors(&self) -> usize {
+        self.descriptors_in_use().len()
+    }
+
+    /// The descriptor the server's next `open` or `accept` would get: the
+    /// lowest number not in use (not the count: it may have inherited one
+    /// high up, and a low one may be free). A soft limit equal to it makes
+    /// the next `accept` fail with EMFILE.
+    pub fn next_descriptor(&self) -> usize {
+        let in_use = self.descriptors_in_use();
+        (0..)
+            .find(|fd| !in_use.contains(fd))
+            .expect("a free number")
+    }
+
+    /// The numbers of the descriptors the server holds now, from /proc/PID/fd.
+    fn descriptors_in_use(&self) -> std::collections::HashSet<usize> {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap_or_else(|e| panic!("cannot list the server's descriptors: {e}: {PROC_ONLY}"))
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
     }
 }
 
