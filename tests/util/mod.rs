@@ -516,6 +516,65 @@ impl Client {
         self.stream.shutdown(Shutdown::Write).expect("shutdown");
     }
 
+    /// Floods the server without ever reading, until it has stopped
+    /// reading this client: STATS counts at least `paused` connections it
+    /// stopped reading (this one among them). Panics if the server closes
+    /// the connection instead: this is for clients it must keep, paused.
+    pub fn flood_until_paused(&mut self, server: &Server, paused: u64) {
+        self.flood_without_reading(|| server.stats().get("paused") >= paused)
+            .unwrap_or_else(|e| panic!("the server closed a client that only pipelined: {e}"));
+    }
+
+    /// Floods the server without ever reading, until a write blocks (the
+    /// server has stopped reading this client) or fails (it has closed it,
+    /// say for a write timeout: it stopped reading for good).
+    pub fn flood_until_blocked(&mut self) {
+        // Either end will do, so the error of a close is not needed.
+        let _ = self.flood_without_reading(|| true);
+    }
+
+    /// Shrinks this client's receive window, then pipelines `ECHO <1000
+    /// bytes>` lines (under the default 1024-byte line limit) and never
+    /// reads, so replies pile up in the server until it stops reading.
+    /// Returns Ok once a write has blocked for 200 ms and `stopped_reading`
+    /// agrees, or the error of a write that failed (the server closed the
+    /// connection). Panics if neither happens within PATIENCE.
+    fn flood_without_reading(
+        &mut self,
+        mut stopped_reading: impl FnMut() -> bool,
+    ) -> io::Result<()> {
+        socket2::SockRef::from(&self.stream)
+            .set_recv_buffer_size(4096)
+            .expect("SO_RCVBUF");
+        // A write that blocks this long suggests the server stopped reading;
+        // `stopped_reading` may then ask it (a busy machine may just be slow).
+        self.stream
+            .set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let requests = format!("ECHO {}\n", "f".repeat(1000)).repeat(64);
+        // Where we are in the endless repetition of `requests`: a write cut
+        // short by the timeout goes on mid-line, never starts a line anew.
+        let mut at = 0;
+        let deadline = Instant::now() + PATIENCE;
+        let end = loop {
+            assert!(
+                Instant::now() < deadline,
+                "the server never stopped reading"
+            );
+            match self.stream.write(&requests.as_bytes()[at..]) {
+                Ok(n) => at = (at + n) % requests.len(),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if stopped_reading() {
+                        break Ok(());
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.stream.set_write_timeout(Some(PATIENCE)).unwrap();
+        end
+    }
+
     /// Asserts nothing arrives within `wait`.
     pub fn expect_silence(&mut self, wait: Duration) {
         assert!(
