@@ -592,6 +592,59 @@ impl Client {
     }
 }
 
+/// 100 bytes of payload in each request of [`spawn_echo_writer`]: replies
+/// large enough that the reader, not the server, sets the pace.
+const ECHO_PAD: &str = "pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp";
+
+/// Writes `ECHO <seq> <pad>` for seq in 0..lines, in batches of about
+/// 16 KiB, from its own thread. Stops at the first write that fails (the
+/// server closed the connection) and returns its error: whether that is a
+/// failure is the caller's to say.
+pub fn spawn_echo_writer(mut stream: TcpStream, lines: u64) -> JoinHandle<io::Result<()>> {
+    thread::spawn(move || {
+        let mut batch = Vec::with_capacity(1 << 15);
+        for seq in 0..lines {
+            batch.extend_from_slice(format!("ECHO {seq} {ECHO_PAD}\n").as_bytes());
+            if batch.len() >= 1 << 14 || seq + 1 == lines {
+                stream.write_all(&batch)?;
+                batch.clear();
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Checks the replies to [`spawn_echo_writer`]'s requests, `OK <seq>
+/// <pad>` in order, as they arrive, in pieces of any size.
+#[derive(Default)]
+pub struct EchoReplies {
+    /// The start of a reply whose end has not arrived yet.
+    unfinished: Vec<u8>,
+    /// Replies checked so far, which is also the next one's sequence number.
+    pub checked: u64,
+}
+
+impl EchoReplies {
+    /// Checks every reply that `bytes` completes; keeps the start of an
+    /// unfinished one for the next call.
+    pub fn check(&mut self, bytes: &[u8]) {
+        self.unfinished.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(lf) = self.unfinished[start..].iter().position(|&b| b == b'\n') {
+            let want = format!("OK {} {ECHO_PAD}", self.checked);
+            assert_eq!(
+                &self.unfinished[start..start + lf],
+                want.as_bytes(),
+                "reply {}",
+                self.checked
+            );
+            self.checked += 1;
+            start += lf + 1;
+        }
+        self.unfinished.drain(..start);
+    }
+}
+
 /// The responses the server gives to `input` sent in one write, then a
 /// half-close: the reference for every split test.
 pub fn responses_to(server: &Server, input: &[u8]) -> Vec<u8> {
