@@ -15,10 +15,9 @@
 
 mod util;
 
-use std::collections::{HashSet, VecDeque};
-use std::io::{self, Read};
+use std::collections::VecDeque;
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -33,58 +32,10 @@ const HELD: usize = 5;
 /// Connection attempts per round, far more than the descriptors.
 const ATTEMPTS: usize = 200;
 
-/// Starts the server with RLIMIT_NOFILE `NOFILE`, logging at `level`.
+/// Starts the server with RLIMIT_NOFILE `NOFILE` and `--max-connections
+/// 1000`, logging at `level`.
 fn start_with_few_descriptors(level: &str) -> Server {
-    let mut command = util::loopline_command(&["--max-connections", "1000"], level);
-    // SAFETY: the closure runs in the child between fork and exec; it only
-    // calls setrlimit, which is async-signal-safe, and allocates nothing.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: NOFILE,
-                rlim_max: NOFILE,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Server::spawn(command)
-}
-
-/// Sets the soft open file limit of the running server (the hard limit
-/// stays `NOFILE`, so it can be raised back). Descriptors already open stay
-/// open; only new ones fail with EMFILE from the limit on.
-fn set_soft_descriptor_limit(server: &Server, soft: libc::rlim_t) {
-    let limit = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: NOFILE,
-    };
-    // SAFETY: prlimit reads `limit` and writes nothing (no old-limit pointer).
-    let failed = unsafe {
-        libc::prlimit(
-            server.pid() as libc::pid_t,
-            libc::RLIMIT_NOFILE,
-            &limit,
-            std::ptr::null_mut(),
-        )
-    } != 0;
-    assert!(!failed, "prlimit: {}", io::Error::last_os_error());
-}
-
-/// The descriptor the server's next `open` or `accept` would get: the
-/// lowest number not in use (not the count: it may have inherited one
-/// high up). A soft limit equal to it makes the next `accept` fail with
-/// EMFILE, while the spare descriptor can still be traded for one client.
-fn next_descriptor(server: &Server) -> usize {
-    let in_use: HashSet<usize> = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
-        .expect("/proc/PID/fd")
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    (0..)
-        .find(|fd| !in_use.contains(fd))
-        .expect("a free number")
+    Server::start_with_descriptor_limit(&["--max-connections", "1000"], level, NOFILE)
 }
 
 fn ping_all(clients: &mut [Client], when: &str) {
@@ -323,7 +274,7 @@ fn turn_away_at_emfile_does_not_starve_established_clients() {
 
     // From now on `accept` fails with EMFILE and no socket lingers: every
     // newcomer is answered through the spare descriptor.
-    set_soft_descriptor_limit(&server, next_descriptor(&server) as libc::rlim_t);
+    server.set_soft_descriptor_limit(server.next_descriptor() as libc::rlim_t);
     let mut probe = server.connect();
     assert_eq!(probe.read_line(), "ERR server busy", "probe at EMFILE");
     probe.expect_eof();
@@ -390,7 +341,7 @@ fn turn_away_at_emfile_does_not_starve_established_clients() {
 
     // Descriptors again: a newcomer is admitted, with no one poking the
     // server (a pause after a failed accept lasts 100 ms).
-    set_soft_descriptor_limit(&server, NOFILE);
+    server.set_soft_descriptor_limit(NOFILE);
     let deadline = Instant::now() + PATIENCE;
     let mut newcomer = loop {
         let mut c = server.connect();

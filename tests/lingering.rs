@@ -17,7 +17,6 @@
 mod util;
 
 use std::io::{self, Write};
-use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -34,64 +33,7 @@ const MAX_CONNECTIONS: &str = "40";
 /// `--max-connections MAX_CONNECTIONS`, logging at debug (each close names
 /// its reason).
 fn start_with_few_descriptors() -> Server {
-    let mut command = util::loopline_command(&["--max-connections", MAX_CONNECTIONS], "debug");
-    // SAFETY: the closure runs in the child between fork and exec; it only
-    // calls setrlimit, which is async-signal-safe, and allocates nothing.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: NOFILE,
-                rlim_max: NOFILE,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Server::spawn(command)
-}
-
-/// Sets the soft open file limit of the running server (the hard limit
-/// stays `NOFILE`, so it can be raised back). Descriptors already open stay
-/// open; only new ones fail with EMFILE once the count reaches the limit.
-fn set_soft_descriptor_limit(server: &Server, soft: libc::rlim_t) {
-    let limit = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: NOFILE,
-    };
-    // SAFETY: prlimit reads `limit` and writes nothing (no old-limit pointer).
-    let failed = unsafe {
-        libc::prlimit(
-            server.pid() as libc::pid_t,
-            libc::RLIMIT_NOFILE,
-            &limit,
-            std::ptr::null_mut(),
-        )
-    } != 0;
-    assert!(!failed, "prlimit: {}", io::Error::last_os_error());
-}
-
-/// The number of descriptors the server holds now.
-fn open_descriptors(server: &Server) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
-        .expect("/proc/PID/fd")
-        .count()
-}
-
-/// The descriptor the server's next `open` or `accept` would get: the
-/// lowest number not in use (not the count: it may have inherited one
-/// high up, and a low one may be free). A soft limit equal to it makes the
-/// next `accept` fail with EMFILE.
-fn next_descriptor(server: &Server) -> usize {
-    let in_use: std::collections::HashSet<usize> =
-        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
-            .expect("/proc/PID/fd")
-            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
-    (0..)
-        .find(|fd| !in_use.contains(fd))
-        .expect("a free number")
+    Server::start_with_descriptor_limit(&["--max-connections", MAX_CONNECTIONS], "debug", NOFILE)
 }
 
 /// How many lingering sockets the server has closed early so far.
@@ -141,7 +83,7 @@ fn quit_churn_below_max_connections_cannot_exhaust_descriptors() {
             );
             // The kernel enforces this anyway (a server past its budget
             // would meet EMFILE); it is here to show the budget at work.
-            let open = open_descriptors(&server);
+            let open = server.open_descriptors();
             assert!(open <= NOFILE as usize, "{open} descriptors open");
         }
     }
@@ -233,7 +175,7 @@ fn out_of_descriptors_at_accept_lingering_sockets_give_way() {
     let mut server = start_with_few_descriptors();
     let mut established = server.client();
     ping(&mut established, "established client at the start");
-    let idle_descriptors = open_descriptors(&server);
+    let idle_descriptors = server.open_descriptors();
     // The linger lasts 2 s: if this machine is so slow that the sockets
     // stop lingering by themselves before the newcomer comes, the round
     // proves nothing, and is tried again.
@@ -241,8 +183,7 @@ fn out_of_descriptors_at_accept_lingering_sockets_give_way() {
         let lingering: Vec<Client> = (0..LINGERING)
             .map(|i| quit_and_stay(&server, &format!("round {round}, lingering client {i}")))
             .collect();
-        let next = next_descriptor(&server);
-        set_soft_descriptor_limit(&server, next as libc::rlim_t);
+        server.set_soft_descriptor_limit(server.next_descriptor() as libc::rlim_t);
 
         let mut newcomer = server.connect();
         assert_eq!(
@@ -262,7 +203,7 @@ fn out_of_descriptors_at_accept_lingering_sockets_give_way() {
         server.wait_for_log(&format!("accepted {newcomer_addr}"));
         let evicted = lingers_cut_short(&server);
 
-        set_soft_descriptor_limit(&server, NOFILE);
+        server.set_soft_descriptor_limit(NOFILE);
         drop(newcomer);
         drop(lingering);
         if evicted > 0 {
@@ -273,7 +214,7 @@ fn out_of_descriptors_at_accept_lingering_sockets_give_way() {
         }
         eprintln!("round {round}: the sockets stopped lingering before EMFILE; again");
         let deadline = Instant::now() + PATIENCE;
-        while open_descriptors(&server) > idle_descriptors {
+        while server.open_descriptors() > idle_descriptors {
             assert!(
                 Instant::now() < deadline,
                 "round {round}: sockets never closed"

@@ -16,56 +16,33 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{Client, Server, PATIENCE};
+use util::{spawn_echo_writer, Client, EchoReplies, Server, PATIENCE};
 
 /// Allowance for what the server allocates besides client buffers while a
 /// test runs (allocator slack, the spare buffer, the slab), in KiB.
 const SLACK_KIB: u64 = 4 * 1024;
 
-/// 100 bytes of payload per ECHO: replies large enough that the reader,
-/// not the server, sets the pace.
-const PAD: &str = "pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp";
-
-/// Writes `ECHO <n> <pad>` for n in 0..lines, in batches, from its own thread.
-fn spawn_echo_writer(mut stream: TcpStream, lines: u64) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        let mut batch = Vec::with_capacity(1 << 15);
-        for i in 0..lines {
-            batch.extend_from_slice(format!("ECHO {i} {PAD}\n").as_bytes());
-            if batch.len() >= 1 << 14 || i + 1 == lines {
-                stream.write_all(&batch).expect("write requests");
-                batch.clear();
-            }
-        }
-    })
-}
-
-/// Reads `OK <n> <pad>` for n in 0..lines, in order, from its own thread,
-/// 4 KiB at a time with a short pause after each read: a reader slower than
-/// the server (so output waits in the server), but one that never stops.
+/// Reads and checks the `lines` replies to [`spawn_echo_writer`]'s requests
+/// from its own thread, 4 KiB at a time with a short pause after each read:
+/// a reader slower than the server (so output waits in the server), but one
+/// that never stops.
 /// The pace only decides how long the test takes: the bytes sent, and so
 /// what a buffer that grew with history would hold, are fixed.
 fn spawn_echo_reader(mut stream: TcpStream, lines: u64) -> thread::JoinHandle<u64> {
     thread::spawn(move || {
-        let mut pending = Vec::new();
+        let mut replies = EchoReplies::default();
         let mut chunk = vec![0u8; 4096];
-        let mut next = 0u64;
-        while next < lines {
+        while replies.checked < lines {
             thread::sleep(Duration::from_micros(300));
             let n = stream.read(&mut chunk).expect("read responses");
-            assert!(n > 0, "connection closed after {next} responses");
-            pending.extend_from_slice(&chunk[..n]);
-            let mut start = 0;
-            while let Some(lf) = pending[start..].iter().position(|&b| b == b'\n') {
-                let line = &pending[start..start + lf];
-                let want = format!("OK {next} {PAD}");
-                assert_eq!(line, want.as_bytes(), "response {next}");
-                next += 1;
-                start += lf + 1;
-            }
-            pending.drain(..start);
+            assert!(
+                n > 0,
+                "connection closed after {} responses",
+                replies.checked
+            );
+            replies.check(&chunk[..n]);
         }
-        next
+        replies.checked
     })
 }
 
@@ -105,7 +82,10 @@ fn slow_window_reader_keeps_memory_bounded(max_output: u64) {
     let writer = spawn_echo_writer(stream.try_clone().unwrap(), LINES);
     let reader = spawn_echo_reader(stream, LINES);
     assert_eq!(reader.join().expect("reader"), LINES);
-    writer.join().expect("writer");
+    writer
+        .join()
+        .expect("writer thread")
+        .expect("write requests");
     stop.store(true, Ordering::Relaxed);
     let max_rss = sampler.join().unwrap();
 

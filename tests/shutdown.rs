@@ -49,17 +49,8 @@ fn sigint_shuts_down_gracefully() {
 #[test]
 fn shutdown_timeout_closes_clients_that_do_not_read() {
     let mut server = Server::start(&["--shutdown-timeout", "500ms", "--max-output", "65536"]);
-    let c = server.client();
-    socket2::SockRef::from(&c.stream)
-        .set_recv_buffer_size(4096)
-        .unwrap();
-    let mut writer = c.stream.try_clone().unwrap();
-    writer
-        .set_write_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let request = format!("ECHO {}\n", "s".repeat(1000)).repeat(64);
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline && writer.write_all(request.as_bytes()).is_ok() {}
+    let mut c = server.client();
+    c.flood_until_blocked();
 
     let started = Instant::now();
     server.signal("TERM");

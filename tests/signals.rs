@@ -9,8 +9,8 @@
 
 mod util;
 
-use std::io::{ErrorKind, Read, Write};
-use std::time::{Duration, Instant};
+use std::io::{ErrorKind, Read};
+use std::time::Instant;
 use util::{Client, Server, PATIENCE};
 
 #[test]
@@ -59,40 +59,12 @@ fn one_sigterm_with_idle_clients_still_shuts_down_gracefully() {
 }
 
 /// A client that keeps output pending for as long as the server lives: it
-/// shrinks its receive window, pipelines `ECHO <1000 bytes>` lines (under
-/// the default 1024-byte line limit) until the server stops reading from it
-/// (STATS `paused` reaches `paused_after`), and never reads.
+/// floods requests and never reads, until the server stops reading from it
+/// (STATS `paused` reaches `paused_after`).
 fn client_that_never_reads(server: &Server, paused_after: u64) -> Client {
-    let c = server.client();
-    socket2::SockRef::from(&c.stream)
-        .set_recv_buffer_size(4096)
-        .unwrap();
-    let mut writer = c.stream.try_clone().unwrap();
-    // A write that blocks this long suggests the server stopped reading;
-    // STATS then tells for sure (a busy machine may just be slow).
-    writer
-        .set_write_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let requests = format!("ECHO {}\n", "p".repeat(1000)).repeat(64);
-    // Where we are in the endless repetition of `requests`: a write cut
-    // short by the timeout goes on mid-line, never starts a line anew.
-    let mut at = 0;
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "the server never stopped reading"
-        );
-        match writer.write(&requests.as_bytes()[at..]) {
-            Ok(n) => at = (at + n) % requests.len(),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                if server.stats().get("paused") >= paused_after {
-                    return c;
-                }
-            }
-            Err(e) => panic!("the server closed a client that only pipelined: {e}"),
-        }
-    }
+    let mut c = server.client();
+    c.flood_until_paused(server, paused_after);
+    c
 }
 
 /// Reads until the server's close shows: EOF or a reset. Panics if the

@@ -7,7 +7,7 @@ mod util;
 use std::io::Write;
 use std::thread;
 use std::time::{Duration, Instant};
-use util::{Server, PATIENCE};
+use util::Server;
 
 #[test]
 fn idle_client_gets_the_idle_line_then_close() {
@@ -65,22 +65,8 @@ fn idle_timeout_zero_turns_it_off() {
 #[test]
 fn peer_that_takes_no_bytes_is_closed_by_the_write_timeout() {
     let mut server = Server::start(&["--write-timeout", "1s", "--max-output", "65536"]);
-    let c = server.client();
-    // Shrink our receive window, then flood requests and never read.
-    let sock = socket2::SockRef::from(&c.stream);
-    sock.set_recv_buffer_size(4096).unwrap();
-    let mut writer = c.stream.try_clone().unwrap();
-    writer
-        .set_write_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let request = format!("ECHO {}\n", "w".repeat(1000)).repeat(64);
-    let deadline = Instant::now() + PATIENCE;
-    // Write until the server has stopped reading (our write times out) or closed.
-    while Instant::now() < deadline {
-        if writer.write_all(request.as_bytes()).is_err() {
-            break;
-        }
-    }
+    let mut c = server.client();
+    c.flood_until_blocked();
     server.wait_for_log("write timeout");
     // The connection is gone from the count.
     assert_eq!(server.stats().get("connections"), 1);

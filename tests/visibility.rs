@@ -6,9 +6,8 @@
 
 mod util;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
-use util::{Client, Server, PATIENCE};
+use util::{Client, Server};
 
 /// The summary window: at most one line per kind this often.
 const WINDOW: Duration = Duration::from_secs(10);
@@ -114,19 +113,8 @@ fn line_too_long_close_is_logged_at_info() {
 #[test]
 fn write_timeout_close_is_logged_at_info() {
     let mut server = start_at_info(&["--write-timeout", "1s", "--max-output", "65536"]);
-    let c = server.client();
-    // Shrink our receive window, then pipeline requests and never read.
-    socket2::SockRef::from(&c.stream)
-        .set_recv_buffer_size(4096)
-        .unwrap();
-    let mut writer = c.stream.try_clone().unwrap();
-    writer
-        .set_write_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let requests = format!("ECHO {}\n", "w".repeat(1000)).repeat(64);
-    let deadline = Instant::now() + PATIENCE;
-    // Until the server stops reading (our write times out) or closes.
-    while Instant::now() < deadline && writer.write_all(requests.as_bytes()).is_ok() {}
+    let mut c = server.client();
+    c.flood_until_blocked();
     expect_log_line(
         &mut server,
         "write timeout",

@@ -11,44 +11,11 @@
 
 mod util;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::io::{ErrorKind, Read};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{Client, Server, PATIENCE};
-
-const PAD: &str = "pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp";
-
-/// Sends `ECHO <n> <pad>` for n in 0..lines from its own thread; stops
-/// quietly if the server closes (the readers check what matters).
-fn spawn_writer(mut stream: TcpStream, lines: u64) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        let mut batch = Vec::with_capacity(1 << 15);
-        for i in 0..lines {
-            batch.extend_from_slice(format!("ECHO {i} {PAD}\n").as_bytes());
-            if batch.len() >= 1 << 14 || i + 1 == lines {
-                if stream.write_all(&batch).is_err() {
-                    return;
-                }
-                batch.clear();
-            }
-        }
-    })
-}
-
-/// Checks the replies in `buf` against the next expected sequence number;
-/// keeps an unfinished line.
-fn check_replies(buf: &mut Vec<u8>, next: &mut u64) {
-    let mut start = 0;
-    while let Some(lf) = buf[start..].iter().position(|&b| b == b'\n') {
-        let want = format!("OK {next} {PAD}");
-        assert_eq!(&buf[start..start + lf], want.as_bytes(), "reply {next}");
-        *next += 1;
-        start += lf + 1;
-    }
-    buf.drain(..start);
-}
+use util::{spawn_echo_writer, Client, EchoReplies, Server, PATIENCE};
 
 /// Regression: a client reading steadily at about 1 MB/s while it keeps
 /// sending was closed after 1.2 s with `--write-timeout 1s` ("peer took no
@@ -59,27 +26,29 @@ fn a_slow_live_reader_is_never_closed_by_the_write_timeout() {
     let server = Server::start(&["--write-timeout", "1s"]);
     let mut client = Client::connect_with_receive_buffer(server.addr, 64 * 1024);
     client.expect_line("READY");
-    let writer = spawn_writer(client.stream.try_clone().unwrap(), LINES);
+    let writer = spawn_echo_writer(client.stream.try_clone().unwrap(), LINES);
 
     // 16 KiB every 15 ms: at most ~1 MB/s, slower than the server can
     // produce, so output waits in the server for the whole run.
     let mut stream = client.stream.try_clone().unwrap();
-    let mut buf = Vec::new();
+    let mut replies = EchoReplies::default();
     let mut chunk = vec![0u8; 16 * 1024];
-    let mut next = 0;
     let started = Instant::now();
-    while next < LINES {
+    while replies.checked < LINES {
         thread::sleep(Duration::from_millis(15));
         let n = stream.read(&mut chunk).expect("read replies");
         assert!(
             n > 0,
-            "closed after {next} replies and {:?}: a live reader was taken for a stalled one",
+            "closed after {} replies and {:?}: a live reader was taken for a stalled one",
+            replies.checked,
             started.elapsed()
         );
-        buf.extend_from_slice(&chunk[..n]);
-        check_replies(&mut buf, &mut next);
+        replies.check(&chunk[..n]);
     }
-    writer.join().unwrap();
+    writer
+        .join()
+        .expect("writer thread")
+        .expect("send requests");
     eprintln!("{LINES} replies read slowly in {:?}", started.elapsed());
     assert!(!server.logged("write timeout"));
     client.send(b"PING\n");
@@ -94,26 +63,27 @@ fn a_reader_that_stops_is_closed_after_the_timeout() {
     let mut server = Server::start(&["--write-timeout", "1s"]);
     let mut client = Client::connect_with_receive_buffer(server.addr, 64 * 1024);
     client.expect_line("READY");
-    let writer = spawn_writer(client.stream.try_clone().unwrap(), 200_000);
+    let writer = spawn_echo_writer(client.stream.try_clone().unwrap(), 200_000);
 
     // Read for a while, a little at a time...
     let mut stream = client.stream.try_clone().unwrap();
-    let mut buf = Vec::new();
+    let mut replies = EchoReplies::default();
     let mut chunk = vec![0u8; 16 * 1024];
-    let mut next = 0;
     let reading_until = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < reading_until {
         thread::sleep(Duration::from_millis(15));
         let n = stream.read(&mut chunk).expect("read replies");
         assert!(n > 0, "closed while reading");
-        buf.extend_from_slice(&chunk[..n]);
-        check_replies(&mut buf, &mut next);
+        replies.check(&chunk[..n]);
     }
     // ...then stop taking bytes.
     let stopped = Instant::now();
     server.wait_for_log("write timeout");
     let after = stopped.elapsed();
-    eprintln!("closed {after:?} after the reader stopped, {next} replies read");
+    eprintln!(
+        "closed {after:?} after the reader stopped, {} replies read",
+        replies.checked
+    );
     assert!(
         after >= Duration::from_secs(1),
         "closed {after:?} after the peer stopped reading, before --write-timeout 1s"

@@ -6,7 +6,7 @@
 //! [`loopline::sys`].
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -180,6 +180,81 @@ impl Server {
     /// Waits for the server to exit, failing after PATIENCE.
     pub fn wait_exit(&mut self) -> ExitStatus {
         wait_at_most(&mut self.child, PATIENCE).expect("server did not exit")
+    }
+}
+
+/// Descriptor limits: a server started with few descriptors, its limit
+/// lowered while it runs, and the descriptors it holds (from /proc, hence
+/// Linux only).
+#[cfg(target_os = "linux")]
+impl Server {
+    /// Starts `loopline --listen 127.0.0.1:0 ARGS...` at log level `level`
+    /// with RLIMIT_NOFILE `nofile`, soft and hard (set between fork and
+    /// exec), so the server cannot raise it itself.
+    pub fn start_with_descriptor_limit(args: &[&str], level: &str, nofile: libc::rlim_t) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mut command = loopline_command(args, level);
+        // SAFETY: the closure runs in the child between fork and exec; it only
+        // calls setrlimit, which is async-signal-safe, and allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Server::spawn(command)
+    }
+
+    /// Sets the soft open file limit of the running server, keeping its hard
+    /// limit (so the soft one can be raised back up to it). Descriptors
+    /// already open stay open; only new ones fail with EMFILE, when no
+    /// number below the limit is free.
+    pub fn set_soft_descriptor_limit(&self, soft: libc::rlim_t) {
+        let pid = self.pid() as libc::pid_t;
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: with no new limit, prlimit only writes the current one
+        // into `limit`, which lives for the whole call.
+        let failed =
+            unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) } != 0;
+        assert!(!failed, "prlimit (read): {}", io::Error::last_os_error());
+        limit.rlim_cur = soft;
+        // SAFETY: prlimit reads `limit` and writes nothing (no old-limit pointer).
+        let failed =
+            unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) } != 0;
+        assert!(!failed, "prlimit (set): {}", io::Error::last_os_error());
+    }
+
+    /// The number of descriptors the server holds now.
+    pub fn open_descriptors(&self) -> usize {
+        self.descriptors_in_use().len()
+    }
+
+    /// The descriptor the server's next `open` or `accept` would get: the
+    /// lowest number not in use (not the count: it may have inherited one
+    /// high up, and a low one may be free). A soft limit equal to it makes
+    /// the next `accept` fail with EMFILE.
+    pub fn next_descriptor(&self) -> usize {
+        let in_use = self.descriptors_in_use();
+        (0..)
+            .find(|fd| !in_use.contains(fd))
+            .expect("a free number")
+    }
+
+    /// The numbers of the descriptors the server holds now, from /proc/PID/fd.
+    fn descriptors_in_use(&self) -> std::collections::HashSet<usize> {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap_or_else(|e| panic!("cannot list the server's descriptors: {e}: {PROC_ONLY}"))
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
     }
 }
 
@@ -441,6 +516,65 @@ impl Client {
         self.stream.shutdown(Shutdown::Write).expect("shutdown");
     }
 
+    /// Floods the server without ever reading, until it has stopped
+    /// reading this client: STATS counts at least `paused` connections it
+    /// stopped reading (this one among them). Panics if the server closes
+    /// the connection instead: this is for clients it must keep, paused.
+    pub fn flood_until_paused(&mut self, server: &Server, paused: u64) {
+        self.flood_without_reading(|| server.stats().get("paused") >= paused)
+            .unwrap_or_else(|e| panic!("the server closed a client that only pipelined: {e}"));
+    }
+
+    /// Floods the server without ever reading, until a write blocks (the
+    /// server has stopped reading this client) or fails (it has closed it,
+    /// say for a write timeout: it stopped reading for good).
+    pub fn flood_until_blocked(&mut self) {
+        // Either end will do, so the error of a close is not needed.
+        let _ = self.flood_without_reading(|| true);
+    }
+
+    /// Shrinks this client's receive window, then pipelines `ECHO <1000
+    /// bytes>` lines (under the default 1024-byte line limit) and never
+    /// reads, so replies pile up in the server until it stops reading.
+    /// Returns Ok once a write has blocked for 200 ms and `stopped_reading`
+    /// agrees, or the error of a write that failed (the server closed the
+    /// connection). Panics if neither happens within PATIENCE.
+    fn flood_without_reading(
+        &mut self,
+        mut stopped_reading: impl FnMut() -> bool,
+    ) -> io::Result<()> {
+        socket2::SockRef::from(&self.stream)
+            .set_recv_buffer_size(4096)
+            .expect("SO_RCVBUF");
+        // A write that blocks this long suggests the server stopped reading;
+        // `stopped_reading` may then ask it (a busy machine may just be slow).
+        self.stream
+            .set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let requests = format!("ECHO {}\n", "f".repeat(1000)).repeat(64);
+        // Where we are in the endless repetition of `requests`: a write cut
+        // short by the timeout goes on mid-line, never starts a line anew.
+        let mut at = 0;
+        let deadline = Instant::now() + PATIENCE;
+        let end = loop {
+            assert!(
+                Instant::now() < deadline,
+                "the server never stopped reading"
+            );
+            match self.stream.write(&requests.as_bytes()[at..]) {
+                Ok(n) => at = (at + n) % requests.len(),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if stopped_reading() {
+                        break Ok(());
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.stream.set_write_timeout(Some(PATIENCE)).unwrap();
+        end
+    }
+
     /// Asserts nothing arrives within `wait`.
     pub fn expect_silence(&mut self, wait: Duration) {
         assert!(
@@ -455,6 +589,59 @@ impl Client {
             other => panic!("expected silence, got {other:?}"),
         }
         self.stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    }
+}
+
+/// 100 bytes of payload in each request of [`spawn_echo_writer`]: replies
+/// large enough that the reader, not the server, sets the pace.
+const ECHO_PAD: &str = "pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp";
+
+/// Writes `ECHO <seq> <pad>` for seq in 0..lines, in batches of about
+/// 16 KiB, from its own thread. Stops at the first write that fails (the
+/// server closed the connection) and returns its error: whether that is a
+/// failure is the caller's to say.
+pub fn spawn_echo_writer(mut stream: TcpStream, lines: u64) -> JoinHandle<io::Result<()>> {
+    thread::spawn(move || {
+        let mut batch = Vec::with_capacity(1 << 15);
+        for seq in 0..lines {
+            batch.extend_from_slice(format!("ECHO {seq} {ECHO_PAD}\n").as_bytes());
+            if batch.len() >= 1 << 14 || seq + 1 == lines {
+                stream.write_all(&batch)?;
+                batch.clear();
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Checks the replies to [`spawn_echo_writer`]'s requests, `OK <seq>
+/// <pad>` in order, as they arrive, in pieces of any size.
+#[derive(Default)]
+pub struct EchoReplies {
+    /// The start of a reply whose end has not arrived yet.
+    unfinished: Vec<u8>,
+    /// Replies checked so far, which is also the next one's sequence number.
+    pub checked: u64,
+}
+
+impl EchoReplies {
+    /// Checks every reply that `bytes` completes; keeps the start of an
+    /// unfinished one for the next call.
+    pub fn check(&mut self, bytes: &[u8]) {
+        self.unfinished.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(lf) = self.unfinished[start..].iter().position(|&b| b == b'\n') {
+            let want = format!("OK {} {ECHO_PAD}", self.checked);
+            assert_eq!(
+                &self.unfinished[start..start + lf],
+                want.as_bytes(),
+                "reply {}",
+                self.checked
+            );
+            self.checked += 1;
+            start += lf + 1;
+        }
+        self.unfinished.drain(..start);
     }
 }
 
