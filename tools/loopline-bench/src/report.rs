@@ -26,6 +26,13 @@ pub fn json_number(value: Option<f64>, decimals: usize) -> String {
     }
 }
 
+/// Prints each line with [`print_result`].
+fn print_lines(lines: [String; 2]) {
+    for line in lines {
+        print_result(format_args!("{line}"));
+    }
+}
+
 fn plural(n: usize) -> &'static str {
     if n == 1 {
         ""
@@ -59,6 +66,11 @@ pub struct LoadSummary {
 
 impl LoadSummary {
     pub fn print(&self) {
+        print_lines(self.lines());
+    }
+
+    /// The human line, then the JSON line.
+    fn lines(&self) -> [String; 2] {
         let secs = self.duration.as_secs_f64();
         let (rps, server_cpu, client_cpu) = self.cpu.per_unit(self.responses, self.duration);
         let errors = self.connection_errors + self.error_lines + self.unexpected;
@@ -76,7 +88,7 @@ impl LoadSummary {
         } else {
             0.0
         };
-        print_result(format_args!(
+        let human = format!(
             "load {}: {} conns x depth {} ({} thread{}, {:.1}s after {:.1}s warm-up): {:.0} responses/s, latency p50 {} us, p99 {} us, p99.9 {} us, max {} us; errors {}{}; client CPU {:.0}% ({} us/resp){}",
             self.target,
             self.connected,
@@ -105,8 +117,8 @@ impl LoadSummary {
                 Some(v) => format!("; server CPU {v:.3} us/resp"),
                 None => String::new(),
             }
-        ));
-        print_result(format_args!(
+        );
+        let json = format!(
             "{{\"mode\":\"load\",\"addr\":\"{}\",\"connections\":{},\"connected\":{},\"pipeline\":{},\"threads\":{},\"duration_s\":{:.3},\"responses\":{},\"rps\":{:.1},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"errors\":{},\"conn_errors\":{},\"err_lines\":{},\"server_cpu_us_per_resp\":{},\"client_cpu_us_per_resp\":{}}}",
             self.target,
             self.connections,
@@ -125,7 +137,8 @@ impl LoadSummary {
             self.error_lines,
             json_number(server_cpu, 4),
             json_number(client_cpu, 4),
-        ));
+        );
+        [human, json]
     }
 }
 
@@ -147,6 +160,11 @@ pub struct HoldSummary {
 
 impl HoldSummary {
     pub fn print(&self) {
+        print_lines(self.lines());
+    }
+
+    /// The human line, then the JSON line.
+    fn lines(&self) -> [String; 2] {
         let bytes_per_connection = match (self.rss_before_kib, self.rss_after_kib) {
             (Some(before), Some(after)) if self.held > 0 => {
                 Some((after as f64 - before as f64) * 1024.0 / self.held as f64)
@@ -155,7 +173,7 @@ impl HoldSummary {
         };
         let (held, n, errors, open_secs) =
             (self.held, self.connections, self.errors, self.open_secs);
-        print_result(format_args!(
+        let human = format!(
             "held {held} connections (of {n}; {errors} failed) to {} in {open_secs:.2}s{}",
             self.target,
             match (
@@ -168,15 +186,16 @@ impl HoldSummary {
                 ),
                 _ => String::new(),
             }
-        ));
+        );
         let kib = |v: Option<u64>| v.map_or("null".into(), |v| v.to_string());
-        print_result(format_args!(
+        let json = format!(
             "{{\"mode\":\"hold\",\"addr\":\"{}\",\"connections\":{n},\"held\":{held},\"errors\":{errors},\"open_s\":{open_secs:.3},\"rss_before_kb\":{},\"rss_after_kb\":{},\"bytes_per_conn\":{}}}",
             self.target,
             kib(self.rss_before_kib),
             kib(self.rss_after_kib),
             json_number(bytes_per_connection, 0),
-        ));
+        );
+        [human, json]
     }
 }
 
@@ -199,6 +218,11 @@ pub struct ChurnSummary {
 
 impl ChurnSummary {
     pub fn print(&self) {
+        print_lines(self.lines());
+    }
+
+    /// The human line, then the JSON line.
+    fn lines(&self) -> [String; 2] {
         let secs = self.duration.as_secs_f64();
         let (cps, server_cpu, client_cpu) = self.cpu.per_unit(self.cycles, self.duration);
         let us = |v: Option<f64>| json_number(v, 1);
@@ -208,7 +232,7 @@ impl ChurnSummary {
             percentile_us(cycle_time, 0.99),
             percentile_us(cycle_time, 0.999),
         );
-        print_result(format_args!(
+        let human = format!(
             "churn {}: {} slots ({} thread{}, {:.1}s after {:.1}s warm-up): {:.0} connections/s, cycle p50 {} us, p99 {} us, p99.9 {} us; errors {}; client CPU {} us/conn{}",
             self.target,
             self.slots,
@@ -226,8 +250,8 @@ impl ChurnSummary {
                 Some(v) => format!("; server CPU {v:.2} us/conn"),
                 None => String::new(),
             }
-        ));
-        print_result(format_args!(
+        );
+        let json = format!(
             "{{\"mode\":\"churn\",\"addr\":\"{}\",\"connections\":{},\"threads\":{},\"duration_s\":{:.3},\"cycles\":{},\"cps\":{:.1},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"errors\":{},\"server_cpu_us_per_conn\":{},\"client_cpu_us_per_conn\":{}}}",
             self.target,
             self.slots,
@@ -241,13 +265,166 @@ impl ChurnSummary {
             self.errors,
             json_number(server_cpu, 3),
             json_number(client_cpu, 3),
-        ));
+        );
+        [human, json]
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::measure::new_latency_histogram;
+
+    fn target() -> SocketAddr {
+        "127.0.0.1:9000".parse().unwrap()
+    }
+
+    /// A histogram with 100 samples: 1 to 100 microseconds.
+    fn hundred_samples() -> Histogram<u64> {
+        let mut histogram = new_latency_histogram();
+        for us in 1..=100 {
+            histogram.record(us * 1000).unwrap();
+        }
+        histogram
+    }
+
+    fn load_summary() -> LoadSummary {
+        LoadSummary {
+            target: target(),
+            connections: 4,
+            connected: 4,
+            pipeline_depth: 2,
+            threads: 2,
+            warmup: Duration::from_millis(200),
+            duration: Duration::from_secs(2),
+            responses: 100,
+            latency: hundred_samples(),
+            connection_errors: 0,
+            error_lines: 0,
+            unexpected: 0,
+            cpu: CpuWindow {
+                server_us: Some(250.0),
+                client_us: 500_000.0,
+            },
+        }
+    }
+
+    fn churn_summary() -> ChurnSummary {
+        ChurnSummary {
+            target: target(),
+            slots: 3,
+            threads: 1,
+            warmup: Duration::ZERO,
+            duration: Duration::from_millis(500),
+            cycles: 100,
+            cycle_time: hundred_samples(),
+            errors: 0,
+            cpu: CpuWindow {
+                server_us: Some(250.0),
+                client_us: 1000.0,
+            },
+        }
+    }
+
+    // The result lines are an interface (scripts read the JSON line, people
+    // compare the human line across runs): these pin them to the byte.
+
+    #[test]
+    fn load_lines_are_pinned() {
+        let [human, json] = load_summary().lines();
+        assert_eq!(human, "load 127.0.0.1:9000: 4 conns x depth 2 (2 threads, 2.0s after 0.2s warm-up): 50 responses/s, latency p50 50.0 us, p99 99.0 us, p99.9 100.0 us, max 100.0 us; errors 0; client CPU 25% (5000.000 us/resp); server CPU 2.500 us/resp");
+        assert_eq!(
+            json,
+            r#"{"mode":"load","addr":"127.0.0.1:9000","connections":4,"connected":4,"pipeline":2,"threads":2,"duration_s":2.000,"responses":100,"rps":50.0,"p50_us":50.0,"p99_us":99.0,"p999_us":100.0,"max_us":100.0,"errors":0,"conn_errors":0,"err_lines":0,"server_cpu_us_per_resp":2.5000,"client_cpu_us_per_resp":5000.0000}"#
+        );
+    }
+
+    #[test]
+    fn load_lines_without_samples_or_server_and_with_errors_are_pinned() {
+        let summary = LoadSummary {
+            threads: 1,
+            responses: 0,
+            latency: new_latency_histogram(),
+            connection_errors: 1,
+            error_lines: 2,
+            unexpected: 3,
+            cpu: CpuWindow {
+                server_us: None,
+                client_us: 0.0,
+            },
+            ..load_summary()
+        };
+        let [human, json] = summary.lines();
+        assert_eq!(human, "load 127.0.0.1:9000: 4 conns x depth 2 (1 thread, 2.0s after 0.2s warm-up): 0 responses/s, latency p50 null us, p99 null us, p99.9 null us, max null us; errors 6 (connections 1, error lines 2, unexpected 3); client CPU 0% (null us/resp)");
+        assert_eq!(
+            json,
+            r#"{"mode":"load","addr":"127.0.0.1:9000","connections":4,"connected":4,"pipeline":2,"threads":1,"duration_s":2.000,"responses":0,"rps":0.0,"p50_us":null,"p99_us":null,"p999_us":null,"max_us":null,"errors":6,"conn_errors":1,"err_lines":2,"server_cpu_us_per_resp":null,"client_cpu_us_per_resp":null}"#
+        );
+    }
+
+    #[test]
+    fn churn_lines_are_pinned() {
+        let [human, json] = churn_summary().lines();
+        assert_eq!(human, "churn 127.0.0.1:9000: 3 slots (1 thread, 0.5s after 0.0s warm-up): 200 connections/s, cycle p50 50.0 us, p99 99.0 us, p99.9 100.0 us; errors 0; client CPU 10.00 us/conn; server CPU 2.50 us/conn");
+        assert_eq!(
+            json,
+            r#"{"mode":"churn","addr":"127.0.0.1:9000","connections":3,"threads":1,"duration_s":0.500,"cycles":100,"cps":200.0,"p50_us":50.0,"p99_us":99.0,"p999_us":100.0,"errors":0,"server_cpu_us_per_conn":2.500,"client_cpu_us_per_conn":10.000}"#
+        );
+    }
+
+    #[test]
+    fn churn_lines_without_samples_or_server_are_pinned() {
+        let summary = ChurnSummary {
+            threads: 2,
+            cycles: 0,
+            cycle_time: new_latency_histogram(),
+            errors: 7,
+            cpu: CpuWindow {
+                server_us: None,
+                client_us: 10.0,
+            },
+            ..churn_summary()
+        };
+        let [human, json] = summary.lines();
+        assert_eq!(human, "churn 127.0.0.1:9000: 3 slots (2 threads, 0.5s after 0.0s warm-up): 0 connections/s, cycle p50 null us, p99 null us, p99.9 null us; errors 7; client CPU null us/conn");
+        assert_eq!(
+            json,
+            r#"{"mode":"churn","addr":"127.0.0.1:9000","connections":3,"threads":2,"duration_s":0.500,"cycles":0,"cps":0.0,"p50_us":null,"p99_us":null,"p999_us":null,"errors":7,"server_cpu_us_per_conn":null,"client_cpu_us_per_conn":null}"#
+        );
+    }
+
+    #[test]
+    fn hold_lines_are_pinned() {
+        let summary = HoldSummary {
+            target: target(),
+            connections: 10,
+            held: 8,
+            errors: 2,
+            open_secs: 0.25,
+            rss_before_kib: Some(1000),
+            rss_after_kib: Some(1100),
+        };
+        let [human, json] = summary.lines();
+        assert_eq!(human, "held 8 connections (of 10; 2 failed) to 127.0.0.1:9000 in 0.25s; server VmRSS 1000 kB before, 1100 kB after: 12800 bytes per connection");
+        assert_eq!(
+            json,
+            r#"{"mode":"hold","addr":"127.0.0.1:9000","connections":10,"held":8,"errors":2,"open_s":0.250,"rss_before_kb":1000,"rss_after_kb":1100,"bytes_per_conn":12800}"#
+        );
+        let unread = HoldSummary {
+            rss_before_kib: None,
+            rss_after_kib: None,
+            ..summary
+        };
+        let [human, json] = unread.lines();
+        assert_eq!(
+            human,
+            "held 8 connections (of 10; 2 failed) to 127.0.0.1:9000 in 0.25s"
+        );
+        assert_eq!(
+            json,
+            r#"{"mode":"hold","addr":"127.0.0.1:9000","connections":10,"held":8,"errors":2,"open_s":0.250,"rss_before_kb":null,"rss_after_kb":null,"bytes_per_conn":null}"#
+        );
+    }
 
     #[test]
     fn json_numbers_are_null_when_missing_or_not_finite() {
