@@ -9,18 +9,17 @@ use crate::cli::Workload;
 use crate::connect::{
     close_with_reset, connect_outcome, open_connection, peer_closing, SourceAddresses,
 };
-use crate::measure::{elapsed_ns, measure_window, new_latency_histogram};
+use crate::measure::{elapsed_ns, new_latency_histogram, run_measured, MeasuredWorker};
 use crate::report::ChurnSummary;
 use crate::responses::{read_responses, ReadOutcome, ResponseScanner};
-use crate::{connections_for_thread, POLL_SLICE};
+use crate::POLL_SLICE;
 use hdrhistogram::Histogram;
 use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use std::io::{ErrorKind, Write};
+use std::io::{self, ErrorKind, Write};
 use std::process::ExitCode;
 use std::sync::{Arc, Barrier};
-use std::thread;
 use std::time::Instant;
 
 #[derive(Copy, Clone, PartialEq, Eq, Debug)]
@@ -54,8 +53,8 @@ struct ChurnCounts {
 }
 
 /// One thread's event loop over its share of the slots.
-struct ChurnWorker<'a> {
-    workload: &'a Workload,
+struct ChurnWorker {
+    workload: Arc<Workload>,
     poll: Poll,
     slots: Vec<Option<Cycle>>,
     sources: SourceAddresses,
@@ -68,7 +67,7 @@ struct ChurnWorker<'a> {
     report_connect_error: bool,
 }
 
-impl ChurnWorker<'_> {
+impl ChurnWorker {
     /// Starts a new cycle in slot `i`, unless the run is over.
     fn start(&mut self, i: usize) {
         let now = Instant::now();
@@ -212,10 +211,36 @@ impl ChurnWorker<'_> {
             ReadOutcome::Failed => self.finish(i, false),
         }
     }
+}
 
-    fn run(mut self, barrier: &Barrier) -> ChurnCounts {
+impl MeasuredWorker for ChurnWorker {
+    type Counts = ChurnCounts;
+
+    fn new(workload: Arc<Workload>, share: usize, thread_index: usize) -> io::Result<ChurnWorker> {
+        let now = Instant::now();
+        Ok(ChurnWorker {
+            poll: Poll::new()?,
+            slots: (0..share).map(|_| None).collect(),
+            sources: SourceAddresses::new(workload.target, workload.source_ips, thread_index),
+            read_buffer: vec![0; 16 * 1024],
+            counts: ChurnCounts {
+                cycles: 0,
+                cycle_time: new_latency_histogram(),
+                failed_cycles: 0,
+                error_lines: 0,
+            },
+            warmup_end: now,
+            end: now,
+            report_connect_error: thread_index == 0,
+            workload,
+        })
+    }
+
+    /// Starts every slot's first cycle at the start line shared with the
+    /// other threads, and keeps them cycling to the end of the window.
+    fn run(mut self, start_line: &Barrier) -> ChurnCounts {
         let mut events = Events::with_capacity(1024);
-        barrier.wait();
+        start_line.wait();
         let start = Instant::now();
         self.warmup_end = start + self.workload.warmup;
         self.end = self.warmup_end + self.workload.duration;
@@ -266,70 +291,25 @@ impl ChurnWorker<'_> {
 }
 
 pub fn run(workload: Workload) -> ExitCode {
-    let threads = workload.threads;
-    let workload = Arc::new(workload);
-    // The workers and this thread, which samples CPU time.
-    let barrier = Arc::new(Barrier::new(threads + 1));
-    let mut handles = Vec::new();
-    for t in 0..threads {
-        let n = connections_for_thread(workload.connections, threads, t);
-        let workload = Arc::clone(&workload);
-        let barrier = Arc::clone(&barrier);
-        handles.push(thread::spawn(move || {
-            let poll = match Poll::new() {
-                Ok(poll) => poll,
-                Err(e) => {
-                    eprintln!("loopline-bench: thread {t}: {e}");
-                    barrier.wait();
-                    return None;
-                }
-            };
-            let now = Instant::now();
-            let worker = ChurnWorker {
-                workload: &workload,
-                poll,
-                slots: (0..n).map(|_| None).collect(),
-                sources: SourceAddresses::new(workload.target, workload.source_ips, t),
-                read_buffer: vec![0; 16 * 1024],
-                counts: ChurnCounts {
-                    cycles: 0,
-                    cycle_time: new_latency_histogram(),
-                    failed_cycles: 0,
-                    error_lines: 0,
-                },
-                warmup_end: now,
-                end: now,
-                report_connect_error: t == 0,
-            };
-            Some(worker.run(&barrier))
-        }));
-    }
-    let cpu = measure_window(
-        &barrier,
-        workload.warmup,
-        workload.duration,
-        workload.server_pid,
-    );
+    let slots = workload.connections;
+    let (run, per_thread) = run_measured::<ChurnWorker>(workload);
     let mut summary = ChurnSummary {
-        target: workload.target,
-        slots: workload.connections,
-        threads,
-        warmup: workload.warmup,
-        duration: workload.duration,
+        run,
+        slots,
         cycles: 0,
         cycle_time: new_latency_histogram(),
         errors: 0,
-        cpu,
     };
-    for handle in handles {
-        if let Ok(Some(counts)) = handle.join() {
-            // Same bounds on every histogram, so adding cannot fail.
-            summary.cycle_time.add(&counts.cycle_time).ok();
-            summary.cycles += counts.cycles;
-            summary.errors += counts.failed_cycles + counts.error_lines;
-        } else {
+    for counts in per_thread {
+        let Some(counts) = counts else {
+            // A thread that could not start counts as one error.
             summary.errors += 1;
-        }
+            continue;
+        };
+        // Same bounds on every histogram, so adding cannot fail.
+        summary.cycle_time.add(&counts.cycle_time).ok();
+        summary.cycles += counts.cycles;
+        summary.errors += counts.failed_cycles + counts.error_lines;
     }
     summary.print();
     if summary.cycles == 0 {

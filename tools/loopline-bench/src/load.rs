@@ -14,10 +14,10 @@ use crate::cli::Workload;
 use crate::connect::{
     close_with_reset, connect_outcome, open_connection, peer_closing, SourceAddresses,
 };
-use crate::measure::{elapsed_ns, measure_window, new_latency_histogram};
+use crate::measure::{elapsed_ns, new_latency_histogram, run_measured, MeasuredWorker};
 use crate::report::LoadSummary;
 use crate::responses::{read_responses, ReadOutcome, ResponseScanner};
-use crate::{connections_for_thread, POLL_SLICE};
+use crate::POLL_SLICE;
 use hdrhistogram::Histogram;
 use mio::event::Event;
 use mio::net::TcpStream;
@@ -26,7 +26,6 @@ use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Write};
 use std::process::ExitCode;
 use std::sync::{Arc, Barrier};
-use std::thread;
 use std::time::Instant;
 
 /// Read buffer per thread; responses are only counted, never kept.
@@ -71,8 +70,8 @@ struct LoadCounts {
 }
 
 /// One thread's event loop over its share of the connections.
-struct LoadWorker<'a> {
-    workload: &'a Workload,
+struct LoadWorker {
+    workload: Arc<Workload>,
     poll: Poll,
     connections: Vec<Option<LoadConnection>>,
     sources: SourceAddresses,
@@ -90,32 +89,7 @@ struct LoadWorker<'a> {
     next_to_open: usize,
 }
 
-impl<'a> LoadWorker<'a> {
-    fn new(workload: &'a Workload, n: usize, thread_index: usize) -> io::Result<LoadWorker<'a>> {
-        let now = Instant::now();
-        Ok(LoadWorker {
-            workload,
-            poll: Poll::new()?,
-            connections: (0..n).map(|_| None).collect(),
-            sources: SourceAddresses::new(workload.target, workload.source_ips, thread_index),
-            read_buffer: vec![0; READ_BUFFER_BYTES],
-            request_run: workload.request.repeat(workload.pipeline_depth + 1),
-            counts: LoadCounts {
-                responses: 0,
-                latency: new_latency_histogram(),
-                connection_errors: 0,
-                error_lines: 0,
-                connected: 0,
-                unexpected: 0,
-            },
-            started: false,
-            warmup_end: now,
-            end: now,
-            in_setup: 0,
-            next_to_open: 0,
-        })
-    }
-
+impl LoadWorker {
     /// Opens connections until `--connect-window` are in set-up.
     fn open_more(&mut self) {
         while self.next_to_open < self.connections.len()
@@ -370,10 +344,39 @@ impl<'a> LoadWorker<'a> {
         }
         true
     }
+}
+
+impl MeasuredWorker for LoadWorker {
+    type Counts = LoadCounts;
+
+    fn new(workload: Arc<Workload>, share: usize, thread_index: usize) -> io::Result<LoadWorker> {
+        let now = Instant::now();
+        Ok(LoadWorker {
+            poll: Poll::new()?,
+            connections: (0..share).map(|_| None).collect(),
+            sources: SourceAddresses::new(workload.target, workload.source_ips, thread_index),
+            read_buffer: vec![0; READ_BUFFER_BYTES],
+            request_run: workload.request.repeat(workload.pipeline_depth + 1),
+            counts: LoadCounts {
+                responses: 0,
+                latency: new_latency_histogram(),
+                connection_errors: 0,
+                error_lines: 0,
+                connected: 0,
+                unexpected: 0,
+            },
+            started: false,
+            warmup_end: now,
+            end: now,
+            in_setup: 0,
+            next_to_open: 0,
+            workload,
+        })
+    }
 
     /// Opens every connection and waits for its greeting, then (after the
-    /// barrier shared with the other threads) runs the measured window.
-    fn run(mut self, barrier: &Barrier) -> LoadCounts {
+    /// start line shared with the other threads) runs the measured window.
+    fn run(mut self, start_line: &Barrier) -> LoadCounts {
         let mut events = Events::with_capacity(1024);
         let deadline = Instant::now() + self.workload.connect_timeout;
         self.open_more();
@@ -391,7 +394,7 @@ impl<'a> LoadWorker<'a> {
             }
             self.open_more();
         }
-        barrier.wait();
+        start_line.wait();
 
         let start = Instant::now();
         self.warmup_end = start + self.workload.warmup;
@@ -418,59 +421,33 @@ impl<'a> LoadWorker<'a> {
 }
 
 pub fn run(workload: Workload) -> ExitCode {
-    let threads = workload.threads;
-    let workload = Arc::new(workload);
-    // The workers and this thread, which samples CPU time.
-    let barrier = Arc::new(Barrier::new(threads + 1));
-    let mut handles = Vec::new();
-    for t in 0..threads {
-        let n = connections_for_thread(workload.connections, threads, t);
-        let workload = Arc::clone(&workload);
-        let barrier = Arc::clone(&barrier);
-        handles.push(thread::spawn(move || {
-            match LoadWorker::new(&workload, n, t) {
-                Ok(worker) => Some(worker.run(&barrier)),
-                Err(e) => {
-                    eprintln!("loopline-bench: thread {t}: {e}");
-                    barrier.wait();
-                    None
-                }
-            }
-        }));
-    }
-    let cpu = measure_window(
-        &barrier,
-        workload.warmup,
-        workload.duration,
-        workload.server_pid,
-    );
+    let pipeline_depth = workload.pipeline_depth;
+    let connections = workload.connections;
+    let (run, per_thread) = run_measured::<LoadWorker>(workload);
     let mut summary = LoadSummary {
-        target: workload.target,
-        connections: workload.connections,
+        run,
+        connections,
         connected: 0,
-        pipeline_depth: workload.pipeline_depth,
-        threads,
-        warmup: workload.warmup,
-        duration: workload.duration,
+        pipeline_depth,
         responses: 0,
         latency: new_latency_histogram(),
         connection_errors: 0,
         error_lines: 0,
         unexpected: 0,
-        cpu,
     };
-    for handle in handles {
-        if let Ok(Some(counts)) = handle.join() {
-            // Same bounds on every histogram, so adding cannot fail.
-            summary.latency.add(&counts.latency).ok();
-            summary.responses += counts.responses;
-            summary.connection_errors += counts.connection_errors;
-            summary.error_lines += counts.error_lines;
-            summary.connected += counts.connected;
-            summary.unexpected += counts.unexpected;
-        } else {
+    for counts in per_thread {
+        let Some(counts) = counts else {
+            // A thread that could not start counts as one failed connection.
             summary.connection_errors += 1;
-        }
+            continue;
+        };
+        // Same bounds on every histogram, so adding cannot fail.
+        summary.latency.add(&counts.latency).ok();
+        summary.responses += counts.responses;
+        summary.connection_errors += counts.connection_errors;
+        summary.error_lines += counts.error_lines;
+        summary.connected += counts.connected;
+        summary.unexpected += counts.unexpected;
     }
     summary.print();
     if summary.responses == 0 {

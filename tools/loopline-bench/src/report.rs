@@ -2,12 +2,11 @@
 //! stdout (scripts read the JSON line: its keys are an interface), progress
 //! and warnings go to stderr.
 
-use crate::measure::{percentile_us, CpuWindow};
+use crate::measure::{percentile_us, MeasuredRun};
 use hdrhistogram::Histogram;
 use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::time::Duration;
 
 /// Prints one line on stdout and flushes it, ignoring a closed stdout
 /// (`| head -1`) instead of panicking as `println!` would.
@@ -33,25 +32,73 @@ fn print_lines(lines: [String; 2]) {
     }
 }
 
-fn plural(n: usize) -> &'static str {
-    if n == 1 {
-        ""
-    } else {
-        "s"
+/// How the measured modes (load, churn) describe their window in the human
+/// line: `(2 threads, 10.0s after 1.0s warm-up)`.
+fn describe_window(run: &MeasuredRun) -> String {
+    let plural = if run.threads == 1 { "" } else { "s" };
+    format!(
+        "({} thread{plural}, {:.1}s after {:.1}s warm-up)",
+        run.threads,
+        run.duration.as_secs_f64(),
+        run.warmup.as_secs_f64()
+    )
+}
+
+/// The human line's closing clause for the server's CPU time per unit, with
+/// `decimals` digits; empty when the server was not watched.
+fn server_cpu_clause(us_per_unit: Option<f64>, decimals: usize, unit: &str) -> String {
+    match us_per_unit {
+        Some(v) => format!("; server CPU {v:.decimals$} us/{unit}"),
+        None => String::new(),
+    }
+}
+
+/// The 50th, 99th and 99.9th percentiles of a histogram in microseconds
+/// (`None` for no samples), as the measured modes show them.
+struct Percentiles {
+    p50: Option<f64>,
+    p99: Option<f64>,
+    p999: Option<f64>,
+}
+
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>) -> Percentiles {
+        Percentiles {
+            p50: percentile_us(histogram, 0.5),
+            p99: percentile_us(histogram, 0.99),
+            p999: percentile_us(histogram, 0.999),
+        }
+    }
+
+    /// For the human line: `p50 36.2 us, p99 82.4 us, p99.9 545.3 us`.
+    fn human(&self) -> String {
+        format!(
+            "p50 {} us, p99 {} us, p99.9 {} us",
+            json_number(self.p50, 1),
+            json_number(self.p99, 1),
+            json_number(self.p999, 1)
+        )
+    }
+
+    /// For the JSON line: `"p50_us":36.2,"p99_us":82.4,"p999_us":545.3`.
+    fn json_fields(&self) -> String {
+        format!(
+            "\"p50_us\":{},\"p99_us\":{},\"p999_us\":{}",
+            json_number(self.p50, 1),
+            json_number(self.p99, 1),
+            json_number(self.p999, 1)
+        )
     }
 }
 
 /// What a load run did, merged over its threads.
 pub struct LoadSummary {
-    pub target: SocketAddr,
+    pub run: MeasuredRun,
     /// Connections asked for.
     pub connections: usize,
     /// Connections that finished their greeting.
     pub connected: u64,
     pub pipeline_depth: usize,
-    pub threads: usize,
-    pub warmup: Duration,
-    pub duration: Duration,
     /// Responses in the measured window.
     pub responses: u64,
     pub latency: Histogram<u64>,
@@ -61,7 +108,6 @@ pub struct LoadSummary {
     pub error_lines: u64,
     /// Responses nobody asked for.
     pub unexpected: u64,
-    pub cpu: CpuWindow,
 }
 
 impl LoadSummary {
@@ -71,38 +117,26 @@ impl LoadSummary {
 
     /// The human line, then the JSON line.
     fn lines(&self) -> [String; 2] {
-        let secs = self.duration.as_secs_f64();
-        let (rps, server_cpu, client_cpu) = self.cpu.per_unit(self.responses, self.duration);
+        let run = &self.run;
+        let secs = run.duration.as_secs_f64();
+        let (rps, server_cpu, client_cpu) = run.per_unit(self.responses);
         let errors = self.connection_errors + self.error_lines + self.unexpected;
-        let latency = &self.latency;
-        let (p50, p99, p999) = (
-            percentile_us(latency, 0.5),
-            percentile_us(latency, 0.99),
-            percentile_us(latency, 0.999),
-        );
-        let max = (!latency.is_empty()).then(|| latency.max() as f64 / 1000.0);
-        let us = |v: Option<f64>| json_number(v, 1);
+        let percentiles = Percentiles::of(&self.latency);
+        let max = (!self.latency.is_empty()).then(|| self.latency.max() as f64 / 1000.0);
+        let max = json_number(max, 1);
         // Client CPU as a share of one core: us / (secs * 1e6) * 100.
         let client_percent = if secs > 0.0 {
-            self.cpu.client_us / (secs * 1e4)
+            run.cpu.client_us / (secs * 1e4)
         } else {
             0.0
         };
         let human = format!(
-            "load {}: {} conns x depth {} ({} thread{}, {:.1}s after {:.1}s warm-up): {:.0} responses/s, latency p50 {} us, p99 {} us, p99.9 {} us, max {} us; errors {}{}; client CPU {:.0}% ({} us/resp){}",
-            self.target,
+            "load {}: {} conns x depth {} {}: {rps:.0} responses/s, latency {}, max {max} us; errors {errors}{}; client CPU {client_percent:.0}% ({} us/resp){}",
+            run.target,
             self.connected,
             self.pipeline_depth,
-            self.threads,
-            plural(self.threads),
-            secs,
-            self.warmup.as_secs_f64(),
-            rps,
-            us(p50),
-            us(p99),
-            us(p999),
-            us(max),
-            errors,
+            describe_window(run),
+            percentiles.human(),
             if errors > 0 {
                 format!(
                     " (connections {}, error lines {}, unexpected {})",
@@ -111,28 +145,18 @@ impl LoadSummary {
             } else {
                 String::new()
             },
-            client_percent,
             json_number(client_cpu, 3),
-            match server_cpu {
-                Some(v) => format!("; server CPU {v:.3} us/resp"),
-                None => String::new(),
-            }
+            server_cpu_clause(server_cpu, 3, "resp"),
         );
         let json = format!(
-            "{{\"mode\":\"load\",\"addr\":\"{}\",\"connections\":{},\"connected\":{},\"pipeline\":{},\"threads\":{},\"duration_s\":{:.3},\"responses\":{},\"rps\":{:.1},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"errors\":{},\"conn_errors\":{},\"err_lines\":{},\"server_cpu_us_per_resp\":{},\"client_cpu_us_per_resp\":{}}}",
-            self.target,
+            "{{\"mode\":\"load\",\"addr\":\"{}\",\"connections\":{},\"connected\":{},\"pipeline\":{},\"threads\":{},\"duration_s\":{secs:.3},\"responses\":{},\"rps\":{rps:.1},{},\"max_us\":{max},\"errors\":{errors},\"conn_errors\":{},\"err_lines\":{},\"server_cpu_us_per_resp\":{},\"client_cpu_us_per_resp\":{}}}",
+            run.target,
             self.connections,
             self.connected,
             self.pipeline_depth,
-            self.threads,
-            secs,
+            run.threads,
             self.responses,
-            rps,
-            us(p50),
-            us(p99),
-            us(p999),
-            us(max),
-            errors,
+            percentiles.json_fields(),
             self.connection_errors,
             self.error_lines,
             json_number(server_cpu, 4),
@@ -201,19 +225,15 @@ impl HoldSummary {
 
 /// What a churn run did, merged over its threads.
 pub struct ChurnSummary {
-    pub target: SocketAddr,
+    pub run: MeasuredRun,
     /// Concurrent connect/close slots.
     pub slots: usize,
-    pub threads: usize,
-    pub warmup: Duration,
-    pub duration: Duration,
     /// Complete cycles in the measured window.
     pub cycles: u64,
     /// Duration of each cycle, connect to close.
     pub cycle_time: Histogram<u64>,
     /// Failed cycles plus error lines.
     pub errors: u64,
-    pub cpu: CpuWindow,
 }
 
 impl ChurnSummary {
@@ -223,45 +243,27 @@ impl ChurnSummary {
 
     /// The human line, then the JSON line.
     fn lines(&self) -> [String; 2] {
-        let secs = self.duration.as_secs_f64();
-        let (cps, server_cpu, client_cpu) = self.cpu.per_unit(self.cycles, self.duration);
-        let us = |v: Option<f64>| json_number(v, 1);
-        let cycle_time = &self.cycle_time;
-        let (p50, p99, p999) = (
-            percentile_us(cycle_time, 0.5),
-            percentile_us(cycle_time, 0.99),
-            percentile_us(cycle_time, 0.999),
-        );
+        let run = &self.run;
+        let (cps, server_cpu, client_cpu) = run.per_unit(self.cycles);
+        let percentiles = Percentiles::of(&self.cycle_time);
         let human = format!(
-            "churn {}: {} slots ({} thread{}, {:.1}s after {:.1}s warm-up): {:.0} connections/s, cycle p50 {} us, p99 {} us, p99.9 {} us; errors {}; client CPU {} us/conn{}",
-            self.target,
+            "churn {}: {} slots {}: {cps:.0} connections/s, cycle {}; errors {}; client CPU {} us/conn{}",
+            run.target,
             self.slots,
-            self.threads,
-            plural(self.threads),
-            secs,
-            self.warmup.as_secs_f64(),
-            cps,
-            us(p50),
-            us(p99),
-            us(p999),
+            describe_window(run),
+            percentiles.human(),
             self.errors,
             json_number(client_cpu, 2),
-            match server_cpu {
-                Some(v) => format!("; server CPU {v:.2} us/conn"),
-                None => String::new(),
-            }
+            server_cpu_clause(server_cpu, 2, "conn"),
         );
         let json = format!(
-            "{{\"mode\":\"churn\",\"addr\":\"{}\",\"connections\":{},\"threads\":{},\"duration_s\":{:.3},\"cycles\":{},\"cps\":{:.1},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"errors\":{},\"server_cpu_us_per_conn\":{},\"client_cpu_us_per_conn\":{}}}",
-            self.target,
+            "{{\"mode\":\"churn\",\"addr\":\"{}\",\"connections\":{},\"threads\":{},\"duration_s\":{:.3},\"cycles\":{},\"cps\":{cps:.1},{},\"errors\":{},\"server_cpu_us_per_conn\":{},\"client_cpu_us_per_conn\":{}}}",
+            run.target,
             self.slots,
-            self.threads,
-            secs,
+            run.threads,
+            run.duration.as_secs_f64(),
             self.cycles,
-            cps,
-            us(p50),
-            us(p99),
-            us(p999),
+            percentiles.json_fields(),
             self.errors,
             json_number(server_cpu, 3),
             json_number(client_cpu, 3),
@@ -273,11 +275,8 @@ impl ChurnSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::measure::new_latency_histogram;
-
-    fn target() -> SocketAddr {
-        "127.0.0.1:9000".parse().unwrap()
-    }
+    use crate::measure::{new_latency_histogram, CpuWindow};
+    use std::time::Duration;
 
     /// A histogram with 100 samples: 1 to 100 microseconds.
     fn hundred_samples() -> Histogram<u64> {
@@ -288,41 +287,50 @@ mod tests {
         histogram
     }
 
+    fn measured_run(threads: usize, warmup_ms: u64, duration_ms: u64) -> MeasuredRun {
+        MeasuredRun {
+            target: "127.0.0.1:9000".parse().unwrap(),
+            threads,
+            warmup: Duration::from_millis(warmup_ms),
+            duration: Duration::from_millis(duration_ms),
+            cpu: CpuWindow {
+                server_us: None,
+                client_us: 0.0,
+            },
+        }
+    }
+
     fn load_summary() -> LoadSummary {
+        let mut run = measured_run(2, 200, 2000);
+        run.cpu = CpuWindow {
+            server_us: Some(250.0),
+            client_us: 500_000.0,
+        };
         LoadSummary {
-            target: target(),
+            run,
             connections: 4,
             connected: 4,
             pipeline_depth: 2,
-            threads: 2,
-            warmup: Duration::from_millis(200),
-            duration: Duration::from_secs(2),
             responses: 100,
             latency: hundred_samples(),
             connection_errors: 0,
             error_lines: 0,
             unexpected: 0,
-            cpu: CpuWindow {
-                server_us: Some(250.0),
-                client_us: 500_000.0,
-            },
         }
     }
 
     fn churn_summary() -> ChurnSummary {
+        let mut run = measured_run(1, 0, 500);
+        run.cpu = CpuWindow {
+            server_us: Some(250.0),
+            client_us: 1000.0,
+        };
         ChurnSummary {
-            target: target(),
+            run,
             slots: 3,
-            threads: 1,
-            warmup: Duration::ZERO,
-            duration: Duration::from_millis(500),
             cycles: 100,
             cycle_time: hundred_samples(),
             errors: 0,
-            cpu: CpuWindow {
-                server_us: Some(250.0),
-                client_us: 1000.0,
-            },
         }
     }
 
@@ -342,16 +350,12 @@ mod tests {
     #[test]
     fn load_lines_without_samples_or_server_and_with_errors_are_pinned() {
         let summary = LoadSummary {
-            threads: 1,
+            run: measured_run(1, 200, 2000),
             responses: 0,
             latency: new_latency_histogram(),
             connection_errors: 1,
             error_lines: 2,
             unexpected: 3,
-            cpu: CpuWindow {
-                server_us: None,
-                client_us: 0.0,
-            },
             ..load_summary()
         };
         let [human, json] = summary.lines();
@@ -374,15 +378,13 @@ mod tests {
 
     #[test]
     fn churn_lines_without_samples_or_server_are_pinned() {
+        let mut run = measured_run(2, 0, 500);
+        run.cpu.client_us = 10.0;
         let summary = ChurnSummary {
-            threads: 2,
+            run,
             cycles: 0,
             cycle_time: new_latency_histogram(),
             errors: 7,
-            cpu: CpuWindow {
-                server_us: None,
-                client_us: 10.0,
-            },
             ..churn_summary()
         };
         let [human, json] = summary.lines();
@@ -396,7 +398,7 @@ mod tests {
     #[test]
     fn hold_lines_are_pinned() {
         let summary = HoldSummary {
-            target: target(),
+            target: "127.0.0.1:9000".parse().unwrap(),
             connections: 10,
             held: 8,
             errors: 2,
