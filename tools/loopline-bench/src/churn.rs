@@ -6,9 +6,7 @@
 //! loopline's QUIT does; `--close-first` closes right after the reply.
 
 use crate::cli::Workload;
-use crate::connect::{
-    close_with_reset, connect_outcome, open_connection, peer_closing, SourceAddresses,
-};
+use crate::connect::{close_with_reset, connect_outcome, peer_closing, poll_events, Connector};
 use crate::measure::{elapsed_ns, new_latency_histogram, run_measured, MeasuredWorker};
 use crate::report::ChurnSummary;
 use crate::responses::{read_responses, ReadOutcome, ResponseScanner};
@@ -16,7 +14,7 @@ use crate::POLL_SLICE;
 use hdrhistogram::Histogram;
 use mio::event::Event;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll, Token};
 use std::io::{self, ErrorKind, Write};
 use std::process::ExitCode;
 use std::sync::{Arc, Barrier};
@@ -57,14 +55,11 @@ struct ChurnWorker {
     workload: Arc<Workload>,
     poll: Poll,
     slots: Vec<Option<Cycle>>,
-    sources: SourceAddresses,
+    connector: Connector,
     read_buffer: Vec<u8>,
     counts: ChurnCounts,
     warmup_end: Instant,
     end: Instant,
-    /// Only one thread reports its first connect error, so a refused
-    /// connection does not flood stderr.
-    report_connect_error: bool,
 }
 
 impl ChurnWorker {
@@ -74,39 +69,19 @@ impl ChurnWorker {
         if now >= self.end {
             return;
         }
-        match open_connection(self.workload.target, &mut self.sources, true) {
-            Ok(mut stream) => {
-                if self
-                    .poll
-                    .registry()
-                    .register(
-                        &mut stream,
-                        Token(i),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )
-                    .is_err()
-                {
-                    self.counts.failed_cycles += 1;
-                    return;
-                }
-                self.slots[i] = Some(Cycle {
-                    stream,
-                    phase: Phase::Connecting,
-                    greeting_left: self.workload.greeting_lines,
-                    reply_lines: 0,
-                    write_offset: 0,
-                    scanner: ResponseScanner::default(),
-                    started: now,
-                });
-            }
-            Err(e) => {
-                if self.report_connect_error {
-                    eprintln!("loopline-bench: connect to {}: {e}", self.workload.target);
-                    self.report_connect_error = false;
-                }
-                self.counts.failed_cycles += 1;
-            }
-        }
+        let Some(stream) = self.connector.open(self.poll.registry(), Token(i)) else {
+            self.counts.failed_cycles += 1;
+            return;
+        };
+        self.slots[i] = Some(Cycle {
+            stream,
+            phase: Phase::Connecting,
+            greeting_left: self.workload.greeting_lines,
+            reply_lines: 0,
+            write_offset: 0,
+            scanner: ResponseScanner::default(),
+            started: now,
+        });
     }
 
     /// Ends the cycle in slot `i` (counted only inside the measured
@@ -221,7 +196,10 @@ impl MeasuredWorker for ChurnWorker {
         Ok(ChurnWorker {
             poll: Poll::new()?,
             slots: (0..share).map(|_| None).collect(),
-            sources: SourceAddresses::new(workload.target, workload.source_ips, thread_index),
+            // A slot reconnects all the time: only thread 0 reports its
+            // first failed connect, so a refused target costs one line.
+            connector: Connector::new(&workload, thread_index)
+                .reporting_failures(thread_index == 0),
             read_buffer: vec![0; 16 * 1024],
             counts: ChurnCounts {
                 cycles: 0,
@@ -231,7 +209,6 @@ impl MeasuredWorker for ChurnWorker {
             },
             warmup_end: now,
             end: now,
-            report_connect_error: thread_index == 0,
             workload,
         })
     }
@@ -269,14 +246,8 @@ impl MeasuredWorker for ChurnWorker {
                     }
                 }
             }
-            if let Err(e) = self
-                .poll
-                .poll(&mut events, Some(POLL_SLICE.min(self.end - now)))
-            {
-                if e.kind() != ErrorKind::Interrupted {
-                    eprintln!("loopline-bench: poll: {e}");
-                    break;
-                }
+            if !poll_events(&mut self.poll, &mut events, POLL_SLICE.min(self.end - now)) {
+                break;
             }
             for event in events.iter() {
                 self.on_event(event);

@@ -11,9 +11,7 @@
 //! is queued, which is right when its predecessor's response is read.
 
 use crate::cli::Workload;
-use crate::connect::{
-    close_with_reset, connect_outcome, open_connection, peer_closing, SourceAddresses,
-};
+use crate::connect::{close_with_reset, connect_outcome, peer_closing, poll_events, Connector};
 use crate::measure::{elapsed_ns, new_latency_histogram, run_measured, MeasuredWorker};
 use crate::report::LoadSummary;
 use crate::responses::{read_responses, ReadOutcome, ResponseScanner};
@@ -21,7 +19,7 @@ use crate::POLL_SLICE;
 use hdrhistogram::Histogram;
 use mio::event::Event;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll, Token};
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Write};
 use std::process::ExitCode;
@@ -74,7 +72,7 @@ struct LoadWorker {
     workload: Arc<Workload>,
     poll: Poll,
     connections: Vec<Option<LoadConnection>>,
-    sources: SourceAddresses,
+    connector: Connector,
     read_buffer: Vec<u8>,
     /// The request repeated DEPTH+1 times: any queued run of requests,
     /// starting at any offset, is one contiguous slice of it.
@@ -97,42 +95,21 @@ impl LoadWorker {
         {
             let i = self.next_to_open;
             self.next_to_open += 1;
-            match open_connection(self.workload.target, &mut self.sources, true) {
-                Ok(mut stream) => {
-                    // Read and write interest once, for the connection's
-                    // whole life: no re-registration per request.
-                    if self
-                        .poll
-                        .registry()
-                        .register(
-                            &mut stream,
-                            Token(i),
-                            Interest::READABLE | Interest::WRITABLE,
-                        )
-                        .is_err()
-                    {
-                        self.counts.connection_errors += 1;
-                        continue;
-                    }
-                    self.connections[i] = Some(LoadConnection {
-                        stream,
-                        phase: Phase::Connecting,
-                        greeting_left: self.workload.greeting_lines,
-                        partial_response_lines: 0,
-                        scanner: ResponseScanner::default(),
-                        send_times: VecDeque::with_capacity(self.workload.pipeline_depth),
-                        unsent_bytes: 0,
-                        write_offset: 0,
-                    });
-                    self.in_setup += 1;
-                }
-                Err(e) => {
-                    if self.counts.connection_errors == 0 {
-                        eprintln!("loopline-bench: connect to {}: {e}", self.workload.target);
-                    }
-                    self.counts.connection_errors += 1;
-                }
-            }
+            let Some(stream) = self.connector.open(self.poll.registry(), Token(i)) else {
+                self.counts.connection_errors += 1;
+                continue;
+            };
+            self.connections[i] = Some(LoadConnection {
+                stream,
+                phase: Phase::Connecting,
+                greeting_left: self.workload.greeting_lines,
+                partial_response_lines: 0,
+                scanner: ResponseScanner::default(),
+                send_times: VecDeque::with_capacity(self.workload.pipeline_depth),
+                unsent_bytes: 0,
+                write_offset: 0,
+            });
+            self.in_setup += 1;
         }
     }
 
@@ -333,11 +310,8 @@ impl LoadWorker {
 
     /// One poll and its events. False when polling failed for good.
     fn poll_once(&mut self, events: &mut Events, timeout: std::time::Duration) -> bool {
-        if let Err(e) = self.poll.poll(events, Some(timeout)) {
-            if e.kind() != ErrorKind::Interrupted {
-                eprintln!("loopline-bench: poll: {e}");
-                return false;
-            }
+        if !poll_events(&mut self.poll, events, timeout) {
+            return false;
         }
         for event in events.iter() {
             self.on_event(event);
@@ -354,7 +328,8 @@ impl MeasuredWorker for LoadWorker {
         Ok(LoadWorker {
             poll: Poll::new()?,
             connections: (0..share).map(|_| None).collect(),
-            sources: SourceAddresses::new(workload.target, workload.source_ips, thread_index),
+            // Every thread reports its own first failed connect.
+            connector: Connector::new(&workload, thread_index),
             read_buffer: vec![0; READ_BUFFER_BYTES],
             request_run: workload.request.repeat(workload.pipeline_depth + 1),
             counts: LoadCounts {

@@ -11,7 +11,8 @@
 //!   connections/s.
 //!
 //! The rest: [`cli`] (the options and the checked [`cli::Workload`]),
-//! [`connect`] (non-blocking connects over several source addresses),
+//! [`connect`] (opening and polling connections, over several source
+//! addresses),
 //! [`responses`] (counting response lines), [`measure`] (latency
 //! histograms, CPU time, a measured mode's threads) and [`report`] (the
 //! human and JSON result lines).
