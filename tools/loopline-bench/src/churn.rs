@@ -9,7 +9,7 @@ use crate::cli::Workload;
 use crate::connect::{close_with_reset, connect_outcome, peer_closing, poll_events, Connector};
 use crate::measure::{elapsed_ns, new_latency_histogram, run_measured, MeasuredWorker};
 use crate::report::ChurnSummary;
-use crate::responses::{read_responses, ReadOutcome, ResponseScanner};
+use crate::responses::{read_responses, Greeting, ReadOutcome, ResponseScanner};
 use crate::POLL_SLICE;
 use hdrhistogram::Histogram;
 use mio::event::Event;
@@ -34,7 +34,7 @@ enum Phase {
 struct Cycle {
     stream: TcpStream,
     phase: Phase,
-    greeting_left: usize,
+    greeting: Greeting,
     reply_lines: usize,
     /// Offset inside the request of the next byte to write.
     write_offset: usize,
@@ -76,7 +76,7 @@ impl ChurnWorker {
         self.slots[i] = Some(Cycle {
             stream,
             phase: Phase::Connecting,
-            greeting_left: self.workload.greeting_lines,
+            greeting: Greeting::new(self.workload.greeting_lines),
             reply_lines: 0,
             write_offset: 0,
             scanner: ResponseScanner::default(),
@@ -135,7 +135,7 @@ impl ChurnWorker {
                     self.finish(i, false);
                     return;
                 }
-                Some(Ok(())) if cycle.greeting_left > 0 => cycle.phase = Phase::Greeting,
+                Some(Ok(())) if !cycle.greeting.is_done() => cycle.phase = Phase::Greeting,
                 Some(Ok(())) => {
                     cycle.phase = Phase::Sending;
                     self.send(i);
@@ -156,15 +156,10 @@ impl ChurnWorker {
             peer_closing(event),
         );
         self.counts.error_lines += read.error_lines as u64;
-        let mut lines = read.lines;
-        if cycle.greeting_left > 0 {
-            let greeting = lines.min(cycle.greeting_left);
-            cycle.greeting_left -= greeting;
-            lines -= greeting;
-            if cycle.greeting_left == 0 && cycle.phase == Phase::Greeting {
-                cycle.phase = Phase::Sending;
-                self.send(i);
-            }
+        let lines = cycle.greeting.consume(read.lines);
+        if cycle.phase == Phase::Greeting && cycle.greeting.is_done() {
+            cycle.phase = Phase::Sending;
+            self.send(i);
         }
         let Some(cycle) = self.slots[i].as_mut() else {
             return;

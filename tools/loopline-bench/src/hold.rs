@@ -10,7 +10,7 @@
 use crate::cli::Workload;
 use crate::connect::{close_with_reset, connect_outcome, peer_closing, poll_events, Connector};
 use crate::report::{print_result, HoldSummary};
-use crate::responses::{read_responses, ReadOutcome, ResponseScanner};
+use crate::responses::{read_responses, Greeting, ReadOutcome, ResponseScanner};
 use crate::POLL_SLICE;
 use loopline::sys::process_rss_kib;
 use mio::net::TcpStream;
@@ -32,7 +32,7 @@ enum Phase {
 struct HeldConnection {
     stream: TcpStream,
     phase: Phase,
-    greeting_left: usize,
+    greeting: Greeting,
     scanner: ResponseScanner,
 }
 
@@ -92,7 +92,7 @@ impl<'a> HoldSession<'a> {
             self.connections[i] = Some(HeldConnection {
                 stream,
                 phase: Phase::Connecting,
-                greeting_left: self.workload.greeting_lines,
+                greeting: Greeting::new(self.workload.greeting_lines),
                 scanner: ResponseScanner::default(),
             });
             self.in_setup += 1;
@@ -115,11 +115,8 @@ impl<'a> HoldSession<'a> {
                 match connect_outcome(&connection.stream, event) {
                     None => continue,
                     Some(Err(_)) => dead = true,
-                    Some(Ok(())) if connection.greeting_left == 0 => {
-                        connection.phase = Phase::Held;
-                        self.in_setup -= 1;
-                        self.held += 1;
-                    }
+                    // Even with no greeting to wait for: the read below
+                    // finds it done and holds the connection.
                     Some(Ok(())) => connection.phase = Phase::Greeting,
                 }
             }
@@ -132,9 +129,10 @@ impl<'a> HoldSession<'a> {
                     &[],
                     peer_closing(event),
                 );
-                if connection.phase == Phase::Greeting && read.lines > 0 {
-                    connection.greeting_left = connection.greeting_left.saturating_sub(read.lines);
-                    if connection.greeting_left == 0 {
+                if connection.phase == Phase::Greeting {
+                    // Lines after the greeting are not counted: nothing was asked.
+                    connection.greeting.consume(read.lines);
+                    if connection.greeting.is_done() {
                         connection.phase = Phase::Held;
                         self.in_setup -= 1;
                         self.held += 1;

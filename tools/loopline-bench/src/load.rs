@@ -14,7 +14,7 @@ use crate::cli::Workload;
 use crate::connect::{close_with_reset, connect_outcome, peer_closing, poll_events, Connector};
 use crate::measure::{elapsed_ns, new_latency_histogram, run_measured, MeasuredWorker};
 use crate::report::LoadSummary;
-use crate::responses::{read_responses, ReadOutcome, ResponseScanner};
+use crate::responses::{read_responses, Greeting, ReadOutcome, ResponseScanner};
 use crate::POLL_SLICE;
 use hdrhistogram::Histogram;
 use mio::event::Event;
@@ -44,7 +44,7 @@ enum Phase {
 struct LoadConnection {
     stream: TcpStream,
     phase: Phase,
-    greeting_left: usize,
+    greeting: Greeting,
     /// Lines read towards the next response, when one response is several
     /// lines.
     partial_response_lines: usize,
@@ -102,7 +102,7 @@ impl LoadWorker {
             self.connections[i] = Some(LoadConnection {
                 stream,
                 phase: Phase::Connecting,
-                greeting_left: self.workload.greeting_lines,
+                greeting: Greeting::new(self.workload.greeting_lines),
                 partial_response_lines: 0,
                 scanner: ResponseScanner::default(),
                 send_times: VecDeque::with_capacity(self.workload.pipeline_depth),
@@ -247,13 +247,8 @@ impl LoadWorker {
         let Some(connection) = self.connections[i].as_mut() else {
             return;
         };
-        let mut lines = lines;
-        if connection.greeting_left > 0 {
-            let greeting = lines.min(connection.greeting_left);
-            connection.greeting_left -= greeting;
-            lines -= greeting;
-        }
-        if connection.phase == Phase::Greeting && connection.greeting_left == 0 {
+        let lines = connection.greeting.consume(lines);
+        if connection.phase == Phase::Greeting && connection.greeting.is_done() {
             self.greeted(i);
             // Lines after the greeting, before any request was sent, are noise.
             return;

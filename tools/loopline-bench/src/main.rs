@@ -11,11 +11,10 @@
 //!   connections/s.
 //!
 //! The rest: [`cli`] (the options and the checked [`cli::Workload`]),
-//! [`connect`] (opening and polling connections, over several source
-//! addresses),
-//! [`responses`] (counting response lines), [`measure`] (latency
-//! histograms, CPU time, a measured mode's threads) and [`report`] (the
-//! human and JSON result lines).
+//! [`connect`] (opening and polling connections over several source
+//! addresses), [`responses`] (counting greeting and response lines),
+//! [`measure`] (latency histograms, CPU time, a measured mode's threads)
+//! and [`report`] (the human and JSON result lines).
 //!
 //! Every mode prints one human line and one JSON line on stdout; progress and
 //! warnings go to stderr. Only loopback targets are accepted unless
