@@ -6,21 +6,18 @@
 //! loopline's QUIT does; `--close-first` closes right after the reply.
 
 use crate::cli::Workload;
-use crate::connect::{
-    close_with_reset, connect_outcome, open_connection, peer_closing, SourceAddresses,
-};
-use crate::measure::{elapsed_ns, measure_window, new_latency_histogram};
+use crate::connect::{close_with_reset, connect_outcome, peer_closing, poll_events, Connector};
+use crate::measure::{elapsed_ns, new_latency_histogram, run_measured, MeasuredWorker};
 use crate::report::ChurnSummary;
-use crate::responses::{read_responses, ReadOutcome, ResponseScanner};
-use crate::{connections_for_thread, POLL_SLICE};
+use crate::responses::{read_responses, Greeting, ReadOutcome, ResponseScanner};
+use crate::POLL_SLICE;
 use hdrhistogram::Histogram;
 use mio::event::Event;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
-use std::io::{ErrorKind, Write};
+use mio::{Events, Poll, Token};
+use std::io::{self, ErrorKind, Write};
 use std::process::ExitCode;
 use std::sync::{Arc, Barrier};
-use std::thread;
 use std::time::Instant;
 
 #[derive(Copy, Clone, PartialEq, Eq, Debug)]
@@ -37,7 +34,7 @@ enum Phase {
 struct Cycle {
     stream: TcpStream,
     phase: Phase,
-    greeting_left: usize,
+    greeting: Greeting,
     reply_lines: usize,
     /// Offset inside the request of the next byte to write.
     write_offset: usize,
@@ -54,60 +51,37 @@ struct ChurnCounts {
 }
 
 /// One thread's event loop over its share of the slots.
-struct ChurnWorker<'a> {
-    workload: &'a Workload,
+struct ChurnWorker {
+    workload: Arc<Workload>,
     poll: Poll,
     slots: Vec<Option<Cycle>>,
-    sources: SourceAddresses,
+    connector: Connector,
     read_buffer: Vec<u8>,
     counts: ChurnCounts,
     warmup_end: Instant,
     end: Instant,
-    /// Only one thread reports its first connect error, so a refused
-    /// connection does not flood stderr.
-    report_connect_error: bool,
 }
 
-impl ChurnWorker<'_> {
+impl ChurnWorker {
     /// Starts a new cycle in slot `i`, unless the run is over.
     fn start(&mut self, i: usize) {
         let now = Instant::now();
         if now >= self.end {
             return;
         }
-        match open_connection(self.workload.target, &mut self.sources, true) {
-            Ok(mut stream) => {
-                if self
-                    .poll
-                    .registry()
-                    .register(
-                        &mut stream,
-                        Token(i),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )
-                    .is_err()
-                {
-                    self.counts.failed_cycles += 1;
-                    return;
-                }
-                self.slots[i] = Some(Cycle {
-                    stream,
-                    phase: Phase::Connecting,
-                    greeting_left: self.workload.greeting_lines,
-                    reply_lines: 0,
-                    write_offset: 0,
-                    scanner: ResponseScanner::default(),
-                    started: now,
-                });
-            }
-            Err(e) => {
-                if self.report_connect_error {
-                    eprintln!("loopline-bench: connect to {}: {e}", self.workload.target);
-                    self.report_connect_error = false;
-                }
-                self.counts.failed_cycles += 1;
-            }
-        }
+        let Some(stream) = self.connector.open(self.poll.registry(), Token(i)) else {
+            self.counts.failed_cycles += 1;
+            return;
+        };
+        self.slots[i] = Some(Cycle {
+            stream,
+            phase: Phase::Connecting,
+            greeting: Greeting::new(self.workload.greeting_lines),
+            reply_lines: 0,
+            write_offset: 0,
+            scanner: ResponseScanner::default(),
+            started: now,
+        });
     }
 
     /// Ends the cycle in slot `i` (counted only inside the measured
@@ -161,7 +135,7 @@ impl ChurnWorker<'_> {
                     self.finish(i, false);
                     return;
                 }
-                Some(Ok(())) if cycle.greeting_left > 0 => cycle.phase = Phase::Greeting,
+                Some(Ok(())) if !cycle.greeting.is_done() => cycle.phase = Phase::Greeting,
                 Some(Ok(())) => {
                     cycle.phase = Phase::Sending;
                     self.send(i);
@@ -182,15 +156,10 @@ impl ChurnWorker<'_> {
             peer_closing(event),
         );
         self.counts.error_lines += read.error_lines as u64;
-        let mut lines = read.lines;
-        if cycle.greeting_left > 0 {
-            let greeting = lines.min(cycle.greeting_left);
-            cycle.greeting_left -= greeting;
-            lines -= greeting;
-            if cycle.greeting_left == 0 && cycle.phase == Phase::Greeting {
-                cycle.phase = Phase::Sending;
-                self.send(i);
-            }
+        let lines = cycle.greeting.consume(read.lines);
+        if cycle.phase == Phase::Greeting && cycle.greeting.is_done() {
+            cycle.phase = Phase::Sending;
+            self.send(i);
         }
         let Some(cycle) = self.slots[i].as_mut() else {
             return;
@@ -212,10 +181,38 @@ impl ChurnWorker<'_> {
             ReadOutcome::Failed => self.finish(i, false),
         }
     }
+}
 
-    fn run(mut self, barrier: &Barrier) -> ChurnCounts {
+impl MeasuredWorker for ChurnWorker {
+    type Counts = ChurnCounts;
+
+    fn new(workload: Arc<Workload>, share: usize, thread_index: usize) -> io::Result<ChurnWorker> {
+        let now = Instant::now();
+        Ok(ChurnWorker {
+            poll: Poll::new()?,
+            slots: (0..share).map(|_| None).collect(),
+            // A slot reconnects all the time: only thread 0 reports its
+            // first failed connect, so a refused target costs one line.
+            connector: Connector::new(&workload, thread_index)
+                .reporting_failures(thread_index == 0),
+            read_buffer: vec![0; 16 * 1024],
+            counts: ChurnCounts {
+                cycles: 0,
+                cycle_time: new_latency_histogram(),
+                failed_cycles: 0,
+                error_lines: 0,
+            },
+            warmup_end: now,
+            end: now,
+            workload,
+        })
+    }
+
+    /// Starts every slot's first cycle at the start line shared with the
+    /// other threads, and keeps them cycling to the end of the window.
+    fn run(mut self, start_line: &Barrier) -> ChurnCounts {
         let mut events = Events::with_capacity(1024);
-        barrier.wait();
+        start_line.wait();
         let start = Instant::now();
         self.warmup_end = start + self.workload.warmup;
         self.end = self.warmup_end + self.workload.duration;
@@ -244,14 +241,8 @@ impl ChurnWorker<'_> {
                     }
                 }
             }
-            if let Err(e) = self
-                .poll
-                .poll(&mut events, Some(POLL_SLICE.min(self.end - now)))
-            {
-                if e.kind() != ErrorKind::Interrupted {
-                    eprintln!("loopline-bench: poll: {e}");
-                    break;
-                }
+            if !poll_events(&mut self.poll, &mut events, POLL_SLICE.min(self.end - now)) {
+                break;
             }
             for event in events.iter() {
                 self.on_event(event);
@@ -266,70 +257,25 @@ impl ChurnWorker<'_> {
 }
 
 pub fn run(workload: Workload) -> ExitCode {
-    let threads = workload.threads;
-    let workload = Arc::new(workload);
-    // The workers and this thread, which samples CPU time.
-    let barrier = Arc::new(Barrier::new(threads + 1));
-    let mut handles = Vec::new();
-    for t in 0..threads {
-        let n = connections_for_thread(workload.connections, threads, t);
-        let workload = Arc::clone(&workload);
-        let barrier = Arc::clone(&barrier);
-        handles.push(thread::spawn(move || {
-            let poll = match Poll::new() {
-                Ok(poll) => poll,
-                Err(e) => {
-                    eprintln!("loopline-bench: thread {t}: {e}");
-                    barrier.wait();
-                    return None;
-                }
-            };
-            let now = Instant::now();
-            let worker = ChurnWorker {
-                workload: &workload,
-                poll,
-                slots: (0..n).map(|_| None).collect(),
-                sources: SourceAddresses::new(workload.target, workload.source_ips, t),
-                read_buffer: vec![0; 16 * 1024],
-                counts: ChurnCounts {
-                    cycles: 0,
-                    cycle_time: new_latency_histogram(),
-                    failed_cycles: 0,
-                    error_lines: 0,
-                },
-                warmup_end: now,
-                end: now,
-                report_connect_error: t == 0,
-            };
-            Some(worker.run(&barrier))
-        }));
-    }
-    let cpu = measure_window(
-        &barrier,
-        workload.warmup,
-        workload.duration,
-        workload.server_pid,
-    );
+    let slots = workload.connections;
+    let (run, per_thread) = run_measured::<ChurnWorker>(workload);
     let mut summary = ChurnSummary {
-        target: workload.target,
-        slots: workload.connections,
-        threads,
-        warmup: workload.warmup,
-        duration: workload.duration,
+        run,
+        slots,
         cycles: 0,
         cycle_time: new_latency_histogram(),
         errors: 0,
-        cpu,
     };
-    for handle in handles {
-        if let Ok(Some(counts)) = handle.join() {
-            // Same bounds on every histogram, so adding cannot fail.
-            summary.cycle_time.add(&counts.cycle_time).ok();
-            summary.cycles += counts.cycles;
-            summary.errors += counts.failed_cycles + counts.error_lines;
-        } else {
+    for counts in per_thread {
+        let Some(counts) = counts else {
+            // A thread that could not start counts as one error.
             summary.errors += 1;
-        }
+            continue;
+        };
+        // Same bounds on every histogram, so adding cannot fail.
+        summary.cycle_time.add(&counts.cycle_time).ok();
+        summary.cycles += counts.cycles;
+        summary.errors += counts.failed_cycles + counts.error_lines;
     }
     summary.print();
     if summary.cycles == 0 {

@@ -1,5 +1,8 @@
-//! Opening non-blocking connections, and telling from an event whether a
-//! connect has finished. Shared by every mode.
+//! The connection plumbing every mode shares: opening non-blocking
+//! connections registered with an event loop ([`Connector`]), waiting for
+//! events ([`poll_events`]), telling from an event whether a connect has
+//! finished ([`connect_outcome`]), and closing at the end
+//! ([`close_with_reset`]).
 //!
 //! One loopback source address has about 28,000 ephemeral ports (Linux's
 //! default range) per destination. To hold more connections than that,
@@ -9,8 +12,10 @@
 //! 127.0.0.2`), so there the spill-over fails with `EADDRNOTAVAIL` like the
 //! exhaustion it tried to escape.
 
+use crate::cli::Workload;
 use mio::event::Event;
 use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -22,8 +27,7 @@ const MAX_SOURCE_ADDRESSES: usize = 250;
 /// Source addresses for outgoing connections. With an IPv4 loopback target,
 /// connections spill over to 127.0.0.2, .3, ... when a source runs out of
 /// ephemeral ports (EADDRNOTAVAIL); other targets use the kernel's choice.
-#[derive(Clone)]
-pub struct SourceAddresses {
+struct SourceAddresses {
     enabled: bool,
     /// Index of the first address in use (0 is 127.0.0.1).
     first: usize,
@@ -36,7 +40,7 @@ pub struct SourceAddresses {
 impl SourceAddresses {
     /// `count` addresses from 127.0.0.1 on; `start` offsets the rotation so
     /// that threads do not all begin on the same address.
-    pub fn new(target: SocketAddr, count: usize, start: usize) -> SourceAddresses {
+    fn new(target: SocketAddr, count: usize, start: usize) -> SourceAddresses {
         let enabled = matches!(target.ip(), IpAddr::V4(ip) if ip.is_loopback());
         SourceAddresses {
             enabled,
@@ -80,7 +84,7 @@ impl SourceAddresses {
 /// Starts a non-blocking connect from `source` (or the kernel's choice).
 /// The connection is not established yet: wait for an event, then ask
 /// [`connect_outcome`].
-fn start_connect(
+fn connect_from(
     target: SocketAddr,
     source: Option<Ipv4Addr>,
     nodelay: bool,
@@ -135,22 +139,91 @@ fn defer_port_choice(socket: &Socket) {
 #[cfg(not(target_os = "linux"))]
 fn defer_port_choice(_socket: &Socket) {}
 
-/// Opens a non-blocking connection, moving to the next source address on
-/// port exhaustion.
-pub fn open_connection(
+/// Opens the connections of one event loop: non-blocking, spread over the
+/// source addresses, and registered with the loop.
+pub struct Connector {
     target: SocketAddr,
-    sources: &mut SourceAddresses,
+    sources: SourceAddresses,
+    /// TCP_NODELAY on each connection, for modes that send requests.
     nodelay: bool,
-) -> io::Result<TcpStream> {
-    loop {
-        let source = sources.pick();
-        match start_connect(target, source, nodelay) {
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE)
-                ) && sources.move_past_exhausted() => {}
-            result => return result,
+    /// Whether a connect that fails outright is still to be reported: only
+    /// the first is, so a target that refuses does not flood stderr.
+    report_next_failure: bool,
+}
+
+impl Connector {
+    /// The connector of thread `thread_index` (which offsets its rotation
+    /// over the source addresses), with TCP_NODELAY, reporting its first
+    /// failed connect.
+    pub fn new(workload: &Workload, thread_index: usize) -> Connector {
+        Connector {
+            target: workload.target,
+            sources: SourceAddresses::new(workload.target, workload.source_ips, thread_index),
+            nodelay: true,
+            report_next_failure: true,
+        }
+    }
+
+    /// Leaves Nagle's algorithm on, for connections that send nothing.
+    pub fn without_nodelay(mut self) -> Connector {
+        self.nodelay = false;
+        self
+    }
+
+    /// Whether this connector reports its first failed connect at all.
+    pub fn reporting_failures(mut self, report: bool) -> Connector {
+        self.report_next_failure = report;
+        self
+    }
+
+    /// Starts a connection and registers it under `token` for reading and
+    /// writing, once for its whole life: no re-registration per request.
+    /// `None` when it could not be started or registered; the caller counts
+    /// that as a failure. Wait for an event, then ask [`connect_outcome`].
+    pub fn open(&mut self, registry: &Registry, token: Token) -> Option<TcpStream> {
+        let mut stream = match self.start_connect() {
+            Ok(stream) => stream,
+            Err(e) => {
+                if self.report_next_failure {
+                    eprintln!("loopline-bench: connect to {}: {e}", self.target);
+                    self.report_next_failure = false;
+                }
+                return None;
+            }
+        };
+        registry
+            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+            .ok()?;
+        Some(stream)
+    }
+
+    /// Starts a non-blocking connect, moving to the next source address on
+    /// port exhaustion.
+    fn start_connect(&mut self) -> io::Result<TcpStream> {
+        loop {
+            let source = self.sources.pick();
+            match connect_from(self.target, source, self.nodelay) {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE)
+                    ) && self.sources.move_past_exhausted() => {}
+                result => return result,
+            }
+        }
+    }
+}
+
+/// Waits up to `timeout` for events on `poll`. An interrupted wait (EINTR)
+/// is no failure: it returns with no events. False when polling failed for
+/// good, which is said on stderr.
+pub fn poll_events(poll: &mut Poll, events: &mut Events, timeout: Duration) -> bool {
+    match poll.poll(events, Some(timeout)) {
+        Ok(()) => true,
+        Err(e) if e.kind() == ErrorKind::Interrupted => true,
+        Err(e) => {
+            eprintln!("loopline-bench: poll: {e}");
+            false
         }
     }
 }

@@ -8,16 +8,14 @@
 //! only; elsewhere the JSON fields are `null`).
 
 use crate::cli::Workload;
-use crate::connect::{
-    close_with_reset, connect_outcome, open_connection, peer_closing, SourceAddresses,
-};
+use crate::connect::{close_with_reset, connect_outcome, peer_closing, poll_events, Connector};
 use crate::report::{print_result, HoldSummary};
-use crate::responses::{read_responses, ReadOutcome, ResponseScanner};
+use crate::responses::{read_responses, Greeting, ReadOutcome, ResponseScanner};
 use crate::POLL_SLICE;
 use loopline::sys::process_rss_kib;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
-use std::io::{self, ErrorKind, Read};
+use mio::{Events, Poll, Token};
+use std::io::{self, Read};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,7 +32,7 @@ enum Phase {
 struct HeldConnection {
     stream: TcpStream,
     phase: Phase,
-    greeting_left: usize,
+    greeting: Greeting,
     scanner: ResponseScanner,
 }
 
@@ -44,7 +42,7 @@ struct HoldSession<'a> {
     workload: &'a Workload,
     poll: Poll,
     events: Events,
-    sources: SourceAddresses,
+    connector: Connector,
     read_buffer: Vec<u8>,
     connections: Vec<Option<HeldConnection>>,
     next_to_open: usize,
@@ -64,7 +62,8 @@ impl<'a> HoldSession<'a> {
             workload,
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
-            sources: SourceAddresses::new(workload.target, workload.source_ips, 0),
+            // Nothing is sent, so Nagle's algorithm never delays anything.
+            connector: Connector::new(workload, 0).without_nodelay(),
             read_buffer: vec![0; 64 * 1024],
             connections: (0..workload.connections).map(|_| None).collect(),
             next_to_open: 0,
@@ -86,47 +85,24 @@ impl<'a> HoldSession<'a> {
         while self.next_to_open < n && self.in_setup < self.workload.connect_window {
             let i = self.next_to_open;
             self.next_to_open += 1;
-            // No TCP_NODELAY: nothing is sent.
-            match open_connection(self.workload.target, &mut self.sources, false) {
-                Ok(mut stream) => {
-                    if self
-                        .poll
-                        .registry()
-                        .register(
-                            &mut stream,
-                            Token(i),
-                            Interest::READABLE | Interest::WRITABLE,
-                        )
-                        .is_ok()
-                    {
-                        self.connections[i] = Some(HeldConnection {
-                            stream,
-                            phase: Phase::Connecting,
-                            greeting_left: self.workload.greeting_lines,
-                            scanner: ResponseScanner::default(),
-                        });
-                        self.in_setup += 1;
-                    } else {
-                        self.failed += 1;
-                    }
-                }
-                Err(e) => {
-                    if self.failed == 0 {
-                        eprintln!("loopline-bench: connect to {}: {e}", self.workload.target);
-                    }
-                    self.failed += 1;
-                }
-            }
+            let Some(stream) = self.connector.open(self.poll.registry(), Token(i)) else {
+                self.failed += 1;
+                continue;
+            };
+            self.connections[i] = Some(HeldConnection {
+                stream,
+                phase: Phase::Connecting,
+                greeting: Greeting::new(self.workload.greeting_lines),
+                scanner: ResponseScanner::default(),
+            });
+            self.in_setup += 1;
         }
     }
 
     /// One poll and its events: connects finish, greetings are read, closes
     /// by the server are counted.
     fn poll_once(&mut self, timeout: Duration) {
-        if let Err(e) = self.poll.poll(&mut self.events, Some(timeout)) {
-            if e.kind() != ErrorKind::Interrupted {
-                eprintln!("loopline-bench: poll: {e}");
-            }
+        if !poll_events(&mut self.poll, &mut self.events, timeout) {
             return;
         }
         for event in self.events.iter() {
@@ -139,11 +115,8 @@ impl<'a> HoldSession<'a> {
                 match connect_outcome(&connection.stream, event) {
                     None => continue,
                     Some(Err(_)) => dead = true,
-                    Some(Ok(())) if connection.greeting_left == 0 => {
-                        connection.phase = Phase::Held;
-                        self.in_setup -= 1;
-                        self.held += 1;
-                    }
+                    // Even with no greeting to wait for: the read below
+                    // finds it done and holds the connection.
                     Some(Ok(())) => connection.phase = Phase::Greeting,
                 }
             }
@@ -156,9 +129,10 @@ impl<'a> HoldSession<'a> {
                     &[],
                     peer_closing(event),
                 );
-                if connection.phase == Phase::Greeting && read.lines > 0 {
-                    connection.greeting_left = connection.greeting_left.saturating_sub(read.lines);
-                    if connection.greeting_left == 0 {
+                if connection.phase == Phase::Greeting {
+                    // Lines after the greeting are not counted: nothing was asked.
+                    connection.greeting.consume(read.lines);
+                    if connection.greeting.is_done() {
                         connection.phase = Phase::Held;
                         self.in_setup -= 1;
                         self.held += 1;

@@ -11,22 +11,19 @@
 //! is queued, which is right when its predecessor's response is read.
 
 use crate::cli::Workload;
-use crate::connect::{
-    close_with_reset, connect_outcome, open_connection, peer_closing, SourceAddresses,
-};
-use crate::measure::{elapsed_ns, measure_window, new_latency_histogram};
+use crate::connect::{close_with_reset, connect_outcome, peer_closing, poll_events, Connector};
+use crate::measure::{elapsed_ns, new_latency_histogram, run_measured, MeasuredWorker};
 use crate::report::LoadSummary;
-use crate::responses::{read_responses, ReadOutcome, ResponseScanner};
-use crate::{connections_for_thread, POLL_SLICE};
+use crate::responses::{read_responses, Greeting, ReadOutcome, ResponseScanner};
+use crate::POLL_SLICE;
 use hdrhistogram::Histogram;
 use mio::event::Event;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll, Token};
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Write};
 use std::process::ExitCode;
 use std::sync::{Arc, Barrier};
-use std::thread;
 use std::time::Instant;
 
 /// Read buffer per thread; responses are only counted, never kept.
@@ -47,7 +44,7 @@ enum Phase {
 struct LoadConnection {
     stream: TcpStream,
     phase: Phase,
-    greeting_left: usize,
+    greeting: Greeting,
     /// Lines read towards the next response, when one response is several
     /// lines.
     partial_response_lines: usize,
@@ -71,11 +68,11 @@ struct LoadCounts {
 }
 
 /// One thread's event loop over its share of the connections.
-struct LoadWorker<'a> {
-    workload: &'a Workload,
+struct LoadWorker {
+    workload: Arc<Workload>,
     poll: Poll,
     connections: Vec<Option<LoadConnection>>,
-    sources: SourceAddresses,
+    connector: Connector,
     read_buffer: Vec<u8>,
     /// The request repeated DEPTH+1 times: any queued run of requests,
     /// starting at any offset, is one contiguous slice of it.
@@ -90,32 +87,7 @@ struct LoadWorker<'a> {
     next_to_open: usize,
 }
 
-impl<'a> LoadWorker<'a> {
-    fn new(workload: &'a Workload, n: usize, thread_index: usize) -> io::Result<LoadWorker<'a>> {
-        let now = Instant::now();
-        Ok(LoadWorker {
-            workload,
-            poll: Poll::new()?,
-            connections: (0..n).map(|_| None).collect(),
-            sources: SourceAddresses::new(workload.target, workload.source_ips, thread_index),
-            read_buffer: vec![0; READ_BUFFER_BYTES],
-            request_run: workload.request.repeat(workload.pipeline_depth + 1),
-            counts: LoadCounts {
-                responses: 0,
-                latency: new_latency_histogram(),
-                connection_errors: 0,
-                error_lines: 0,
-                connected: 0,
-                unexpected: 0,
-            },
-            started: false,
-            warmup_end: now,
-            end: now,
-            in_setup: 0,
-            next_to_open: 0,
-        })
-    }
-
+impl LoadWorker {
     /// Opens connections until `--connect-window` are in set-up.
     fn open_more(&mut self) {
         while self.next_to_open < self.connections.len()
@@ -123,42 +95,21 @@ impl<'a> LoadWorker<'a> {
         {
             let i = self.next_to_open;
             self.next_to_open += 1;
-            match open_connection(self.workload.target, &mut self.sources, true) {
-                Ok(mut stream) => {
-                    // Read and write interest once, for the connection's
-                    // whole life: no re-registration per request.
-                    if self
-                        .poll
-                        .registry()
-                        .register(
-                            &mut stream,
-                            Token(i),
-                            Interest::READABLE | Interest::WRITABLE,
-                        )
-                        .is_err()
-                    {
-                        self.counts.connection_errors += 1;
-                        continue;
-                    }
-                    self.connections[i] = Some(LoadConnection {
-                        stream,
-                        phase: Phase::Connecting,
-                        greeting_left: self.workload.greeting_lines,
-                        partial_response_lines: 0,
-                        scanner: ResponseScanner::default(),
-                        send_times: VecDeque::with_capacity(self.workload.pipeline_depth),
-                        unsent_bytes: 0,
-                        write_offset: 0,
-                    });
-                    self.in_setup += 1;
-                }
-                Err(e) => {
-                    if self.counts.connection_errors == 0 {
-                        eprintln!("loopline-bench: connect to {}: {e}", self.workload.target);
-                    }
-                    self.counts.connection_errors += 1;
-                }
-            }
+            let Some(stream) = self.connector.open(self.poll.registry(), Token(i)) else {
+                self.counts.connection_errors += 1;
+                continue;
+            };
+            self.connections[i] = Some(LoadConnection {
+                stream,
+                phase: Phase::Connecting,
+                greeting: Greeting::new(self.workload.greeting_lines),
+                partial_response_lines: 0,
+                scanner: ResponseScanner::default(),
+                send_times: VecDeque::with_capacity(self.workload.pipeline_depth),
+                unsent_bytes: 0,
+                write_offset: 0,
+            });
+            self.in_setup += 1;
         }
     }
 
@@ -296,13 +247,8 @@ impl<'a> LoadWorker<'a> {
         let Some(connection) = self.connections[i].as_mut() else {
             return;
         };
-        let mut lines = lines;
-        if connection.greeting_left > 0 {
-            let greeting = lines.min(connection.greeting_left);
-            connection.greeting_left -= greeting;
-            lines -= greeting;
-        }
-        if connection.phase == Phase::Greeting && connection.greeting_left == 0 {
+        let lines = connection.greeting.consume(lines);
+        if connection.phase == Phase::Greeting && connection.greeting.is_done() {
             self.greeted(i);
             // Lines after the greeting, before any request was sent, are noise.
             return;
@@ -359,21 +305,48 @@ impl<'a> LoadWorker<'a> {
 
     /// One poll and its events. False when polling failed for good.
     fn poll_once(&mut self, events: &mut Events, timeout: std::time::Duration) -> bool {
-        if let Err(e) = self.poll.poll(events, Some(timeout)) {
-            if e.kind() != ErrorKind::Interrupted {
-                eprintln!("loopline-bench: poll: {e}");
-                return false;
-            }
+        if !poll_events(&mut self.poll, events, timeout) {
+            return false;
         }
         for event in events.iter() {
             self.on_event(event);
         }
         true
     }
+}
+
+impl MeasuredWorker for LoadWorker {
+    type Counts = LoadCounts;
+
+    fn new(workload: Arc<Workload>, share: usize, thread_index: usize) -> io::Result<LoadWorker> {
+        let now = Instant::now();
+        Ok(LoadWorker {
+            poll: Poll::new()?,
+            connections: (0..share).map(|_| None).collect(),
+            // Every thread reports its own first failed connect.
+            connector: Connector::new(&workload, thread_index),
+            read_buffer: vec![0; READ_BUFFER_BYTES],
+            request_run: workload.request.repeat(workload.pipeline_depth + 1),
+            counts: LoadCounts {
+                responses: 0,
+                latency: new_latency_histogram(),
+                connection_errors: 0,
+                error_lines: 0,
+                connected: 0,
+                unexpected: 0,
+            },
+            started: false,
+            warmup_end: now,
+            end: now,
+            in_setup: 0,
+            next_to_open: 0,
+            workload,
+        })
+    }
 
     /// Opens every connection and waits for its greeting, then (after the
-    /// barrier shared with the other threads) runs the measured window.
-    fn run(mut self, barrier: &Barrier) -> LoadCounts {
+    /// start line shared with the other threads) runs the measured window.
+    fn run(mut self, start_line: &Barrier) -> LoadCounts {
         let mut events = Events::with_capacity(1024);
         let deadline = Instant::now() + self.workload.connect_timeout;
         self.open_more();
@@ -391,7 +364,7 @@ impl<'a> LoadWorker<'a> {
             }
             self.open_more();
         }
-        barrier.wait();
+        start_line.wait();
 
         let start = Instant::now();
         self.warmup_end = start + self.workload.warmup;
@@ -418,59 +391,33 @@ impl<'a> LoadWorker<'a> {
 }
 
 pub fn run(workload: Workload) -> ExitCode {
-    let threads = workload.threads;
-    let workload = Arc::new(workload);
-    // The workers and this thread, which samples CPU time.
-    let barrier = Arc::new(Barrier::new(threads + 1));
-    let mut handles = Vec::new();
-    for t in 0..threads {
-        let n = connections_for_thread(workload.connections, threads, t);
-        let workload = Arc::clone(&workload);
-        let barrier = Arc::clone(&barrier);
-        handles.push(thread::spawn(move || {
-            match LoadWorker::new(&workload, n, t) {
-                Ok(worker) => Some(worker.run(&barrier)),
-                Err(e) => {
-                    eprintln!("loopline-bench: thread {t}: {e}");
-                    barrier.wait();
-                    None
-                }
-            }
-        }));
-    }
-    let cpu = measure_window(
-        &barrier,
-        workload.warmup,
-        workload.duration,
-        workload.server_pid,
-    );
+    let pipeline_depth = workload.pipeline_depth;
+    let connections = workload.connections;
+    let (run, per_thread) = run_measured::<LoadWorker>(workload);
     let mut summary = LoadSummary {
-        target: workload.target,
-        connections: workload.connections,
+        run,
+        connections,
         connected: 0,
-        pipeline_depth: workload.pipeline_depth,
-        threads,
-        warmup: workload.warmup,
-        duration: workload.duration,
+        pipeline_depth,
         responses: 0,
         latency: new_latency_histogram(),
         connection_errors: 0,
         error_lines: 0,
         unexpected: 0,
-        cpu,
     };
-    for handle in handles {
-        if let Ok(Some(counts)) = handle.join() {
-            // Same bounds on every histogram, so adding cannot fail.
-            summary.latency.add(&counts.latency).ok();
-            summary.responses += counts.responses;
-            summary.connection_errors += counts.connection_errors;
-            summary.error_lines += counts.error_lines;
-            summary.connected += counts.connected;
-            summary.unexpected += counts.unexpected;
-        } else {
+    for counts in per_thread {
+        let Some(counts) = counts else {
+            // A thread that could not start counts as one failed connection.
             summary.connection_errors += 1;
-        }
+            continue;
+        };
+        // Same bounds on every histogram, so adding cannot fail.
+        summary.latency.add(&counts.latency).ok();
+        summary.responses += counts.responses;
+        summary.connection_errors += counts.connection_errors;
+        summary.error_lines += counts.error_lines;
+        summary.connected += counts.connected;
+        summary.unexpected += counts.unexpected;
     }
     summary.print();
     if summary.responses == 0 {

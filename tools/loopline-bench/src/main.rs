@@ -11,9 +11,10 @@
 //!   connections/s.
 //!
 //! The rest: [`cli`] (the options and the checked [`cli::Workload`]),
-//! [`connect`] (non-blocking connects over several source addresses),
-//! [`responses`] (counting response lines), [`measure`] (latency
-//! histograms, CPU time) and [`report`] (the human and JSON result lines).
+//! [`connect`] (opening and polling connections over several source
+//! addresses), [`responses`] (counting greeting and response lines),
+//! [`measure`] (latency histograms, CPU time, a measured mode's threads)
+//! and [`report`] (the human and JSON result lines).
 //!
 //! Every mode prints one human line and one JSON line on stdout; progress and
 //! warnings go to stderr. Only loopback targets are accepted unless
@@ -39,12 +40,6 @@ const POLL_SLICE: Duration = Duration::from_millis(100);
 /// Descriptors kept free for everything that is not a connection (stdio,
 /// the poll instance, the threads' wake-ups).
 const SPARE_DESCRIPTORS: u64 = 64;
-
-/// Thread `index`'s share when `total` connections are dealt out over
-/// `threads`: equal shares, the first `total % threads` one more.
-fn connections_for_thread(total: usize, threads: usize, index: usize) -> usize {
-    total / threads + usize::from(index < total % threads)
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -81,17 +76,5 @@ fn main() -> ExitCode {
         Mode::Load => load::run(workload),
         Mode::Hold => hold::run(&workload),
         Mode::Churn => churn::run(workload),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connections_are_dealt_out_evenly() {
-        let shares: Vec<usize> = (0..3).map(|t| connections_for_thread(10, 3, t)).collect();
-        assert_eq!(shares, [4, 3, 3]);
-        assert_eq!(connections_for_thread(2, 4, 3), 0);
     }
 }

@@ -1,12 +1,17 @@
-//! What is measured besides counting: latency histograms, and the CPU time
-//! the server and this process spend in the measured window.
+//! What is measured besides counting: latency histograms, the CPU time the
+//! server and this process spend in the measured window, and the running of
+//! a measured mode (load, churn) over its threads, lined up with the main
+//! thread that samples that CPU time.
 //!
 //! The server's CPU time comes from `loopline::sys::process_cpu_time`
 //! (`/proc/PID/stat`, Linux only: elsewhere the figure is `null`); this
 //! process's own from `getrusage`, which every Unix has.
 
+use crate::cli::Workload;
 use hdrhistogram::Histogram;
-use std::sync::Barrier;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -42,21 +47,102 @@ pub struct CpuWindow {
     pub client_us: f64,
 }
 
-impl CpuWindow {
-    /// For `count` units (responses, connections) done in `window`: the
+/// A measured run over several threads (load, churn): where it ran, its
+/// window, and the CPU time spent in that window.
+pub struct MeasuredRun {
+    pub target: SocketAddr,
+    pub threads: usize,
+    pub warmup: Duration,
+    /// The measured window, which follows the warm-up.
+    pub duration: Duration,
+    pub cpu: CpuWindow,
+}
+
+impl MeasuredRun {
+    /// For `count` units (responses, connections) done in the window: the
     /// rate per second, and server and client CPU microseconds per unit.
-    pub fn per_unit(&self, count: u64, window: Duration) -> (f64, Option<f64>, Option<f64>) {
-        let secs = window.as_secs_f64();
+    pub fn per_unit(&self, count: u64) -> (f64, Option<f64>, Option<f64>) {
+        let secs = self.duration.as_secs_f64();
         let rate = if secs > 0.0 { count as f64 / secs } else { 0.0 };
         let per = |us: f64| (count > 0).then(|| us / count as f64);
-        (rate, self.server_us.and_then(per), per(self.client_us))
+        (
+            rate,
+            self.cpu.server_us.and_then(per),
+            per(self.cpu.client_us),
+        )
     }
+}
+
+/// One thread's event loop in a measured run (load, churn).
+pub trait MeasuredWorker: Sized {
+    /// What the thread counted; the main thread adds up every thread's.
+    type Counts: Send + 'static;
+
+    /// The worker of thread `thread_index`, which drives `share` of the
+    /// `--connections`.
+    fn new(workload: Arc<Workload>, share: usize, thread_index: usize) -> io::Result<Self>;
+
+    /// Runs to the end of the window. Waits on `start_line` exactly once,
+    /// when it is ready to start: every thread and the main thread, which
+    /// starts its clock for the window there, pass it together.
+    fn run(self, start_line: &Barrier) -> Self::Counts;
+}
+
+/// Thread `index`'s share when `total` connections are dealt out over
+/// `threads`: equal shares, the first `total % threads` one more.
+fn connections_for_thread(total: usize, threads: usize, index: usize) -> usize {
+    total / threads + usize::from(index < total % threads)
+}
+
+/// Runs a `W` on each of the workload's threads while this thread samples
+/// CPU time over the window. Returns the run and each thread's counts,
+/// `None` for a thread that could not start or that panicked.
+pub fn run_measured<W: MeasuredWorker + 'static>(
+    workload: Workload,
+) -> (MeasuredRun, Vec<Option<W::Counts>>) {
+    let threads = workload.threads;
+    let workload = Arc::new(workload);
+    // The workers and this thread, which samples CPU time.
+    let start_line = Arc::new(Barrier::new(threads + 1));
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let share = connections_for_thread(workload.connections, threads, t);
+        let workload = Arc::clone(&workload);
+        let start_line = Arc::clone(&start_line);
+        handles.push(thread::spawn(move || match W::new(workload, share, t) {
+            Ok(worker) => Some(worker.run(&start_line)),
+            Err(e) => {
+                eprintln!("loopline-bench: thread {t}: {e}");
+                // Still at the start line, or everyone else waits forever.
+                start_line.wait();
+                None
+            }
+        }));
+    }
+    let cpu = measure_window(
+        &start_line,
+        workload.warmup,
+        workload.duration,
+        workload.server_pid,
+    );
+    let per_thread = handles
+        .into_iter()
+        .map(|handle| handle.join().ok().flatten())
+        .collect();
+    let run = MeasuredRun {
+        target: workload.target,
+        threads,
+        warmup: workload.warmup,
+        duration: workload.duration,
+        cpu,
+    };
+    (run, per_thread)
 }
 
 /// Lines the main thread up with the workers (they start their window at
 /// the same barrier), then samples server and client CPU at the start and
 /// the end of the measured window.
-pub fn measure_window(
+fn measure_window(
     barrier: &Barrier,
     warmup: Duration,
     duration: Duration,
@@ -102,4 +188,16 @@ fn own_cpu_us() -> f64 {
     // tv_sec and tv_usec are integers of platform-dependent width.
     let micros = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
     micros(usage.ru_utime) + micros(usage.ru_stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_dealt_out_evenly() {
+        let shares: Vec<usize> = (0..3).map(|t| connections_for_thread(10, 3, t)).collect();
+        assert_eq!(shares, [4, 3, 3]);
+        assert_eq!(connections_for_thread(2, 4, 3), 0);
+    }
 }

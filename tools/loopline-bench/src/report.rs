@@ -2,12 +2,11 @@
 //! stdout (scripts read the JSON line: its keys are an interface), progress
 //! and warnings go to stderr.
 
-use crate::measure::{percentile_us, CpuWindow};
+use crate::measure::{percentile_us, MeasuredRun};
 use hdrhistogram::Histogram;
 use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::time::Duration;
 
 /// Prints one line on stdout and flushes it, ignoring a closed stdout
 /// (`| head -1`) instead of panicking as `println!` would.
@@ -26,25 +25,80 @@ pub fn json_number(value: Option<f64>, decimals: usize) -> String {
     }
 }
 
-fn plural(n: usize) -> &'static str {
-    if n == 1 {
-        ""
-    } else {
-        "s"
+/// Prints each line with [`print_result`].
+fn print_lines(lines: [String; 2]) {
+    for line in lines {
+        print_result(format_args!("{line}"));
+    }
+}
+
+/// How the measured modes (load, churn) describe their window in the human
+/// line: `(2 threads, 10.0s after 1.0s warm-up)`.
+fn describe_window(run: &MeasuredRun) -> String {
+    let plural = if run.threads == 1 { "" } else { "s" };
+    format!(
+        "({} thread{plural}, {:.1}s after {:.1}s warm-up)",
+        run.threads,
+        run.duration.as_secs_f64(),
+        run.warmup.as_secs_f64()
+    )
+}
+
+/// The human line's closing clause for the server's CPU time per unit, with
+/// `decimals` digits; empty when the server was not watched.
+fn server_cpu_clause(us_per_unit: Option<f64>, decimals: usize, unit: &str) -> String {
+    match us_per_unit {
+        Some(v) => format!("; server CPU {v:.decimals$} us/{unit}"),
+        None => String::new(),
+    }
+}
+
+/// The 50th, 99th and 99.9th percentiles of a histogram in microseconds
+/// (`None` for no samples), as the measured modes show them.
+struct Percentiles {
+    p50: Option<f64>,
+    p99: Option<f64>,
+    p999: Option<f64>,
+}
+
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>) -> Percentiles {
+        Percentiles {
+            p50: percentile_us(histogram, 0.5),
+            p99: percentile_us(histogram, 0.99),
+            p999: percentile_us(histogram, 0.999),
+        }
+    }
+
+    /// For the human line: `p50 36.2 us, p99 82.4 us, p99.9 545.3 us`.
+    fn human(&self) -> String {
+        format!(
+            "p50 {} us, p99 {} us, p99.9 {} us",
+            json_number(self.p50, 1),
+            json_number(self.p99, 1),
+            json_number(self.p999, 1)
+        )
+    }
+
+    /// For the JSON line: `"p50_us":36.2,"p99_us":82.4,"p999_us":545.3`.
+    fn json_fields(&self) -> String {
+        format!(
+            "\"p50_us\":{},\"p99_us\":{},\"p999_us\":{}",
+            json_number(self.p50, 1),
+            json_number(self.p99, 1),
+            json_number(self.p999, 1)
+        )
     }
 }
 
 /// What a load run did, merged over its threads.
 pub struct LoadSummary {
-    pub target: SocketAddr,
+    pub run: MeasuredRun,
     /// Connections asked for.
     pub connections: usize,
     /// Connections that finished their greeting.
     pub connected: u64,
     pub pipeline_depth: usize,
-    pub threads: usize,
-    pub warmup: Duration,
-    pub duration: Duration,
     /// Responses in the measured window.
     pub responses: u64,
     pub latency: Histogram<u64>,
@@ -54,43 +108,35 @@ pub struct LoadSummary {
     pub error_lines: u64,
     /// Responses nobody asked for.
     pub unexpected: u64,
-    pub cpu: CpuWindow,
 }
 
 impl LoadSummary {
     pub fn print(&self) {
-        let secs = self.duration.as_secs_f64();
-        let (rps, server_cpu, client_cpu) = self.cpu.per_unit(self.responses, self.duration);
+        print_lines(self.lines());
+    }
+
+    /// The human line, then the JSON line.
+    fn lines(&self) -> [String; 2] {
+        let run = &self.run;
+        let secs = run.duration.as_secs_f64();
+        let (rps, server_cpu, client_cpu) = run.per_unit(self.responses);
         let errors = self.connection_errors + self.error_lines + self.unexpected;
-        let latency = &self.latency;
-        let (p50, p99, p999) = (
-            percentile_us(latency, 0.5),
-            percentile_us(latency, 0.99),
-            percentile_us(latency, 0.999),
-        );
-        let max = (!latency.is_empty()).then(|| latency.max() as f64 / 1000.0);
-        let us = |v: Option<f64>| json_number(v, 1);
+        let percentiles = Percentiles::of(&self.latency);
+        let max = (!self.latency.is_empty()).then(|| self.latency.max() as f64 / 1000.0);
+        let max = json_number(max, 1);
         // Client CPU as a share of one core: us / (secs * 1e6) * 100.
         let client_percent = if secs > 0.0 {
-            self.cpu.client_us / (secs * 1e4)
+            run.cpu.client_us / (secs * 1e4)
         } else {
             0.0
         };
-        print_result(format_args!(
-            "load {}: {} conns x depth {} ({} thread{}, {:.1}s after {:.1}s warm-up): {:.0} responses/s, latency p50 {} us, p99 {} us, p99.9 {} us, max {} us; errors {}{}; client CPU {:.0}% ({} us/resp){}",
-            self.target,
+        let human = format!(
+            "load {}: {} conns x depth {} {}: {rps:.0} responses/s, latency {}, max {max} us; errors {errors}{}; client CPU {client_percent:.0}% ({} us/resp){}",
+            run.target,
             self.connected,
             self.pipeline_depth,
-            self.threads,
-            plural(self.threads),
-            secs,
-            self.warmup.as_secs_f64(),
-            rps,
-            us(p50),
-            us(p99),
-            us(p999),
-            us(max),
-            errors,
+            describe_window(run),
+            percentiles.human(),
             if errors > 0 {
                 format!(
                     " (connections {}, error lines {}, unexpected {})",
@@ -99,33 +145,24 @@ impl LoadSummary {
             } else {
                 String::new()
             },
-            client_percent,
             json_number(client_cpu, 3),
-            match server_cpu {
-                Some(v) => format!("; server CPU {v:.3} us/resp"),
-                None => String::new(),
-            }
-        ));
-        print_result(format_args!(
-            "{{\"mode\":\"load\",\"addr\":\"{}\",\"connections\":{},\"connected\":{},\"pipeline\":{},\"threads\":{},\"duration_s\":{:.3},\"responses\":{},\"rps\":{:.1},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"errors\":{},\"conn_errors\":{},\"err_lines\":{},\"server_cpu_us_per_resp\":{},\"client_cpu_us_per_resp\":{}}}",
-            self.target,
+            server_cpu_clause(server_cpu, 3, "resp"),
+        );
+        let json = format!(
+            "{{\"mode\":\"load\",\"addr\":\"{}\",\"connections\":{},\"connected\":{},\"pipeline\":{},\"threads\":{},\"duration_s\":{secs:.3},\"responses\":{},\"rps\":{rps:.1},{},\"max_us\":{max},\"errors\":{errors},\"conn_errors\":{},\"err_lines\":{},\"server_cpu_us_per_resp\":{},\"client_cpu_us_per_resp\":{}}}",
+            run.target,
             self.connections,
             self.connected,
             self.pipeline_depth,
-            self.threads,
-            secs,
+            run.threads,
             self.responses,
-            rps,
-            us(p50),
-            us(p99),
-            us(p999),
-            us(max),
-            errors,
+            percentiles.json_fields(),
             self.connection_errors,
             self.error_lines,
             json_number(server_cpu, 4),
             json_number(client_cpu, 4),
-        ));
+        );
+        [human, json]
     }
 }
 
@@ -147,6 +184,11 @@ pub struct HoldSummary {
 
 impl HoldSummary {
     pub fn print(&self) {
+        print_lines(self.lines());
+    }
+
+    /// The human line, then the JSON line.
+    fn lines(&self) -> [String; 2] {
         let bytes_per_connection = match (self.rss_before_kib, self.rss_after_kib) {
             (Some(before), Some(after)) if self.held > 0 => {
                 Some((after as f64 - before as f64) * 1024.0 / self.held as f64)
@@ -155,7 +197,7 @@ impl HoldSummary {
         };
         let (held, n, errors, open_secs) =
             (self.held, self.connections, self.errors, self.open_secs);
-        print_result(format_args!(
+        let human = format!(
             "held {held} connections (of {n}; {errors} failed) to {} in {open_secs:.2}s{}",
             self.target,
             match (
@@ -168,86 +210,223 @@ impl HoldSummary {
                 ),
                 _ => String::new(),
             }
-        ));
+        );
         let kib = |v: Option<u64>| v.map_or("null".into(), |v| v.to_string());
-        print_result(format_args!(
+        let json = format!(
             "{{\"mode\":\"hold\",\"addr\":\"{}\",\"connections\":{n},\"held\":{held},\"errors\":{errors},\"open_s\":{open_secs:.3},\"rss_before_kb\":{},\"rss_after_kb\":{},\"bytes_per_conn\":{}}}",
             self.target,
             kib(self.rss_before_kib),
             kib(self.rss_after_kib),
             json_number(bytes_per_connection, 0),
-        ));
+        );
+        [human, json]
     }
 }
 
 /// What a churn run did, merged over its threads.
 pub struct ChurnSummary {
-    pub target: SocketAddr,
+    pub run: MeasuredRun,
     /// Concurrent connect/close slots.
     pub slots: usize,
-    pub threads: usize,
-    pub warmup: Duration,
-    pub duration: Duration,
     /// Complete cycles in the measured window.
     pub cycles: u64,
     /// Duration of each cycle, connect to close.
     pub cycle_time: Histogram<u64>,
     /// Failed cycles plus error lines.
     pub errors: u64,
-    pub cpu: CpuWindow,
 }
 
 impl ChurnSummary {
     pub fn print(&self) {
-        let secs = self.duration.as_secs_f64();
-        let (cps, server_cpu, client_cpu) = self.cpu.per_unit(self.cycles, self.duration);
-        let us = |v: Option<f64>| json_number(v, 1);
-        let cycle_time = &self.cycle_time;
-        let (p50, p99, p999) = (
-            percentile_us(cycle_time, 0.5),
-            percentile_us(cycle_time, 0.99),
-            percentile_us(cycle_time, 0.999),
-        );
-        print_result(format_args!(
-            "churn {}: {} slots ({} thread{}, {:.1}s after {:.1}s warm-up): {:.0} connections/s, cycle p50 {} us, p99 {} us, p99.9 {} us; errors {}; client CPU {} us/conn{}",
-            self.target,
+        print_lines(self.lines());
+    }
+
+    /// The human line, then the JSON line.
+    fn lines(&self) -> [String; 2] {
+        let run = &self.run;
+        let (cps, server_cpu, client_cpu) = run.per_unit(self.cycles);
+        let percentiles = Percentiles::of(&self.cycle_time);
+        let human = format!(
+            "churn {}: {} slots {}: {cps:.0} connections/s, cycle {}; errors {}; client CPU {} us/conn{}",
+            run.target,
             self.slots,
-            self.threads,
-            plural(self.threads),
-            secs,
-            self.warmup.as_secs_f64(),
-            cps,
-            us(p50),
-            us(p99),
-            us(p999),
+            describe_window(run),
+            percentiles.human(),
             self.errors,
             json_number(client_cpu, 2),
-            match server_cpu {
-                Some(v) => format!("; server CPU {v:.2} us/conn"),
-                None => String::new(),
-            }
-        ));
-        print_result(format_args!(
-            "{{\"mode\":\"churn\",\"addr\":\"{}\",\"connections\":{},\"threads\":{},\"duration_s\":{:.3},\"cycles\":{},\"cps\":{:.1},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"errors\":{},\"server_cpu_us_per_conn\":{},\"client_cpu_us_per_conn\":{}}}",
-            self.target,
+            server_cpu_clause(server_cpu, 2, "conn"),
+        );
+        let json = format!(
+            "{{\"mode\":\"churn\",\"addr\":\"{}\",\"connections\":{},\"threads\":{},\"duration_s\":{:.3},\"cycles\":{},\"cps\":{cps:.1},{},\"errors\":{},\"server_cpu_us_per_conn\":{},\"client_cpu_us_per_conn\":{}}}",
+            run.target,
             self.slots,
-            self.threads,
-            secs,
+            run.threads,
+            run.duration.as_secs_f64(),
             self.cycles,
-            cps,
-            us(p50),
-            us(p99),
-            us(p999),
+            percentiles.json_fields(),
             self.errors,
             json_number(server_cpu, 3),
             json_number(client_cpu, 3),
-        ));
+        );
+        [human, json]
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::measure::{new_latency_histogram, CpuWindow};
+    use std::time::Duration;
+
+    /// A histogram with 100 samples: 1 to 100 microseconds.
+    fn hundred_samples() -> Histogram<u64> {
+        let mut histogram = new_latency_histogram();
+        for us in 1..=100 {
+            histogram.record(us * 1000).unwrap();
+        }
+        histogram
+    }
+
+    fn measured_run(threads: usize, warmup_ms: u64, duration_ms: u64) -> MeasuredRun {
+        MeasuredRun {
+            target: "127.0.0.1:9000".parse().unwrap(),
+            threads,
+            warmup: Duration::from_millis(warmup_ms),
+            duration: Duration::from_millis(duration_ms),
+            cpu: CpuWindow {
+                server_us: None,
+                client_us: 0.0,
+            },
+        }
+    }
+
+    fn load_summary() -> LoadSummary {
+        let mut run = measured_run(2, 200, 2000);
+        run.cpu = CpuWindow {
+            server_us: Some(250.0),
+            client_us: 500_000.0,
+        };
+        LoadSummary {
+            run,
+            connections: 4,
+            connected: 4,
+            pipeline_depth: 2,
+            responses: 100,
+            latency: hundred_samples(),
+            connection_errors: 0,
+            error_lines: 0,
+            unexpected: 0,
+        }
+    }
+
+    fn churn_summary() -> ChurnSummary {
+        let mut run = measured_run(1, 0, 500);
+        run.cpu = CpuWindow {
+            server_us: Some(250.0),
+            client_us: 1000.0,
+        };
+        ChurnSummary {
+            run,
+            slots: 3,
+            cycles: 100,
+            cycle_time: hundred_samples(),
+            errors: 0,
+        }
+    }
+
+    // The result lines are an interface (scripts read the JSON line, people
+    // compare the human line across runs): these pin them to the byte.
+
+    #[test]
+    fn load_lines_are_pinned() {
+        let [human, json] = load_summary().lines();
+        assert_eq!(human, "load 127.0.0.1:9000: 4 conns x depth 2 (2 threads, 2.0s after 0.2s warm-up): 50 responses/s, latency p50 50.0 us, p99 99.0 us, p99.9 100.0 us, max 100.0 us; errors 0; client CPU 25% (5000.000 us/resp); server CPU 2.500 us/resp");
+        assert_eq!(
+            json,
+            r#"{"mode":"load","addr":"127.0.0.1:9000","connections":4,"connected":4,"pipeline":2,"threads":2,"duration_s":2.000,"responses":100,"rps":50.0,"p50_us":50.0,"p99_us":99.0,"p999_us":100.0,"max_us":100.0,"errors":0,"conn_errors":0,"err_lines":0,"server_cpu_us_per_resp":2.5000,"client_cpu_us_per_resp":5000.0000}"#
+        );
+    }
+
+    #[test]
+    fn load_lines_without_samples_or_server_and_with_errors_are_pinned() {
+        let summary = LoadSummary {
+            run: measured_run(1, 200, 2000),
+            responses: 0,
+            latency: new_latency_histogram(),
+            connection_errors: 1,
+            error_lines: 2,
+            unexpected: 3,
+            ..load_summary()
+        };
+        let [human, json] = summary.lines();
+        assert_eq!(human, "load 127.0.0.1:9000: 4 conns x depth 2 (1 thread, 2.0s after 0.2s warm-up): 0 responses/s, latency p50 null us, p99 null us, p99.9 null us, max null us; errors 6 (connections 1, error lines 2, unexpected 3); client CPU 0% (null us/resp)");
+        assert_eq!(
+            json,
+            r#"{"mode":"load","addr":"127.0.0.1:9000","connections":4,"connected":4,"pipeline":2,"threads":1,"duration_s":2.000,"responses":0,"rps":0.0,"p50_us":null,"p99_us":null,"p999_us":null,"max_us":null,"errors":6,"conn_errors":1,"err_lines":2,"server_cpu_us_per_resp":null,"client_cpu_us_per_resp":null}"#
+        );
+    }
+
+    #[test]
+    fn churn_lines_are_pinned() {
+        let [human, json] = churn_summary().lines();
+        assert_eq!(human, "churn 127.0.0.1:9000: 3 slots (1 thread, 0.5s after 0.0s warm-up): 200 connections/s, cycle p50 50.0 us, p99 99.0 us, p99.9 100.0 us; errors 0; client CPU 10.00 us/conn; server CPU 2.50 us/conn");
+        assert_eq!(
+            json,
+            r#"{"mode":"churn","addr":"127.0.0.1:9000","connections":3,"threads":1,"duration_s":0.500,"cycles":100,"cps":200.0,"p50_us":50.0,"p99_us":99.0,"p999_us":100.0,"errors":0,"server_cpu_us_per_conn":2.500,"client_cpu_us_per_conn":10.000}"#
+        );
+    }
+
+    #[test]
+    fn churn_lines_without_samples_or_server_are_pinned() {
+        let mut run = measured_run(2, 0, 500);
+        run.cpu.client_us = 10.0;
+        let summary = ChurnSummary {
+            run,
+            cycles: 0,
+            cycle_time: new_latency_histogram(),
+            errors: 7,
+            ..churn_summary()
+        };
+        let [human, json] = summary.lines();
+        assert_eq!(human, "churn 127.0.0.1:9000: 3 slots (2 threads, 0.5s after 0.0s warm-up): 0 connections/s, cycle p50 null us, p99 null us, p99.9 null us; errors 7; client CPU null us/conn");
+        assert_eq!(
+            json,
+            r#"{"mode":"churn","addr":"127.0.0.1:9000","connections":3,"threads":2,"duration_s":0.500,"cycles":0,"cps":0.0,"p50_us":null,"p99_us":null,"p999_us":null,"errors":7,"server_cpu_us_per_conn":null,"client_cpu_us_per_conn":null}"#
+        );
+    }
+
+    #[test]
+    fn hold_lines_are_pinned() {
+        let summary = HoldSummary {
+            target: "127.0.0.1:9000".parse().unwrap(),
+            connections: 10,
+            held: 8,
+            errors: 2,
+            open_secs: 0.25,
+            rss_before_kib: Some(1000),
+            rss_after_kib: Some(1100),
+        };
+        let [human, json] = summary.lines();
+        assert_eq!(human, "held 8 connections (of 10; 2 failed) to 127.0.0.1:9000 in 0.25s; server VmRSS 1000 kB before, 1100 kB after: 12800 bytes per connection");
+        assert_eq!(
+            json,
+            r#"{"mode":"hold","addr":"127.0.0.1:9000","connections":10,"held":8,"errors":2,"open_s":0.250,"rss_before_kb":1000,"rss_after_kb":1100,"bytes_per_conn":12800}"#
+        );
+        let unread = HoldSummary {
+            rss_before_kib: None,
+            rss_after_kib: None,
+            ..summary
+        };
+        let [human, json] = unread.lines();
+        assert_eq!(
+            human,
+            "held 8 connections (of 10; 2 failed) to 127.0.0.1:9000 in 0.25s"
+        );
+        assert_eq!(
+            json,
+            r#"{"mode":"hold","addr":"127.0.0.1:9000","connections":10,"held":8,"errors":2,"open_s":0.250,"rss_before_kb":null,"rss_after_kb":null,"bytes_per_conn":null}"#
+        );
+    }
 
     #[test]
     fn json_numbers_are_null_when_missing_or_not_finite() {

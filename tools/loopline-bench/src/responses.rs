@@ -1,6 +1,8 @@
 //! Reading responses: they are counted, never kept. Lines are found with
 //! memchr, and each line's first bytes are checked against the error
-//! prefixes, across read boundaries, without allocating.
+//! prefixes, across read boundaries, without allocating. The server's
+//! greeting lines come first on every connection; [`Greeting`] sets them
+//! apart from the responses.
 
 use crate::cli::ERROR_PREFIX_MAX;
 use mio::net::TcpStream;
@@ -46,6 +48,30 @@ impl ResponseScanner {
         }
         self.remember_start(&data[start..]);
         (lines, errors)
+    }
+}
+
+/// The greeting lines a connection has still to read before any response
+/// (`--skip-greeting`: 1 for loopline's READY, 0 for Redis).
+pub struct Greeting {
+    lines_left: usize,
+}
+
+impl Greeting {
+    pub fn new(lines: usize) -> Greeting {
+        Greeting { lines_left: lines }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.lines_left == 0
+    }
+
+    /// Takes the greeting's share of `lines` just read, and returns the
+    /// lines that follow it.
+    pub fn consume(&mut self, lines: usize) -> usize {
+        let greeting = lines.min(self.lines_left);
+        self.lines_left -= greeting;
+        lines - greeting
     }
 }
 
@@ -119,6 +145,17 @@ mod tests {
         assert_eq!(scanner.scan(b"R", &prefixes), (0, 0));
         assert_eq!(scanner.scan(b"R x\n-ERR y\r\n+PONG\r\n", &prefixes), (3, 2));
         assert_eq!(scanner.scan(b"\n", &prefixes), (1, 0));
+    }
+
+    #[test]
+    fn the_greeting_takes_its_lines_first() {
+        let mut greeting = Greeting::new(2);
+        assert_eq!(greeting.consume(1), 0);
+        assert!(!greeting.is_done());
+        assert_eq!(greeting.consume(3), 2);
+        assert!(greeting.is_done());
+        assert_eq!(greeting.consume(4), 4);
+        assert!(Greeting::new(0).is_done());
     }
 
     #[test]
