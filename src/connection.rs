@@ -174,6 +174,16 @@ pub struct Shared<'a> {
 /// so one burst does not hold memory until exit.
 pub const SPARE_OUTPUT_KEEP: usize = 128 * 1024;
 
+/// What answering a batch of lines may use before it must stop and look
+/// (see `Connection::reply_budget`).
+struct ReplyBudget {
+    /// Free capacity one reply needs: [`longest_response`].
+    reply_room: usize,
+    /// Pending output past which a cap is passed: `--max-output`, or less
+    /// when the process is near `--max-memory`.
+    pause_above: usize,
+}
+
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -788,6 +798,9 @@ impl Connection {
     /// bytes consumed, and whether it stopped because no complete line was
     /// left.
     fn run_lines(&mut self, data: &[u8], shared: &mut Shared) -> (usize, bool) {
+        // Worked out once per batch of lines, not per line: the hot path
+        // then pays one comparison per reply for both caps.
+        let budget = self.reply_budget(shared);
         let mut used = 0;
         while self.may_answer(shared) {
             match framing::cut_line(&data[used..], shared.limits.max_line) {
@@ -795,11 +808,32 @@ impl Connection {
                 Cut::TooLong => self.line_too_long(shared),
                 Cut::Line { line, used: n } => {
                     used += n;
-                    self.answer(line, shared);
+                    self.answer(line, &budget, shared);
                 }
             }
         }
         (used, false)
+    }
+
+    /// What answering may use before it must stop and look: room for one
+    /// reply, and the pending output past which either cap is passed.
+    fn reply_budget(&self, shared: &Shared) -> ReplyBudget {
+        // Pending output at which the process's total would pass
+        // --max-memory (everything else this connection holds stays put
+        // while lines are answered); none at all while pressure is on.
+        let memory_threshold = if shared.memory.on {
+            0
+        } else {
+            let others = shared.stats.buffered - self.counted_bytes as u64;
+            let held_input = self.input.len() as u64;
+            (shared.limits.max_memory as u64).saturating_sub(others + held_input)
+        };
+        ReplyBudget {
+            reply_room: longest_response(shared.limits),
+            pause_above: usize::try_from(memory_threshold)
+                .unwrap_or(usize::MAX)
+                .min(shared.limits.max_output),
+        }
     }
 
     /// Whether the next held or read line may be answered now.
@@ -813,26 +847,35 @@ impl Connection {
     }
 
     /// Answers one request line.
-    fn answer(&mut self, line: &[u8], shared: &mut Shared) {
+    #[inline]
+    fn answer(&mut self, line: &[u8], budget: &ReplyBudget, shared: &mut Shared) {
         shared.stats.commands += 1;
         self.totals.commands += 1;
         self.last_request = shared.now;
-        self.make_room_for_reply(shared.limits);
+        self.make_room_for_reply(budget.reply_room, shared.limits);
         if protocol::respond(line, shared.stats, shared.now, &mut self.output) == After::Close {
             self.start_closing(CloseReason::Quit);
             return;
         }
-        let pending = self.pending_output();
-        if pending > shared.limits.max_output {
+        // The hot path ends here: one comparison covers both caps.
+        if self.pending_output() > budget.pause_above {
+            self.over_reply_budget(shared);
+        }
+    }
+
+    /// Pending output passed `--max-output`, or the process is at
+    /// `--max-memory`: decide whether to stop answering.
+    #[cold]
+    #[inline(never)]
+    fn over_reply_budget(&mut self, shared: &mut Shared) {
+        if self.pending_output() > shared.limits.max_output {
             // Backpressure: stop reading until the peer takes our output.
             self.pause();
-        } else if self.memory_over(shared) {
-            // The process is over --max-memory: go on only if the socket
-            // takes this output now. (Rare path: one write per line while
-            // the process is over its cap.)
-            if self.flush(shared).is_err() || self.pending_output() > 0 {
-                self.pause();
-            }
+        } else if self.flush(shared).is_err() || self.pending_output() > 0 {
+            // The process is over --max-memory: go on only while the
+            // socket takes each reply at once. (Rare path: one write per
+            // line while the process is over its cap.)
+            self.pause();
         }
     }
 
@@ -847,11 +890,16 @@ impl Connection {
     /// bytes the socket already took are dropped from the front first (the
     /// buffer consumes what it writes, so it cannot grow with history), and
     /// only then does it grow, never past [`output_capacity_bound`].
-    fn make_room_for_reply(&mut self, limits: &Limits) {
-        let longest = longest_response(limits);
-        if self.output.capacity() - self.output.len() >= longest {
-            return;
+    #[inline]
+    fn make_room_for_reply(&mut self, longest: usize, limits: &Limits) {
+        if self.output.capacity() - self.output.len() < longest {
+            self.grow_for_reply(longest, limits);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow_for_reply(&mut self, longest: usize, limits: &Limits) {
         if self.written > 0 {
             // Moves the pending bytes to the front: at most what is
             // pending, which reading keeps below --max-output.
@@ -864,7 +912,7 @@ impl Connection {
     fn line_too_long(&mut self, shared: &mut Shared) {
         shared.stats.commands += 1;
         self.totals.commands += 1;
-        self.make_room_for_reply(shared.limits);
+        self.make_room_for_reply(longest_response(shared.limits), shared.limits);
         self.output.extend_from_slice(protocol::LINE_TOO_LONG);
         self.start_closing(CloseReason::LineTooLong);
     }
@@ -875,7 +923,8 @@ impl Connection {
         self.peer_eof = true;
         if !self.input.is_empty() {
             let last = mem::take(&mut self.input);
-            self.answer(framing::final_line(&last), shared);
+            let budget = self.reply_budget(shared);
+            self.answer(framing::final_line(&last), &budget, shared);
         }
         self.start_closing(CloseReason::PeerClosed);
         Next::Wait
@@ -883,7 +932,7 @@ impl Connection {
 
     /// Queues a last line and starts the close that follows it.
     fn close_after(&mut self, line: &[u8], reason: CloseReason, shared: &mut Shared) -> Next {
-        self.make_room_for_reply(shared.limits);
+        self.make_room_for_reply(longest_response(shared.limits), shared.limits);
         self.output.extend_from_slice(line);
         self.start_closing(reason);
         self.flush_and_advance(Next::Wait, shared)
