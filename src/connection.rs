@@ -1107,6 +1107,11 @@ impl Connection {
         if let Some(limit) = shared.limits.write_timeout {
             if !self.write_timer_armed {
                 self.write_timer_armed = true;
+                // What the peer has acknowledged so far is the baseline:
+                // only bytes taken from now on count as progress.
+                if let Ok(unsent) = sys::unsent_bytes(self.stream.as_raw_fd()) {
+                    self.acknowledged = self.totals.bytes_out.saturating_sub(unsent as u64);
+                }
                 let at = (self.last_progress + limit).min(shared.now + stall_check_interval(limit));
                 self.schedule(shared, TimerKind::WriteStall, at.max(shared.now));
             }

@@ -19,10 +19,12 @@
 //! 6. Listeners that spent their accept budget accept on
 //!    (`run_accept_again`), after the reap, so that descriptors freed by it
 //!    (lingering sockets cut short) serve the newcomers; accepting resumes
-//!    after a pause for descriptor exhaustion (`resume_accepting`); if the
-//!    process fell back below three quarters of `--max-memory`, every
-//!    paused connection is put on the ready list (`wake_paused`).
-//! 7. During a graceful shutdown, the loop ends once every connection is
+//!    after a pause for descriptor exhaustion (`resume_accepting`).
+//! 7. Housekeeping: at most 1,024 sockets linger (`bound_lingering`); if
+//!    the process fell back below three quarters of `--max-memory`, every
+//!    paused connection is put on the ready list (`wake_paused`); summary
+//!    lines whose 10 s window has passed are logged (`Summaries::log_due`).
+//! 8. During a graceful shutdown, the loop ends once every connection is
 //!    gone or the shutdown deadline has passed; a second SIGINT or SIGTERM
 //!    ends it at once.
 
@@ -39,7 +41,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::config::{Config, ListenAddr};
+use crate::config::{show_duration, Config, ListenAddr};
 use crate::connection::{CloseReason, Connection, Limits, MemoryPressure, Next, Shared, State};
 use crate::protocol;
 use crate::stats::Stats;
@@ -325,8 +327,8 @@ impl Server {
                 config.max_connections,
                 descriptor_limit,
                 config.max_line,
-                config.idle_timeout,
-                config.write_timeout,
+                &show_duration(config.idle_timeout),
+                &show_duration(config.write_timeout),
             ),
             stop_at_once: false,
             accept_again: vec![false; listeners.len()],
@@ -440,10 +442,12 @@ impl Server {
                     self.conns.len()
                 );
                 self.close_all_now();
+                self.summaries.log_all(self.now);
                 return Err(RunError::StoppedAtOnce);
             }
             if let Some(deadline) = self.shutdown_deadline {
                 if self.conns.is_empty() {
+                    self.summaries.log_all(self.now);
                     info!("shutdown complete");
                     return Ok(());
                 }
@@ -453,6 +457,7 @@ impl Server {
                         self.conns.len()
                     );
                     self.close_all_now();
+                    self.summaries.log_all(self.now);
                     return Ok(());
                 }
             }

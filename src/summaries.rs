@@ -71,8 +71,8 @@ impl Summaries {
         max_connections: u64,
         descriptor_limit: u64,
         max_line: u64,
-        idle_timeout: Duration,
-        write_timeout: Duration,
+        idle_timeout: &str,
+        write_timeout: &str,
     ) -> Summaries {
         Summaries {
             tallies: [Tally::default(); KINDS],
@@ -80,8 +80,8 @@ impl Summaries {
                 format!("server busy (--max-connections {max_connections})"),
                 format!("out of file descriptors (open file limit {descriptor_limit})"),
                 format!("request line too long (--max-line {max_line})"),
-                format!("idle timeout (--idle-timeout {idle_timeout:?})"),
-                format!("write timeout: peer took no bytes (--write-timeout {write_timeout:?})"),
+                format!("idle timeout (--idle-timeout {idle_timeout})"),
+                format!("write timeout: peer took no bytes (--write-timeout {write_timeout})"),
             ],
         }
     }
@@ -105,8 +105,19 @@ impl Summaries {
 
     /// Logs every kind whose count is waiting and whose window has passed.
     pub fn log_due(&mut self, now: Instant) {
+        self.log(now, false);
+    }
+
+    /// Logs every count still waiting, window or not: the server is
+    /// stopping, and a count that waited for its window would be lost.
+    pub fn log_all(&mut self, now: Instant) {
+        self.log(now, true);
+    }
+
+    fn log(&mut self, now: Instant, whatever_the_window: bool) {
         for (index, tally) in self.tallies.iter_mut().enumerate() {
-            if tally.count == 0 || tally.last_line.is_some_and(|at| now < at + SUMMARY_WINDOW) {
+            let window_open = tally.last_line.is_some_and(|at| now < at + SUMMARY_WINDOW);
+            if tally.count == 0 || (window_open && !whatever_the_window) {
                 continue;
             }
             let from = tally.last_line.or(tally.since).unwrap_or(now);
@@ -144,13 +155,7 @@ mod tests {
     use super::*;
 
     fn summaries() -> Summaries {
-        Summaries::new(
-            10,
-            1024,
-            1024,
-            Duration::from_secs(300),
-            Duration::from_secs(30),
-        )
+        Summaries::new(10, 1024, 1024, "5m", "30s")
     }
 
     #[test]
@@ -168,6 +173,11 @@ mod tests {
         s.log_due(t0 + SUMMARY_WINDOW);
         assert_eq!(s.tallies[0].count, 0);
         assert_eq!(s.next_due(), None);
+        // A count still waiting when the server stops is logged anyway.
+        s.note(Kind::Busy, t0 + SUMMARY_WINDOW + Duration::from_secs(1));
+        assert_eq!(s.tallies[0].count, 1);
+        s.log_all(t0 + SUMMARY_WINDOW + Duration::from_secs(2));
+        assert_eq!(s.tallies[0].count, 0);
     }
 
     #[test]
