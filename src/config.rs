@@ -10,6 +10,7 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -64,6 +65,23 @@ pub struct Config {
         default_value = "127.0.0.1:9000"
     )]
     pub listen: Vec<ListenAddr>,
+
+    /// TLS listeners: the certificate chain, leaf first (PEM file).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS listeners: the certificate's private key (PEM file).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// TLS listeners: require a client certificate signed by this CA (PEM file).
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Close a TLS connection whose handshake has not finished in this long, without a line; 0 turns it off.
+    #[arg(long, value_name = "DUR", default_value = "10s",
+          value_parser = bounds::HANDSHAKE_TIMEOUT.parser())]
+    pub handshake_timeout: Duration,
 
     /// Open client connections at once; one more gets ERR server busy.
     #[arg(long, value_name = "N", default_value_t = 10_000,
@@ -132,6 +150,16 @@ impl Config {
         bounds::WRITE_TIMEOUT.check(self.write_timeout)?;
         bounds::SHUTDOWN_TIMEOUT.check(self.shutdown_timeout)?;
         bounds::TCP_KEEPALIVE.check(self.tcp_keepalive)?;
+        bounds::HANDSHAKE_TIMEOUT.check(self.handshake_timeout)?;
+        #[cfg(feature = "tls")]
+        if self.listen.iter().any(|l| l.has_option("tls")) {
+            if self.tls_cert.is_none() {
+                return Err(ConfigError::TlsNeeds("--tls-cert"));
+            }
+            if self.tls_key.is_none() {
+                return Err(ConfigError::TlsNeeds("--tls-key"));
+            }
+        }
         Ok(())
     }
 }
@@ -167,6 +195,8 @@ pub mod bounds {
         Duration::from_secs(32767),
     )
     .or_zero_for_off();
+    pub const HANDSHAKE_TIMEOUT: Bounds<Duration> =
+        Bounds::new("--handshake-timeout", Duration::ZERO, MAX_DURATION);
 }
 
 /// The values an option accepts: `min..=max`, and 0 as well when 0 turns
@@ -296,6 +326,8 @@ pub enum ConfigError {
     },
     /// No `--listen` address: the server would serve nothing.
     NoListener,
+    /// A `tls` listener without this option (`--tls-cert` or `--tls-key`).
+    TlsNeeds(&'static str),
 }
 
 impl ConfigError {
@@ -305,6 +337,7 @@ impl ConfigError {
             ConfigError::Number { bounds, .. } => bounds.option,
             ConfigError::Duration { bounds, .. } => bounds.option,
             ConfigError::NoListener => "--listen",
+            ConfigError::TlsNeeds(option) => option,
         }
     }
 }
@@ -316,6 +349,10 @@ impl fmt::Display for ConfigError {
             ConfigError::Duration { bounds, value } => {
                 write!(f, "{bounds}, not {}", show_duration(*value))
             }
+            ConfigError::TlsNeeds(option) => write!(
+                f,
+                "{option} is needed: a --listen address has the tls option"
+            ),
             ConfigError::NoListener => {
                 write!(
                     f,
@@ -374,8 +411,13 @@ pub fn show_duration(d: Duration) -> String {
 }
 
 /// The options a listener may carry after its address, comma-separated
-/// (`0.0.0.0:9443,tls`). None exists yet: adding one is adding its name
-/// here, and the code that honours it asks [`ListenAddr::has_option`].
+/// (`0.0.0.0:9443,tls`): adding one is adding its name here, and the code
+/// that honours it asks [`ListenAddr::has_option`]. `tls` needs the `tls`
+/// feature (on by default).
+#[cfg(feature = "tls")]
+pub const LISTENER_OPTIONS: &[&str] = &["tls"];
+/// See above: a build without the `tls` feature has no listener option.
+#[cfg(not(feature = "tls"))]
 pub const LISTENER_OPTIONS: &[&str] = &[];
 
 /// One `--listen` value: `HOST:PORT`, then listener options if any.
@@ -640,6 +682,7 @@ impl Limits {
             write_timeout: nonzero(config.write_timeout),
             tcp_keepalive: nonzero(config.tcp_keepalive),
             linger: LINGER_TIMEOUT,
+            handshake_timeout: nonzero(config.handshake_timeout),
         }
     }
 }
@@ -772,8 +815,13 @@ mod tests {
     }
 
     #[test]
-    fn every_listener_option_is_rejected_for_now() {
-        for text in ["0.0.0.0:9443,tls", "0.0.0.0:9443,tls,proxy", "127.0.0.1:0,"] {
+    fn unknown_listener_options_are_rejected() {
+        let unknown: &[&str] = if cfg!(feature = "tls") {
+            &["0.0.0.0:9443,tls,proxy", "127.0.0.1:0,", "127.0.0.1:0,TLS"]
+        } else {
+            &["0.0.0.0:9443,tls", "127.0.0.1:0,"]
+        };
+        for &text in unknown {
             let err = text.parse::<ListenAddr>().unwrap_err();
             assert!(
                 matches!(err.problem, ListenAddrProblem::UnknownOption(_)),
@@ -982,6 +1030,29 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "tls")]
+    #[test]
+    fn a_tls_listener_is_parsed_and_needs_a_certificate_and_a_key() {
+        let listen: ListenAddr = "127.0.0.1:9443,tls".parse().unwrap();
+        assert!(listen.has_option("tls"));
+        assert_eq!(listen.to_string(), "127.0.0.1:9443,tls");
+        let config = Config {
+            listen: vec![listen],
+            ..Config::default()
+        };
+        assert_eq!(config.validate().unwrap_err().option(), "--tls-cert");
+        let config = Config {
+            tls_cert: Some("cert.pem".into()),
+            ..config
+        };
+        assert_eq!(config.validate().unwrap_err().option(), "--tls-key");
+        let config = Config {
+            tls_key: Some("key.pem".into()),
+            ..config
+        };
+        assert!(config.validate().is_ok());
+    }
+
     #[test]
     fn bad_values_are_usage_errors() {
         for args in [
@@ -992,7 +1063,7 @@ mod tests {
             &["loopline", "--idle-timeout", "87601h"],
             &["loopline", "--tcp-keepalive", "10h"],
             &["loopline", "--listen", "localhost"],
-            &["loopline", "--listen", "127.0.0.1:0,tls"],
+            &["loopline", "--listen", "127.0.0.1:0,proxy"],
             &["loopline", "--nope"],
         ] {
             let err = Config::try_parse_from(args).unwrap_err();

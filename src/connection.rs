@@ -48,7 +48,7 @@
 //! whole process is capped by `--max-memory` ([`MemoryPressure`]).
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::mem;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -62,6 +62,7 @@ use crate::protocol::{self, After};
 use crate::stats::Stats;
 use crate::sys;
 use crate::timer::{Timer, TimerKind, Timers};
+use crate::transport::{HandshakeError, Transport, Wire};
 
 /// While the process is over `--max-memory`, a connection with nothing
 /// pending still reads, but this much at most: if its client turns out not
@@ -94,6 +95,8 @@ pub struct Limits {
     /// How long a closing connection may drain unread input after its last
     /// line, before the socket is dropped (see `Connection::linger`).
     pub linger: Duration,
+    /// `--handshake-timeout`, `None` when 0 (off).
+    pub handshake_timeout: Option<Duration>,
 }
 
 /// How long a closing connection reads and discards input after its last line.
@@ -187,6 +190,10 @@ struct ReplyBudget {
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// A TLS handshake is going on: nothing is read as requests yet. When it
+    /// finishes, the connection gets its first line (`READY`, or the
+    /// busy line for a connection turned away) and goes on from there.
+    Handshaking(FirstLine),
     /// Reading requests and answering them.
     Open,
     /// Open, but not reading: its pending output passed `--max-output`, or
@@ -205,6 +212,15 @@ pub enum State {
     Lingering,
     /// Finished; the loop removes it after the current batch of events.
     Closed,
+}
+
+/// What a connection gets first, once its transport is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstLine {
+    /// `READY`: admitted.
+    Ready,
+    /// `ERR server busy`: turned away.
+    Busy,
 }
 
 /// Why a connection closed, for the log.
@@ -227,6 +243,11 @@ pub enum CloseReason {
     /// Lingering after its last line, it was closed early: the server
     /// needed its descriptor, or too many connections were lingering.
     LingerCutShort,
+    /// The TLS handshake did not finish within `--handshake-timeout`.
+    HandshakeTimeout,
+    /// The TLS session failed: garbage instead of a ClientHello, a failed
+    /// handshake, bad records.
+    TlsFailed,
     /// A socket error: reset, broken pipe, keepalive timeout...
     Io(io::ErrorKind),
 }
@@ -242,6 +263,8 @@ impl fmt::Display for CloseReason {
             CloseReason::Busy => f.write_str("server busy"),
             CloseReason::PeerClosed => f.write_str("client closed its side"),
             CloseReason::LingerCutShort => f.write_str("lingering close cut short"),
+            CloseReason::HandshakeTimeout => f.write_str("handshake timeout"),
+            CloseReason::TlsFailed => f.write_str("TLS failed"),
             CloseReason::Io(kind) => write!(f, "socket error: {kind}"),
         }
     }
@@ -277,6 +300,8 @@ pub struct Totals {
 /// One client connection.
 pub struct Connection {
     stream: TcpStream,
+    /// Plain TCP, or a TLS session around the same socket.
+    transport: Transport,
     peer: SocketAddr,
     /// Slab key; also its `Token`.
     key: usize,
@@ -320,7 +345,41 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A newly accepted client: sends `READY` and arms its idle timer.
+    /// A newly accepted connection. Over plain TCP it gets its first line
+    /// now (`READY`, or the busy line for one turned away); over TLS, once
+    /// the handshake has finished, so that the line travels inside the
+    /// session like every other.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        stream: TcpStream,
+        transport: Transport,
+        peer: SocketAddr,
+        key: usize,
+        id: u64,
+        first: FirstLine,
+        shared: &mut Shared,
+    ) -> (Connection, Next) {
+        let is_client = first == FirstLine::Ready;
+        let mut conn = Connection::new(stream, transport, peer, key, id, is_client, shared.now);
+        if conn.transport.is_handshaking() {
+            // The client speaks first (its ClientHello); the readable event
+            // that brings it drives the handshake on. A client that never
+            // finishes it is closed by the handshake timer.
+            conn.state = State::Handshaking(first);
+            if let Some(limit) = shared.limits.handshake_timeout {
+                conn.schedule(shared, TimerKind::Handshake, shared.now + limit);
+            }
+            return (conn, Next::Wait);
+        }
+        let next = conn.with_reply_buffer(shared, |conn, shared| {
+            let next = conn.greet(first, shared);
+            conn.flush_and_advance(next, shared)
+        });
+        (conn, next)
+    }
+
+    /// A newly accepted plain-TCP client: sends `READY` and arms its idle
+    /// timer.
     pub fn accept(
         stream: TcpStream,
         peer: SocketAddr,
@@ -328,35 +387,84 @@ impl Connection {
         id: u64,
         shared: &mut Shared,
     ) -> (Connection, Next) {
-        let mut conn = Connection::new(stream, peer, key, id, true, shared.now);
-        if let Some(idle) = shared.limits.idle_timeout {
-            conn.schedule(shared, TimerKind::Idle, shared.now + idle);
-        }
-        let next = conn.with_reply_buffer(shared, |conn, shared| {
-            conn.output.extend_from_slice(protocol::GREETING);
-            conn.flush_and_advance(Next::Wait, shared)
-        });
-        (conn, next)
+        Connection::start(
+            stream,
+            Transport::Plain,
+            peer,
+            key,
+            id,
+            FirstLine::Ready,
+            shared,
+        )
     }
 
-    /// A connection turned away because `--max-connections` are open: it gets
-    /// `ERR server busy` and the same careful close as every last line.
-    pub fn reject_busy(
-        stream: TcpStream,
-        peer: SocketAddr,
-        key: usize,
-        id: u64,
-        shared: &mut Shared,
-    ) -> (Connection, Next) {
-        let mut conn = Connection::new(stream, peer, key, id, false, shared.now);
-        let next = conn.with_reply_buffer(shared, |conn, shared| {
-            conn.close_after(protocol::BUSY, CloseReason::Busy, shared)
-        });
-        (conn, next)
+    /// The first line: `READY` (and the idle clock starts), or the busy
+    /// line and the careful close that follows every last line.
+    fn greet(&mut self, first: FirstLine, shared: &mut Shared) -> Next {
+        self.state = State::Open;
+        match first {
+            FirstLine::Ready => {
+                if let Some(idle) = shared.limits.idle_timeout {
+                    self.schedule(shared, TimerKind::Idle, shared.now + idle);
+                }
+                self.last_request = shared.now;
+                self.output.extend_from_slice(protocol::GREETING);
+                Next::Wait
+            }
+            FirstLine::Busy => self.close_after(protocol::BUSY, CloseReason::Busy, shared),
+        }
+    }
+
+    /// Moves a TLS handshake on; once it is done, the first line, then any
+    /// request that came in the same flight (rustls holds it already: no
+    /// socket event will come for it).
+    fn advance_handshake(&mut self, shared: &mut Shared) -> Next {
+        let State::Handshaking(first) = self.state else {
+            return Next::Wait;
+        };
+        let mut wire = Wire::default();
+        let done = self
+            .transport
+            .advance_handshake(&mut self.stream, &mut wire);
+        self.count_wire(wire, shared);
+        match done {
+            // The session may have records to send (its ServerHello...):
+            // flush_and_advance writes them.
+            Ok(false) => Next::Wait,
+            Ok(true) => {
+                let next = self.greet(first, shared);
+                if self.state == State::Open {
+                    self.read_requests(shared)
+                } else {
+                    next
+                }
+            }
+            Err(HandshakeError::Closed) => self.fail(CloseReason::PeerClosed),
+            Err(HandshakeError::Io(e)) => self.fail(CloseReason::Io(e.kind())),
+            Err(HandshakeError::Tls(e)) => {
+                log::debug!("TLS handshake with {} failed: {}", self.peer, e.0);
+                // Send the alert rustls queued, if the socket takes it now.
+                let _ = self.flush(shared);
+                self.fail(CloseReason::TlsFailed)
+            }
+        }
+    }
+
+    /// Adds what crossed the socket to the server's and the connection's
+    /// counters; bytes written are the peer's progress.
+    fn count_wire(&mut self, wire: Wire, shared: &mut Shared) {
+        shared.stats.bytes_in += wire.read;
+        self.totals.bytes_in += wire.read;
+        if wire.written > 0 {
+            shared.stats.bytes_out += wire.written;
+            self.totals.bytes_out += wire.written;
+            self.last_progress = shared.now;
+        }
     }
 
     fn new(
         stream: TcpStream,
+        transport: Transport,
         peer: SocketAddr,
         key: usize,
         id: u64,
@@ -365,6 +473,7 @@ impl Connection {
     ) -> Connection {
         Connection {
             stream,
+            transport,
             peer,
             key,
             id,
@@ -489,6 +598,10 @@ impl Connection {
     pub fn drive(&mut self, readable: bool, hangup: bool, shared: &mut Shared) -> Next {
         self.hangup_hinted |= hangup;
         self.with_reply_buffer(shared, |conn, shared| match conn.state {
+            State::Handshaking(_) => {
+                let next = conn.advance_handshake(shared);
+                conn.flush_and_advance(next, shared)
+            }
             State::Open | State::Paused | State::Draining => {
                 let next = conn.serve(readable, shared);
                 conn.flush_and_advance(next, shared)
@@ -509,6 +622,12 @@ impl Connection {
             // send a reset, but every reply was sent well before.
             TimerKind::Linger if self.state == State::Lingering => Next::Close,
             TimerKind::Linger => Next::Wait,
+            // A handshake not finished in time: closed without a line (there
+            // is no session to carry one).
+            TimerKind::Handshake if matches!(self.state, State::Handshaking(_)) => {
+                self.fail(CloseReason::HandshakeTimeout)
+            }
+            TimerKind::Handshake => Next::Wait,
         }
     }
 
@@ -519,6 +638,8 @@ impl Connection {
     /// as ever (`Draining`). Bytes still in the socket are not read.
     pub fn shut_down(&mut self, shared: &mut Shared) -> Next {
         match self.state {
+            // No session yet to carry a line: just close.
+            State::Handshaking(_) => self.fail(CloseReason::Shutdown),
             State::Open => self.with_reply_buffer(shared, |conn, shared| {
                 conn.close_after(protocol::SHUTTING_DOWN, CloseReason::Shutdown, shared)
             }),
@@ -683,7 +804,14 @@ impl Connection {
                 }
                 budget = budget.min(READ_UNDER_PRESSURE);
             }
-            let n = match self.stream.read(&mut shared.read_buf[..budget]) {
+            // Plaintext: straight from the socket, or out of the TLS
+            // session (which reads records until the socket is drained).
+            let mut wire = Wire::default();
+            let read =
+                self.transport
+                    .read(&mut self.stream, &mut shared.read_buf[..budget], &mut wire);
+            self.count_wire(wire, shared);
+            let n = match read {
                 Ok(0) => return self.on_peer_eof(shared),
                 Ok(n) => n,
                 // Drained: the kernel has nothing more. The next byte to
@@ -693,8 +821,6 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.fail(CloseReason::Io(e.kind())),
             };
-            shared.stats.bytes_in += n as u64;
-            self.totals.bytes_in += n as u64;
             let full = n == budget;
             // Lend the read bytes out of `shared` for the framing, so the
             // rest of `shared` stays usable meanwhile; put them back after.
@@ -957,11 +1083,24 @@ impl Connection {
             return self.fail(reason);
         }
         let pending = self.pending_output();
-        if pending > 0 {
+        if self.output_waiting() {
             self.arm_write_timer(shared);
         }
         match self.state {
-            State::Closing if pending == 0 => self.linger(shared),
+            State::Closing if pending == 0 => {
+                // Over TLS the session ends with close_notify, written like
+                // any output before the write side is shut.
+                self.transport.queue_close();
+                if let Err(reason) = self.flush(shared) {
+                    return self.fail(reason);
+                }
+                if self.transport.has_unsent() {
+                    // The writable edge brings us back here.
+                    self.arm_write_timer(shared);
+                    return Next::Wait;
+                }
+                self.linger(shared)
+            }
             // Paused, yet the socket took enough at once: no writable edge
             // may come to wake us, so come back by ourselves.
             State::Paused | State::Draining if self.may_resume(shared) => Next::Again,
@@ -1013,22 +1152,28 @@ impl Connection {
     }
 
     /// Writes pending output until it is all sent or the socket is full.
+    /// Over TLS, "all sent" includes the records the session holds
+    /// (handshake, alerts, close_notify).
     fn flush(&mut self, shared: &mut Shared) -> Result<(), CloseReason> {
         // After a WouldBlock, another write would only fail the same way:
         // wait for the writable edge (`writable_again`) instead of spending
         // a system call to hear it again.
-        while self.written < self.output.len() && !self.write_blocked {
-            match self.stream.write(&self.output[self.written..]) {
+        while (self.written < self.output.len() || self.transport.has_unsent())
+            && !self.write_blocked
+        {
+            let mut wire = Wire::default();
+            let written =
+                self.transport
+                    .write(&mut self.stream, &self.output[self.written..], &mut wire);
+            self.count_wire(wire, shared);
+            match written {
                 // Zero bytes taken from a non-empty buffer: the socket will
                 // never take more. Treat it as an error rather than spin.
-                Ok(0) => return Err(CloseReason::Io(io::ErrorKind::WriteZero)),
-                Ok(n) => {
-                    // A partial write is normal: keep the rest for later.
-                    self.written += n;
-                    self.last_progress = shared.now;
-                    shared.stats.bytes_out += n as u64;
-                    self.totals.bytes_out += n as u64;
+                Ok(0) if self.written < self.output.len() => {
+                    return Err(CloseReason::Io(io::ErrorKind::WriteZero))
                 }
+                // A partial write is normal: keep the rest for later.
+                Ok(n) => self.written += n,
                 // The socket's send buffer is full. The rest waits for the
                 // writable edge that comes when the peer has taken bytes
                 // (interest registered once, at accept: no epoll_ctl here).
@@ -1042,6 +1187,12 @@ impl Connection {
             self.written = 0;
         }
         Ok(())
+    }
+
+    /// Output the socket has not taken yet: pending plaintext, or TLS
+    /// records the session holds.
+    fn output_waiting(&self) -> bool {
+        self.pending_output() > 0 || self.transport.has_unsent()
     }
 
     fn on_idle_timer(&mut self, shared: &mut Shared) -> Next {
@@ -1080,7 +1231,7 @@ impl Connection {
         let Some(limit) = shared.limits.write_timeout else {
             return Next::Wait;
         };
-        if self.pending_output() == 0 || self.state == State::Closed {
+        if !self.output_waiting() || self.state == State::Closed {
             return Next::Wait;
         }
         if let Ok(unsent) = sys::unsent_bytes(self.stream.as_raw_fd()) {

@@ -35,7 +35,8 @@
 //! heap that sets the `Poll` timeout), [`stats`] (the counters `STATS`
 //! reports), [`summaries`] (rate-limited log lines for refusals and limit
 //! closes), [`sys`] (the few calls that differ between Linux, macOS and
-//! FreeBSD).
+//! FreeBSD), [`transport`] (plain TCP or a TLS session under a
+//! connection), [`tls`] (loading certificates and keys; the `tls` feature).
 //!
 //! Around the crate, in the repository: `src/main.rs` is the thin binary;
 //! `tests/` runs the real binary on loopback, one file per concern, with
@@ -54,6 +55,9 @@ pub mod stats;
 pub mod summaries;
 pub mod sys;
 pub mod timer;
+#[cfg(feature = "tls")]
+pub mod tls;
+pub mod transport;
 
 pub use config::Config;
 pub use server::{RunError, Server, ShutdownHandle, StartError};

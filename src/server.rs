@@ -42,12 +42,15 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::config::{show_duration, Config, ListenAddr};
-use crate::connection::{CloseReason, Connection, Limits, MemoryPressure, Next, Shared, State};
+use crate::connection::{
+    CloseReason, Connection, FirstLine, Limits, MemoryPressure, Next, Shared, State,
+};
 use crate::protocol;
 use crate::stats::Stats;
 use crate::summaries::{Kind, Summaries};
 use crate::sys;
 use crate::timer::Timers;
+use crate::transport::{TlsFailed, Transport};
 
 /// The size of the one shared read buffer, and so the most one connection
 /// reads per event (or per run from the ready list) before the others get
@@ -136,6 +139,9 @@ pub enum StartError {
         what: &'static str,
         source: io::Error,
     },
+    /// A TLS certificate, key or CA file cannot be used (it is named).
+    #[cfg(feature = "tls")]
+    Tls(crate::tls::TlsError),
 }
 
 impl std::fmt::Display for StartError {
@@ -159,6 +165,8 @@ impl std::fmt::Display for StartError {
                 write!(f, ": {source}")
             }
             StartError::Setup { what, source } => write!(f, "cannot set up {what}: {source}"),
+            #[cfg(feature = "tls")]
+            StartError::Tls(e) => write!(f, "cannot use TLS file {e}"),
         }
     }
 }
@@ -167,6 +175,8 @@ impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StartError::Config(e) => Some(e),
+            #[cfg(feature = "tls")]
+            StartError::Tls(e) => Some(e),
             StartError::Resolve { source, .. }
             | StartError::Listen { source, .. }
             | StartError::Setup { source, .. } => Some(source),
@@ -237,8 +247,13 @@ pub struct Server {
     summaries: Summaries,
     /// A second SIGINT or SIGTERM came during the shutdown.
     stop_at_once: bool,
-    /// Per listener, the `--listen` value it came from (for the log).
+    /// Per listener, the `--listen` value it came from (for the log, and
+    /// its options: `tls`).
     listened_from: Vec<ListenAddr>,
+    /// What new TLS connections use; SIGHUP replaces it (open connections
+    /// keep the one they started with).
+    #[cfg(feature = "tls")]
+    tls_config: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Server {
@@ -247,6 +262,13 @@ impl Server {
         // A `Config` built by hand has not been through clap's checks, and
         // an out-of-range value would overflow or panic deep in the loop.
         config.validate().map_err(StartError::Config)?;
+        // Certificates first: a file that cannot be used fails the start
+        // before any address is bound.
+        #[cfg(feature = "tls")]
+        let tls_config = match tls_files(&config) {
+            Some(files) => Some(crate::tls::load(&files).map_err(StartError::Tls)?),
+            None => None,
+        };
         let setup = |what| move |source| StartError::Setup { what, source };
         let poll = Poll::new().map_err(setup("the poller"))?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(setup("the waker"))?);
@@ -319,6 +341,8 @@ impl Server {
             .saturating_sub(RESERVED_DESCRIPTORS + listeners.len() as u64)
             .max(1);
         Ok(Server {
+            #[cfg(feature = "tls")]
+            tls_config,
             listened_from,
             memory: MemoryPressure::default(),
             lingering: VecDeque::new(),
@@ -329,6 +353,7 @@ impl Server {
                 config.max_line,
                 &show_duration(config.idle_timeout),
                 &show_duration(config.write_timeout),
+                &show_duration(config.handshake_timeout),
             ),
             stop_at_once: false,
             accept_again: vec![false; listeners.len()],
@@ -677,6 +702,7 @@ impl Server {
                 Some(CloseReason::LineTooLong) => Some(Kind::LineTooLong),
                 Some(CloseReason::IdleTimeout) => Some(Kind::IdleTimeout),
                 Some(CloseReason::WriteTimeout) => Some(Kind::WriteTimeout),
+                Some(CloseReason::HandshakeTimeout) => Some(Kind::HandshakeTimeout),
                 _ => None,
             };
             if let Some(kind) = kind {
@@ -720,7 +746,7 @@ impl Server {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer),
+                Ok((stream, peer)) => self.admit(stream, peer, index),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if sys::is_out_of_descriptors(&e) => {
                     if self.evict_lingering(ACCEPTS_PER_TURN) > 0 {
@@ -768,7 +794,7 @@ impl Server {
     /// socket, whatever its state, holds a descriptor: when the server holds
     /// its whole budget of them, the oldest lingering socket is closed to
     /// make room, and a newcomer is turned away only if none lingers.
-    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr, listener: usize) {
         // Responses are small writes; without this, Nagle holds a reply
         // back while an earlier one is unacknowledged (up to 40 ms).
         let _ = stream.set_nodelay(true);
@@ -781,9 +807,13 @@ impl Server {
             if out_of_sockets || self.lingering.len() >= MAX_LINGERING {
                 // No descriptor to spare for a lingering close: say why and
                 // close at once (a short write on a fresh socket cannot block).
+                // A TLS client could not read a line outside the session:
+                // it only sees the close.
                 debug!("turned away {peer}: server busy (no linger)");
-                let mut stream = stream;
-                let _ = stream.write(protocol::BUSY);
+                if !self.is_tls(listener) {
+                    let mut stream = stream;
+                    let _ = stream.write(protocol::BUSY);
+                }
                 return;
             }
         } else {
@@ -806,12 +836,20 @@ impl Server {
         // inserted; `insert` below returns this same key, as nothing is
         // inserted in between.
         let key = self.conns.vacant_key();
-        let (conns, mut shared) = self.parts();
-        let (conn, next) = if busy {
-            Connection::reject_busy(stream, peer, key, id, &mut shared)
-        } else {
-            Connection::accept(stream, peer, key, id, &mut shared)
+        let transport = match self.transport_for(listener) {
+            Ok(transport) => transport,
+            Err(e) => {
+                warn!("cannot start a TLS session for {peer}: {}", e.0);
+                return;
+            }
         };
+        let first = if busy {
+            FirstLine::Busy
+        } else {
+            FirstLine::Ready
+        };
+        let (conns, mut shared) = self.parts();
+        let (conn, next) = Connection::start(stream, transport, peer, key, id, first, &mut shared);
         conns.insert(conn);
         debug!(
             "accepted {peer}{}",
@@ -898,9 +936,8 @@ impl Server {
         if let Some(signals) = self.signals.as_mut() {
             for signal in signals.pending() {
                 if signal == SIGHUP {
-                    // Nothing is reloadable yet; the line says so, and the
-                    // server goes on (the default action would kill it).
-                    info!("reload: received SIGHUP; nothing to reload (no certificate, key or token file is configured)");
+                    // The server goes on (the default action would kill it).
+                    self.reload();
                 } else if self.shutdown_deadline.is_some() {
                     info!("received signal {signal} during the shutdown: stopping at once");
                     self.stop_at_once = true;
@@ -913,6 +950,55 @@ impl Server {
         if stop {
             self.begin_shutdown();
         }
+    }
+
+    /// SIGHUP: re-reads what comes from files. New connections use it; open
+    /// ones keep what they started with. A file that cannot be used keeps
+    /// the old configuration and is named in an error line.
+    fn reload(&mut self) {
+        #[cfg(feature = "tls")]
+        if let Some(files) = tls_files(&self.config) {
+            match crate::tls::load(&files) {
+                Ok(config) => {
+                    self.tls_config = Some(config);
+                    info!(
+                        "reload: TLS certificate {} and key {} reloaded{}",
+                        files.cert.display(),
+                        files.key.display(),
+                        files
+                            .client_ca
+                            .as_ref()
+                            .map(|ca| format!(", client CA {}", ca.display()))
+                            .unwrap_or_default()
+                    );
+                }
+                Err(e) => error!("reload: keeping the old TLS configuration: cannot use {e}"),
+            }
+            return;
+        }
+        info!("reload: received SIGHUP; nothing to reload (no certificate, key or token file is configured)");
+    }
+
+    /// Whether listener `index` has the `tls` option.
+    fn is_tls(&self, index: usize) -> bool {
+        #[cfg(feature = "tls")]
+        if let Some(listen) = self.listened_from.get(index) {
+            return listen.has_option("tls");
+        }
+        let _ = index;
+        false
+    }
+
+    /// The transport for a connection accepted on listener `index`.
+    fn transport_for(&self, index: usize) -> Result<Transport, TlsFailed> {
+        #[cfg(feature = "tls")]
+        if self.is_tls(index) {
+            if let Some(config) = &self.tls_config {
+                return Transport::tls(config.clone());
+            }
+        }
+        let _ = index;
+        Ok(Transport::Plain)
     }
 
     /// Graceful shutdown: stop accepting, then give every connection its
@@ -937,6 +1023,20 @@ impl Server {
             self.act_on(key, id, next);
         }
     }
+}
+
+/// The TLS files of the configuration, if any listener has the `tls`
+/// option (validation made sure both the certificate and key are given).
+#[cfg(feature = "tls")]
+fn tls_files(config: &Config) -> Option<crate::tls::TlsFiles> {
+    if !config.listen.iter().any(|l| l.has_option("tls")) {
+        return None;
+    }
+    Some(crate::tls::TlsFiles {
+        cert: config.tls_cert.clone()?,
+        key: config.tls_key.clone()?,
+        client_ca: config.tls_client_ca.clone(),
+    })
 }
 
 /// Binds a listener with a real backlog (std and mio fix it at 128).

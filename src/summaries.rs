@@ -30,9 +30,11 @@ pub enum Kind {
     IdleTimeout,
     /// Closed: the peer took no bytes for `--write-timeout`.
     WriteTimeout,
+    /// Closed: a TLS handshake not finished in `--handshake-timeout`.
+    HandshakeTimeout,
 }
 
-const KINDS: usize = 5;
+const KINDS: usize = 6;
 
 impl Kind {
     fn index(self) -> usize {
@@ -73,6 +75,7 @@ impl Summaries {
         max_line: u64,
         idle_timeout: &str,
         write_timeout: &str,
+        handshake_timeout: &str,
     ) -> Summaries {
         Summaries {
             tallies: [Tally::default(); KINDS],
@@ -82,6 +85,7 @@ impl Summaries {
                 format!("request line too long (--max-line {max_line})"),
                 format!("idle timeout (--idle-timeout {idle_timeout})"),
                 format!("write timeout: peer took no bytes (--write-timeout {write_timeout})"),
+                format!("handshake timeout (--handshake-timeout {handshake_timeout})"),
             ],
         }
     }
@@ -148,6 +152,7 @@ const KIND_ORDER: [Kind; KINDS] = [
     Kind::LineTooLong,
     Kind::IdleTimeout,
     Kind::WriteTimeout,
+    Kind::HandshakeTimeout,
 ];
 
 #[cfg(test)]
@@ -155,7 +160,7 @@ mod tests {
     use super::*;
 
     fn summaries() -> Summaries {
-        Summaries::new(10, 1024, 1024, "5m", "30s")
+        Summaries::new(10, 1024, 1024, "5m", "30s", "10s")
     }
 
     #[test]

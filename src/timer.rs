@@ -24,6 +24,8 @@ pub enum TimerKind {
     WriteStall,
     /// The bounded drain of unread input after a connection's last line.
     Linger,
+    /// `--handshake-timeout`: a TLS handshake that has not finished.
+    Handshake,
 }
 
 /// One due time. `conn_id` is the connection's serial number, unique for the

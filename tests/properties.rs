@@ -467,6 +467,7 @@ fn limits_for(setup: &Setup) -> Limits {
         linger: Duration::from_secs(2),
         max_memory: usize::MAX,
         tcp_keepalive: None,
+        handshake_timeout: None,
     }
 }
 

@@ -193,6 +193,7 @@ fuzz_target!(|data: &[u8]| {
         linger: Duration::from_secs(2),
         max_memory: usize::MAX,
         tcp_keepalive: None,
+        handshake_timeout: None,
     };
     let now = Instant::now();
     let mut stats = Stats::new(now);

@@ -6,6 +6,9 @@
 //! [`loopline::sys`].
 #![allow(dead_code)]
 
+#[cfg(feature = "tls")]
+pub mod tls;
+
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
