@@ -32,6 +32,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,9 +42,11 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::config::{show_duration, Config, ListenAddr};
-use crate::connection::{CloseReason, Connection, Limits, MemoryPressure, Next, Shared, State};
-use crate::protocol;
+use crate::config::{read_token_file, show_duration, Config, ListenAddr, TokenFileError};
+use crate::connection::{
+    CloseReason, Connection, Limits, MemoryPressure, Next, Refusal, Shared, State,
+};
+use crate::protocol::{self, AuthToken};
 use crate::stats::Stats;
 use crate::summaries::{Kind, Summaries};
 use crate::sys;
@@ -136,6 +139,11 @@ pub enum StartError {
         what: &'static str,
         source: io::Error,
     },
+    /// The `--auth-file` could not be read, or holds no token.
+    TokenFile {
+        path: PathBuf,
+        source: TokenFileError,
+    },
 }
 
 impl std::fmt::Display for StartError {
@@ -159,6 +167,9 @@ impl std::fmt::Display for StartError {
                 write!(f, ": {source}")
             }
             StartError::Setup { what, source } => write!(f, "cannot set up {what}: {source}"),
+            StartError::TokenFile { path, source } => {
+                write!(f, "cannot use --auth-file {}: {source}", path.display())
+            }
         }
     }
 }
@@ -170,6 +181,7 @@ impl std::error::Error for StartError {
             StartError::Resolve { source, .. }
             | StartError::Listen { source, .. }
             | StartError::Setup { source, .. } => Some(source),
+            StartError::TokenFile { source, .. } => Some(source),
         }
     }
 }
@@ -239,6 +251,9 @@ pub struct Server {
     stop_at_once: bool,
     /// Per listener, the `--listen` value it came from (for the log).
     listened_from: Vec<ListenAddr>,
+    /// The `--auth-file` token (SIGHUP reads it again), `None` when
+    /// authentication is off.
+    token: Option<AuthToken>,
 }
 
 impl Server {
@@ -247,6 +262,14 @@ impl Server {
         // A `Config` built by hand has not been through clap's checks, and
         // an out-of-range value would overflow or panic deep in the loop.
         config.validate().map_err(StartError::Config)?;
+        // Read before binding: a start that fails on its token binds nothing.
+        let token = match &config.auth_file {
+            Some(path) => Some(load_token(path).map_err(|source| StartError::TokenFile {
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
         let setup = |what| move |source| StartError::Setup { what, source };
         let poll = Poll::new().map_err(setup("the poller"))?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(setup("the waker"))?);
@@ -320,11 +343,13 @@ impl Server {
             .max(1);
         Ok(Server {
             listened_from,
+            token,
             memory: MemoryPressure::default(),
             lingering: VecDeque::new(),
             socket_budget: usize::try_from(socket_budget).unwrap_or(usize::MAX),
             summaries: Summaries::new(
                 config.max_connections,
+                config.max_connections_per_ip,
                 descriptor_limit,
                 config.max_line,
                 &show_duration(config.idle_timeout),
@@ -488,6 +513,9 @@ impl Server {
             }
             if !local.ip().is_loopback() {
                 warn!("{local} is not a loopback address: clients on the network can reach this server");
+                if self.token.is_some() && !listener_encrypts(listen_addr) {
+                    warn!("{local}: AUTH tokens cross the network in clear on this listener");
+                }
             }
         }
     }
@@ -519,6 +547,7 @@ impl Server {
             now: self.now,
             limits: &self.limits,
             stats: &mut self.stats,
+            token: self.token.as_ref(),
             timers: &mut self.timers,
             read_buf: &mut self.read_buf,
             spare_output: &mut self.spare_output,
@@ -671,7 +700,7 @@ impl Server {
             // but mio asks for an explicit deregister first.
             let _ = self.poll.registry().deregister(conn.stream_mut());
             if conn.is_client() {
-                self.stats.connections -= 1;
+                self.stats.client_left(conn.peer().ip());
             }
             let kind = match conn.reason() {
                 Some(CloseReason::LineTooLong) => Some(Kind::LineTooLong),
@@ -775,20 +804,33 @@ impl Server {
         let out_of_sockets = self.conns.len() - self.closing.len() >= self.socket_budget
             && self.evict_lingering(1) == 0;
         let busy = out_of_sockets || self.stats.connections >= self.config.max_connections;
-        if busy {
+        let per_ip = self.config.max_connections_per_ip;
+        let refusal = if busy {
+            Some(Refusal::Busy)
+        } else if per_ip > 0 && self.stats.connections_from(peer.ip()) >= per_ip {
+            Some(Refusal::TooManyFromAddress)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
             self.stats.rejected += 1;
-            self.summaries.note(Kind::Busy, self.now);
+            let kind = match refusal {
+                Refusal::Busy => Kind::Busy,
+                Refusal::TooManyFromAddress => Kind::TooManyFromAddress,
+            };
+            self.summaries.note(kind, self.now);
             if out_of_sockets || self.lingering.len() >= MAX_LINGERING {
                 // No descriptor to spare for a lingering close: say why and
                 // close at once (a short write on a fresh socket cannot block).
-                debug!("turned away {peer}: server busy (no linger)");
+                debug!("turned away {peer}: {} (no linger)", refusal.reason());
                 let mut stream = stream;
-                let _ = stream.write(protocol::BUSY);
+                let _ = stream.write(refusal.line());
                 return;
             }
         } else {
             self.stats.accepted += 1;
-            self.stats.connections += 1;
+            // Counts it in `connections` and against its address.
+            self.stats.client_opened(peer.ip());
             // Dead peers: let the kernel probe an idle connection, so one
             // that vanished (power loss, cable) ends as a reset would.
             if let Some(idle) = self.limits.tcp_keepalive {
@@ -807,16 +849,18 @@ impl Server {
         // inserted in between.
         let key = self.conns.vacant_key();
         let (conns, mut shared) = self.parts();
-        let (conn, next) = if busy {
-            Connection::reject_busy(stream, peer, key, id, &mut shared)
-        } else {
-            Connection::accept(stream, peer, key, id, &mut shared)
+        let (conn, next) = match refusal {
+            Some(refusal) => Connection::reject(stream, peer, key, id, refusal, &mut shared),
+            None => Connection::accept(stream, peer, key, id, &mut shared),
         };
         conns.insert(conn);
-        debug!(
-            "accepted {peer}{}",
-            if busy { " (busy: turned away)" } else { "" }
-        );
+        match refusal {
+            None => debug!("accepted {peer}"),
+            Some(Refusal::Busy) => debug!("accepted {peer} (busy: turned away)"),
+            Some(Refusal::TooManyFromAddress) => {
+                debug!("accepted {peer} (too many from its address: turned away)")
+            }
+        }
 
         // Read and write interest, edge-triggered, registered once for the
         // connection's whole life: no request ever costs an epoll_ctl. If
@@ -898,9 +942,9 @@ impl Server {
         if let Some(signals) = self.signals.as_mut() {
             for signal in signals.pending() {
                 if signal == SIGHUP {
-                    // Nothing is reloadable yet; the line says so, and the
-                    // server goes on (the default action would kill it).
-                    info!("reload: received SIGHUP; nothing to reload (no certificate, key or token file is configured)");
+                    // The server goes on whatever happens (the default
+                    // action would kill it).
+                    self.reload();
                 } else if self.shutdown_deadline.is_some() {
                     info!("received signal {signal} during the shutdown: stopping at once");
                     self.stop_at_once = true;
@@ -912,6 +956,27 @@ impl Server {
         }
         if stop {
             self.begin_shutdown();
+        }
+    }
+
+    /// SIGHUP: reads the token file again. New connections, and open ones
+    /// that have not authenticated yet, check against the new token (they
+    /// are lent the current one for every line); authenticated ones stay
+    /// so. A file that fails keeps the old token.
+    fn reload(&mut self) {
+        let Some(path) = &self.config.auth_file else {
+            info!("reload: received SIGHUP; nothing to reload (no certificate, key or token file is configured)");
+            return;
+        };
+        match load_token(path) {
+            Ok(token) => {
+                self.token = Some(token);
+                info!("reload: token reloaded from {}", path.display());
+            }
+            Err(e) => error!(
+                "reload: cannot reload the token from {}: {e}; keeping the old token",
+                path.display()
+            ),
         }
     }
 
@@ -937,6 +1002,27 @@ impl Server {
             self.act_on(key, id, next);
         }
     }
+}
+
+/// Reads the `--auth-file` token, and warns when others may read the file.
+/// Never logs the token itself.
+fn load_token(path: &Path) -> Result<AuthToken, TokenFileError> {
+    let file = read_token_file(path)?;
+    if file.readable_by_others {
+        warn!(
+            "--auth-file {} is readable by other users; make it readable by the server's user only (chmod 600)",
+            path.display()
+        );
+    }
+    Ok(file.token)
+}
+
+/// Whether a listener protects what crosses it, an `AUTH` token included.
+/// None does yet; an encrypting listener option will make this true for
+/// its listeners, and exempt them from the warning that tokens cross the
+/// network in clear.
+fn listener_encrypts(_listen_addr: &ListenAddr) -> bool {
+    false
 }
 
 /// Binds a listener with a real backlog (std and mio fix it at 128).
