@@ -905,17 +905,25 @@ impl Connection {
             &mut self.output,
         );
         if after == After::Close {
-            self.start_closing(if self.session.failed_too_often() {
-                CloseReason::TooManyAuthFailures
-            } else {
-                CloseReason::Quit
-            });
+            self.answered_last_line();
             return;
         }
         // The hot path ends here: one comparison covers both caps.
         if self.pending_output() > budget.pause_above {
             self.over_reply_budget(shared);
         }
+    }
+
+    /// That reply was the connection's last line: `BYE`, or the answer to
+    /// one `AUTH` failure too many.
+    #[cold]
+    #[inline(never)]
+    fn answered_last_line(&mut self) {
+        self.start_closing(if self.session.failed_too_often() {
+            CloseReason::TooManyAuthFailures
+        } else {
+            CloseReason::Quit
+        });
     }
 
     /// Pending output passed `--max-output`, or the process is at
