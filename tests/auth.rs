@@ -19,10 +19,8 @@ struct TempFile(PathBuf);
 impl TempFile {
     /// A file holding `content`, readable by its owner only.
     fn new(name: &str, content: &[u8]) -> TempFile {
-        let path = std::env::temp_dir().join(format!(
-            "loopline-auth-{}-{name}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("loopline-auth-{}-{name}", std::process::id()));
         let file = TempFile(path);
         file.write(content);
         file.chmod(0o600);
@@ -69,7 +67,9 @@ fn before_auth_only_auth_help_quit_empty_and_unknown_lines_are_served() {
     let mut c = server.client();
     c.send(b"HELP\n");
     c.expect_line("OK commands: PING ECHO QUIT HELP STATS AUTH");
-    for line in ["PING", "PING x", "ping", "ECHO hi", "ECHO", "ECHO ", "STATS", "STATS x"] {
+    for line in [
+        "PING", "PING x", "ping", "ECHO hi", "ECHO", "ECHO ", "STATS", "STATS x",
+    ] {
         c.send(format!("{line}\n").as_bytes());
         assert_eq!(c.read_line(), "ERR auth required", "{line:?}");
     }
@@ -185,7 +185,11 @@ fn fails_at_start_naming(path: &str) -> String {
 
 #[test]
 fn an_empty_token_file_exits_1_naming_it() {
-    for (name, content) in [("empty", &b""[..]), ("blank", b"\n"), ("blank-crlf", b"\r\nx\n")] {
+    for (name, content) in [
+        ("empty", &b""[..]),
+        ("blank", b"\n"),
+        ("blank-crlf", b"\r\nx\n"),
+    ] {
         let file = TempFile::new(name, content);
         let stderr = fails_at_start_naming(file.path());
         assert!(stderr.contains("empty"), "{stderr}");
@@ -311,7 +315,10 @@ fn sighup_reloads_the_token_and_a_failed_reload_keeps_the_old_one() {
     fs::remove_file(&file.0).unwrap();
     server.signal("HUP");
     let line = server.wait_for_log("reload:");
-    assert!(line.contains("ERROR") && line.contains(file.path()), "{line}");
+    assert!(
+        line.contains("ERROR") && line.contains(file.path()),
+        "{line}"
+    );
     assert!(line.contains("No such file"), "{line}");
     let mut later = server.client();
     later.send(b"AUTH new-token\n");
