@@ -35,14 +35,15 @@ default), debug or trace. Once every listener is bound, the server logs one \
 line 'listening on ADDR' for each.
 
 Exit status: 0 after a graceful shutdown; 1 for a failure at start (an \
-address in use, a host name that does not resolve) or a second SIGINT or \
+address in use, a host name that does not resolve, an --auth-file that \
+cannot be read or is empty) or a second SIGINT or \
 SIGTERM during a graceful shutdown; 2 for a usage error (a bad option or \
 value, named in the message).
 
 Signals: SIGINT or SIGTERM starts a graceful shutdown (stop accepting, send \
 every response already due, then 'ERR server shutting down', close); a second \
-one hurries it, closing every connection at once. SIGHUP reloads (the \
---auth-file token), and never stops the server.
+one hurries it, closing every connection at once. SIGHUP reloads, and never \
+stops the server: it reads the --auth-file token again.
 
 With --auth-file, a client must send 'AUTH <token>' before PING, ECHO or \
 STATS; the token is the file's first line. Keep the file readable by the \
