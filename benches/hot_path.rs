@@ -8,17 +8,18 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use loopline::framing::{cut_line, Cut};
-use loopline::protocol::respond;
+use loopline::protocol::{respond, Session};
 use loopline::stats::Stats;
 
 /// Cuts every line of `buf` and answers it into `out`, as a connection does
-/// with one read.
-fn serve_read(buf: &[u8], stats: &Stats, now: Instant, out: &mut Vec<u8>) -> usize {
+/// with one read (authentication off).
+fn serve_read(buf: &[u8], stats: &mut Stats, now: Instant, out: &mut Vec<u8>) -> usize {
+    let mut session = Session::new(None);
     let mut used = 0;
     let mut lines = 0;
     while let Cut::Line { line, used: n } = cut_line(&buf[used..], 1024) {
         used += n;
-        respond(line, stats, now, out);
+        respond(line, &mut session, None, stats, now, out);
         lines += 1;
     }
     lines
@@ -26,7 +27,7 @@ fn serve_read(buf: &[u8], stats: &Stats, now: Instant, out: &mut Vec<u8>) -> usi
 
 fn benches(c: &mut Criterion) {
     let now = Instant::now();
-    let stats = Stats::new(now);
+    let mut stats = Stats::new(now);
 
     let pings = b"PING\r\n".repeat(32);
     let mut group = c.benchmark_group("pipelined_32");
@@ -35,7 +36,7 @@ fn benches(c: &mut Criterion) {
     group.bench_function("PING", |b| {
         b.iter(|| {
             out.clear();
-            black_box(serve_read(black_box(&pings), &stats, now, &mut out))
+            black_box(serve_read(black_box(&pings), &mut stats, now, &mut out))
         })
     });
     let echoes = format!("ECHO {}\n", "x".repeat(512)).repeat(32);
@@ -44,7 +45,7 @@ fn benches(c: &mut Criterion) {
             out.clear();
             black_box(serve_read(
                 black_box(echoes.as_bytes()),
-                &stats,
+                &mut stats,
                 now,
                 &mut out,
             ))
@@ -59,7 +60,14 @@ fn benches(c: &mut Criterion) {
     c.bench_function("respond/STATS", |b| {
         b.iter(|| {
             out.clear();
-            black_box(respond(b"STATS", &stats, now, &mut out))
+            black_box(respond(
+                b"STATS",
+                &mut Session::new(None),
+                None,
+                &mut stats,
+                now,
+                &mut out,
+            ))
         })
     });
 }

@@ -8,15 +8,17 @@
 //! same ranges: each is defined once, in [`bounds`], and used by both.
 
 use std::fmt;
-use std::io;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
 
 use crate::connection::{Limits, LINGER_TIMEOUT};
+use crate::protocol::AuthToken;
 
 /// What the end of `--help` says: the forms of a DUR, logging, exit codes,
 /// signals and examples. The man page is generated from it too.
@@ -33,14 +35,19 @@ default), debug or trace. Once every listener is bound, the server logs one \
 line 'listening on ADDR' for each.
 
 Exit status: 0 after a graceful shutdown; 1 for a failure at start (an \
-address in use, a host name that does not resolve) or a second SIGINT or \
+address in use, a host name that does not resolve, an --auth-file that \
+cannot be read or is empty) or a second SIGINT or \
 SIGTERM during a graceful shutdown; 2 for a usage error (a bad option or \
 value, named in the message).
 
 Signals: SIGINT or SIGTERM starts a graceful shutdown (stop accepting, send \
 every response already due, then 'ERR server shutting down', close); a second \
 one hurries it, closing every connection at once. SIGHUP reloads, and never \
-stops the server.
+stops the server: it reads the --auth-file token again.
+
+With --auth-file, a client must send 'AUTH <token>' before PING, ECHO or \
+STATS; the token is the file's first line. Keep the file readable by the \
+server's user only: the server warns otherwise.
 
 Examples:
   loopline --listen 127.0.0.1:9000
@@ -124,6 +131,17 @@ pub struct Config {
     #[arg(long, value_name = "DUR", default_value = "300s",
           value_parser = bounds::TCP_KEEPALIVE.parser())]
     pub tcp_keepalive: Duration,
+
+    /// Open client connections at once from one IP address; one more gets
+    /// ERR too many connections from your address. 0 turns it off.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = bounds::MAX_CONNECTIONS_PER_IP.parser())]
+    pub max_connections_per_ip: u64,
+
+    /// Require 'AUTH <token>' before PING, ECHO and STATS; the token is the
+    /// first line of FILE. SIGHUP reads it again.
+    #[arg(long, value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -160,6 +178,7 @@ impl Config {
                 return Err(ConfigError::TlsNeeds("--tls-key"));
             }
         }
+        bounds::MAX_CONNECTIONS_PER_IP.check(self.max_connections_per_ip)?;
         Ok(())
     }
 }
@@ -197,6 +216,8 @@ pub mod bounds {
     .or_zero_for_off();
     pub const HANDSHAKE_TIMEOUT: Bounds<Duration> =
         Bounds::new("--handshake-timeout", Duration::ZERO, MAX_DURATION);
+    pub const MAX_CONNECTIONS_PER_IP: Bounds<u64> =
+        Bounds::new("--max-connections-per-ip", 1, 1_000_000).or_zero_for_off();
 }
 
 /// The values an option accepts: `min..=max`, and 0 as well when 0 turns
@@ -665,6 +686,71 @@ impl fmt::Display for ListenAddrError {
 
 impl std::error::Error for ListenAddrError {}
 
+/// The `--auth-file` token, as read from its file.
+#[derive(Debug)]
+pub struct TokenFile {
+    pub token: AuthToken,
+    /// The file's mode lets users other than its owner read it (Unix: a
+    /// group or other read bit). Worth a warning: the token is a password.
+    pub readable_by_others: bool,
+}
+
+/// Why the token file gave no token. Its `Display` names neither the file
+/// (the caller does) nor, ever, any byte of its content.
+#[derive(Debug)]
+pub enum TokenFileError {
+    /// It could not be opened or read.
+    Io(io::Error),
+    /// Its first line is empty.
+    Empty,
+}
+
+impl fmt::Display for TokenFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenFileError::Io(e) => write!(f, "{e}"),
+            TokenFileError::Empty => f.write_str("its first line is empty: no token"),
+        }
+    }
+}
+
+impl std::error::Error for TokenFileError {}
+
+/// The longest first line read from a token file. A longer token could not
+/// be sent anyway (an `AUTH` line is capped by `--max-line`), and a huge
+/// file named by mistake is not read whole.
+const TOKEN_FILE_MAX_LINE: u64 = 64 * 1024;
+
+/// Reads the token of `--auth-file`: the file's first line, without its
+/// LF or CRLF. At start (an error stops the server) and on SIGHUP (an error
+/// keeps the old token).
+pub fn read_token_file(path: &Path) -> Result<TokenFile, TokenFileError> {
+    let file = File::open(path).map_err(TokenFileError::Io)?;
+    let readable_by_others = readable_by_others(&file).map_err(TokenFileError::Io)?;
+    let mut line = Vec::new();
+    BufReader::new(file.take(TOKEN_FILE_MAX_LINE))
+        .read_until(b'\n', &mut line)
+        .map_err(TokenFileError::Io)?;
+    let line = line.strip_suffix(b"\n").unwrap_or(&line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let token = AuthToken::new(line).ok_or(TokenFileError::Empty)?;
+    Ok(TokenFile {
+        token,
+        readable_by_others,
+    })
+}
+
+#[cfg(unix)]
+fn readable_by_others(file: &File) -> io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(file.metadata()?.permissions().mode() & 0o044 != 0)
+}
+
+#[cfg(not(unix))]
+fn readable_by_others(_: &File) -> io::Result<bool> {
+    Ok(false)
+}
+
 /// The config layer derives the limits; the connection layer, which
 /// enforces them, defines them (a lower layer never imports a higher one).
 impl Limits {
@@ -746,6 +832,8 @@ mod tests {
         assert_eq!(c.write_timeout, Duration::from_secs(30));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(c.tcp_keepalive, Duration::from_secs(300));
+        assert_eq!(c.max_connections_per_ip, 0);
+        assert_eq!(c.auth_file, None);
         assert_eq!(c.validate(), Ok(()));
     }
 
@@ -899,6 +987,38 @@ mod tests {
         assert_eq!(
             bounds::TCP_KEEPALIVE.to_string(),
             "--tcp-keepalive must be 0 (off) or between 1s and 32767s"
+        );
+    }
+
+    #[test]
+    fn the_token_is_the_first_line_without_its_line_end() {
+        let path = std::env::temp_dir().join(format!("loopline-token-{}", std::process::id()));
+        let token = |content: &[u8]| {
+            std::fs::write(&path, content).unwrap();
+            read_token_file(&path).map(|file| file.token)
+        };
+        let is = |content: &[u8], want: &[u8]| {
+            let token = token(content).unwrap();
+            assert!(token.matches(want), "{content:?}");
+            assert!(!token.matches(content), "{content:?}");
+        };
+        is(b"s3cret\n", b"s3cret");
+        is(b"s3cret\r\nsecond line\n", b"s3cret");
+        assert!(token(b"s3cret").unwrap().matches(b"s3cret"));
+        // Only one CR before the LF is a line end; spaces are kept.
+        is(b"s3cret\r\r\n", b"s3cret\r");
+        is(b" s3cret \n", b" s3cret ");
+        for empty in [&b""[..], b"\n", b"\r\n", b"\nsecond line\n"] {
+            assert!(
+                matches!(token(empty), Err(TokenFileError::Empty)),
+                "{empty:?}"
+            );
+        }
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(read_token_file(&path), Err(TokenFileError::Io(_))));
+        assert_eq!(
+            bounds::MAX_CONNECTIONS_PER_IP.to_string(),
+            "--max-connections-per-ip must be 0 (off) or between 1 and 1000000"
         );
     }
 
@@ -1062,6 +1182,8 @@ mod tests {
             &["loopline", "--idle-timeout", "soon"],
             &["loopline", "--idle-timeout", "87601h"],
             &["loopline", "--tcp-keepalive", "10h"],
+            &["loopline", "--max-connections-per-ip", "1000001"],
+            &["loopline", "--max-connections-per-ip", "-1"],
             &["loopline", "--listen", "localhost"],
             &["loopline", "--listen", "127.0.0.1:0,proxy"],
             &["loopline", "--nope"],

@@ -58,7 +58,7 @@ use memchr::memchr;
 use mio::net::TcpStream;
 
 use crate::framing::{self, Cut};
-use crate::protocol::{self, After};
+use crate::protocol::{self, After, AuthToken, Session};
 use crate::stats::Stats;
 use crate::sys;
 use crate::timer::{Timer, TimerKind, Timers};
@@ -157,6 +157,9 @@ pub struct Shared<'a> {
     pub limits: &'a Limits,
     /// Server-wide counters.
     pub stats: &'a mut Stats,
+    /// The `--auth-file` token as it is now (SIGHUP may replace it), `None`
+    /// when authentication is off.
+    pub token: Option<&'a AuthToken>,
     /// Every connection's deadlines.
     pub timers: &'a mut Timers,
     /// The one read buffer of the whole server. Its size is the read budget
@@ -219,8 +222,8 @@ pub enum State {
 pub enum FirstLine {
     /// `READY`: admitted.
     Ready,
-    /// `ERR server busy`: turned away.
-    Busy,
+    /// The refusal's line (`ERR server busy`, ...): turned away.
+    Refused(Refusal),
 }
 
 /// Why a connection closed, for the log.
@@ -238,6 +241,10 @@ pub enum CloseReason {
     Shutdown,
     /// Turned away: `--max-connections` were open.
     Busy,
+    /// Turned away: `--max-connections-per-ip` were open from its address.
+    TooManyFromAddress,
+    /// Its last `AUTH` attempt was one failure too many.
+    TooManyAuthFailures,
     /// The client shut its writing side (EOF) and was answered.
     PeerClosed,
     /// Lingering after its last line, it was closed early: the server
@@ -261,11 +268,40 @@ impl fmt::Display for CloseReason {
             CloseReason::WriteTimeout => f.write_str("write timeout: peer took no bytes"),
             CloseReason::Shutdown => f.write_str("server shutting down"),
             CloseReason::Busy => f.write_str("server busy"),
+            CloseReason::TooManyFromAddress => f.write_str("too many connections from its address"),
+            CloseReason::TooManyAuthFailures => f.write_str("too many auth failures"),
             CloseReason::PeerClosed => f.write_str("client closed its side"),
             CloseReason::LingerCutShort => f.write_str("lingering close cut short"),
             CloseReason::HandshakeTimeout => f.write_str("handshake timeout"),
             CloseReason::TlsFailed => f.write_str("TLS failed"),
             CloseReason::Io(kind) => write!(f, "socket error: {kind}"),
+        }
+    }
+}
+
+/// Why a newcomer is turned away instead of greeted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `--max-connections` are open (or the process is out of sockets).
+    Busy,
+    /// `--max-connections-per-ip` are open from its address.
+    TooManyFromAddress,
+}
+
+impl Refusal {
+    /// The line it gets instead of `READY`.
+    pub fn line(self) -> &'static [u8] {
+        match self {
+            Refusal::Busy => protocol::BUSY,
+            Refusal::TooManyFromAddress => protocol::TOO_MANY_FROM_ADDRESS,
+        }
+    }
+
+    /// Why it closed, for the log.
+    pub fn reason(self) -> CloseReason {
+        match self {
+            Refusal::Busy => CloseReason::Busy,
+            Refusal::TooManyFromAddress => CloseReason::TooManyFromAddress,
         }
     }
 }
@@ -310,8 +346,11 @@ pub struct Connection {
     state: State,
     /// Set once, when the connection starts to close.
     reason: Option<CloseReason>,
-    /// Counts in `connections` and `--max-connections` (a busy reject does not).
+    /// Counts in `connections`, `--max-connections` and
+    /// `--max-connections-per-ip` (a reject does not).
     is_client: bool,
+    /// Where it stands with authentication.
+    session: Session,
     /// Input not yet executed: an unfinished line, or lines held back while
     /// reading is paused. Empty (no allocation) when idle.
     input: Vec<u8>,
@@ -360,7 +399,7 @@ impl Connection {
         shared: &mut Shared,
     ) -> (Connection, Next) {
         let is_client = first == FirstLine::Ready;
-        let mut conn = Connection::new(stream, transport, peer, key, id, is_client, shared.now);
+        let mut conn = Connection::new(stream, transport, peer, key, id, is_client, shared);
         if conn.transport.is_handshaking() {
             // The client speaks first (its ClientHello); the readable event
             // that brings it drives the handshake on. A client that never
@@ -399,7 +438,8 @@ impl Connection {
     }
 
     /// The first line: `READY` (and the idle clock starts), or the busy
-    /// line and the careful close that follows every last line.
+    /// line of its refusal and the careful close that follows every last
+    /// line.
     fn greet(&mut self, first: FirstLine, shared: &mut Shared) -> Next {
         self.state = State::Open;
         match first {
@@ -411,7 +451,9 @@ impl Connection {
                 self.output.extend_from_slice(protocol::GREETING);
                 Next::Wait
             }
-            FirstLine::Busy => self.close_after(protocol::BUSY, CloseReason::Busy, shared),
+            FirstLine::Refused(refusal) => {
+                self.close_after(refusal.line(), refusal.reason(), shared)
+            }
         }
     }
 
@@ -469,8 +511,9 @@ impl Connection {
         key: usize,
         id: u64,
         is_client: bool,
-        now: Instant,
+        shared: &Shared,
     ) -> Connection {
+        let now = shared.now;
         Connection {
             stream,
             transport,
@@ -480,6 +523,7 @@ impl Connection {
             state: State::Open,
             reason: None,
             is_client,
+            session: Session::new(shared.token),
             input: Vec::new(),
             output: Vec::new(),
             written: 0,
@@ -982,14 +1026,34 @@ impl Connection {
         self.totals.commands += 1;
         self.last_request = shared.now;
         self.make_room_for_reply(budget.reply_room, shared.limits);
-        if protocol::respond(line, shared.stats, shared.now, &mut self.output) == After::Close {
-            self.start_closing(CloseReason::Quit);
+        let after = protocol::respond(
+            line,
+            &mut self.session,
+            shared.token,
+            shared.stats,
+            shared.now,
+            &mut self.output,
+        );
+        if after == After::Close {
+            self.answered_last_line();
             return;
         }
         // The hot path ends here: one comparison covers both caps.
         if self.pending_output() > budget.pause_above {
             self.over_reply_budget(shared);
         }
+    }
+
+    /// That reply was the connection's last line: `BYE`, or the answer to
+    /// one `AUTH` failure too many.
+    #[cold]
+    #[inline(never)]
+    fn answered_last_line(&mut self) {
+        self.start_closing(if self.session.failed_too_often() {
+            CloseReason::TooManyAuthFailures
+        } else {
+            CloseReason::Quit
+        });
     }
 
     /// Pending output passed `--max-output`, or the process is at
@@ -1122,9 +1186,10 @@ impl Connection {
         // counts as open, nor against --max-connections. Its descriptor
         // still counts against the process's budget: the loop keeps the
         // number of lingering sockets bounded through `shared.lingering`.
+        // Nor does it count against its address any more.
         if self.is_client {
             self.is_client = false;
-            shared.stats.connections -= 1;
+            shared.stats.client_left(self.peer.ip());
         }
         if self.peer_eof {
             // The peer already closed its side: nothing more can arrive.

@@ -4,14 +4,22 @@
 //! complete request line (LF and CR already removed by [`crate::framing`])
 //! and appends exactly one response line, ending in LF, to `out`. The exact
 //! bytes are the contract of docs/protocol.md.
+//!
+//! Authentication is part of the protocol: what a connection may do depends
+//! on its [`Session`] (has it sent the right `AUTH` yet?) and on the server's
+//! [`AuthToken`], if `--auth-file` gave one. Both are handed in by the caller.
 
+use std::fmt;
+use std::hint::black_box;
 use std::io::Write as _;
 use std::time::Instant;
 
 use crate::stats::Stats;
 
-/// Every command, as `HELP` lists them.
+/// Every command, as `HELP` lists them when authentication is off.
 pub const HELP_REPLY: &[u8] = b"OK commands: PING ECHO QUIT HELP STATS\n";
+/// The same, with `--auth-file`: `AUTH` is a command too.
+pub const HELP_REPLY_WITH_AUTH: &[u8] = b"OK commands: PING ECHO QUIT HELP STATS AUTH\n";
 
 /// The greeting sent on accept.
 pub const GREETING: &[u8] = b"READY\n";
@@ -23,6 +31,74 @@ pub const LINE_TOO_LONG: &[u8] = b"ERR line too long\n";
 pub const IDLE_TIMEOUT: &[u8] = b"ERR idle timeout\n";
 /// Sent on graceful shutdown after every response already due; then close.
 pub const SHUTTING_DOWN: &[u8] = b"ERR server shutting down\n";
+/// Sent instead of the greeting when the client's address already has
+/// `--max-connections-per-ip` connections open; then close.
+pub const TOO_MANY_FROM_ADDRESS: &[u8] = b"ERR too many connections from your address\n";
+
+/// Failed `AUTH` attempts a connection may make; the last of them is
+/// answered with `ERR too many auth failures` and closes it.
+pub const MAX_AUTH_FAILURES: u8 = 3;
+
+/// The shared secret of `--auth-file`: never empty, never logged (its
+/// `Debug` shows no byte of it).
+/// No `PartialEq`: the only comparison is [`AuthToken::matches`].
+#[derive(Clone)]
+pub struct AuthToken(Box<[u8]>);
+
+impl AuthToken {
+    /// A token of these bytes; `None` if there are none.
+    pub fn new(bytes: &[u8]) -> Option<AuthToken> {
+        (!bytes.is_empty()).then(|| AuthToken(bytes.into()))
+    }
+
+    /// Whether `given` is the token, in time that does not depend on where
+    /// the two first differ: every byte of the token is compared, and the
+    /// differences are OR-ed together, with no early exit. `black_box`
+    /// keeps the compiler from turning the loop back into one that stops
+    /// at the first difference. The time depends only on the token's
+    /// length (the server's own, fixed) and on whether `given` is shorter
+    /// (a branch on its length, never on its content).
+    pub fn matches(&self, given: &[u8]) -> bool {
+        let mut difference = u8::from(self.0.len() != given.len());
+        for (i, &expected) in self.0.iter().enumerate() {
+            let byte = given.get(i).copied().unwrap_or(0);
+            difference = black_box(difference | (expected ^ byte));
+        }
+        difference == 0
+    }
+}
+
+impl fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthToken(<hidden>)")
+    }
+}
+
+/// What the protocol remembers about one connection between its lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    /// `PING`, `ECHO` and `STATS` may run: authentication is off, or this
+    /// connection sent the right token. Set from the start when it is off,
+    /// so that the check costs one branch per request either way.
+    pub cleared: bool,
+    /// Failed `AUTH` attempts so far.
+    pub auth_failures: u8,
+}
+
+impl Session {
+    /// A new connection's session: cleared at once if no token is required.
+    pub fn new(token: Option<&AuthToken>) -> Session {
+        Session {
+            cleared: token.is_none(),
+            auth_failures: 0,
+        }
+    }
+
+    /// Whether its last `AUTH` failure closed it.
+    pub fn failed_too_often(&self) -> bool {
+        self.auth_failures >= MAX_AUTH_FAILURES
+    }
+}
 
 /// What the connection does after the response has been queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +117,7 @@ enum Command {
     Quit,
     Help,
     Stats,
+    Auth,
 }
 
 impl Command {
@@ -58,6 +135,7 @@ impl Command {
                 w if w == u32::from_le_bytes(*b"echo") => Some(Command::Echo),
                 w if w == u32::from_le_bytes(*b"quit") => Some(Command::Quit),
                 w if w == u32::from_le_bytes(*b"help") => Some(Command::Help),
+                w if w == u32::from_le_bytes(*b"auth") => Some(Command::Auth),
                 _ => None,
             };
         }
@@ -68,8 +146,29 @@ impl Command {
 
 /// Answers one request line. Appends exactly one line ending in `\n` to `out`.
 ///
-/// `stats` and `now` are only read, for `STATS`.
-pub fn respond(line: &[u8], stats: &Stats, now: Instant, out: &mut Vec<u8>) -> After {
+/// `session` is the connection's, `token` the server's (`None` when
+/// authentication is off). `stats` is read for `STATS`, and counts a
+/// failed `AUTH` in `auth_failures`; `now` is read for `STATS`.
+///
+/// Inlined into the connection's loop over lines: with its eight machine
+/// words of arguments, a call would pass two on the stack, which cost more
+/// per `PING` than the authentication check itself (16 instructions of
+/// about 205, by `scripts/instructions.sh`).
+#[inline]
+pub fn respond(
+    line: &[u8],
+    session: &mut Session,
+    token: Option<&AuthToken>,
+    stats: &mut Stats,
+    now: Instant,
+    out: &mut Vec<u8>,
+) -> After {
+    // When authentication is off, `cleared` is always set: this is the one
+    // branch it costs per request.
+    if !session.cleared && waits_for_auth(line) {
+        out.extend_from_slice(b"ERR auth required\n");
+        return After::KeepOpen;
+    }
     if line.is_empty() {
         out.extend_from_slice(b"ERR empty command\n");
         return After::KeepOpen;
@@ -92,6 +191,8 @@ pub fn respond(line: &[u8], stats: &Stats, now: Instant, out: &mut Vec<u8>) -> A
             out.push(b'\n');
         }
         (Command::Echo, None) => out.extend_from_slice(b"ERR usage: ECHO <text>\n"),
+        // `AUTH` takes everything after the first space, or nothing.
+        (Command::Auth, given) => return authenticate(given, session, token, stats, out),
         // The others take no argument. A trailing space counts as one
         // (`PING ` is not `PING`), just as `ECHO ` differs from `ECHO`.
         (_, Some(_)) => {
@@ -104,9 +205,57 @@ pub fn respond(line: &[u8], stats: &Stats, now: Instant, out: &mut Vec<u8>) -> A
             out.extend_from_slice(b"BYE\n");
             return After::Close;
         }
-        (Command::Help, None) => out.extend_from_slice(HELP_REPLY),
+        (Command::Help, None) => out.extend_from_slice(match token {
+            Some(_) => HELP_REPLY_WITH_AUTH,
+            None => HELP_REPLY,
+        }),
         (Command::Stats, None) => write_stats(stats, now, out),
     }
+    After::KeepOpen
+}
+
+/// Whether `line` is a command that must wait for authentication: `PING`,
+/// `ECHO` or `STATS`, whatever their arguments. Only asked on a connection
+/// that has not authenticated, so it does not slow the others down.
+#[cold]
+#[inline(never)]
+fn waits_for_auth(line: &[u8]) -> bool {
+    let name = line.split(|&b| b == b' ').next().unwrap_or(line);
+    matches!(
+        Command::from_name(name),
+        Some(Command::Ping | Command::Echo | Command::Stats)
+    )
+}
+
+/// `AUTH`, with `given` the text after its space (`None`: no space at all).
+/// A match clears the session; anything else, a missing token included, is
+/// a failure, and the [`MAX_AUTH_FAILURES`]th closes the connection. A
+/// failure after a success counts the same, but does not undo the success.
+#[cold]
+#[inline(never)]
+fn authenticate(
+    given: Option<&[u8]>,
+    session: &mut Session,
+    token: Option<&AuthToken>,
+    stats: &mut Stats,
+    out: &mut Vec<u8>,
+) -> After {
+    let Some(token) = token else {
+        out.extend_from_slice(b"ERR auth not enabled\n");
+        return After::KeepOpen;
+    };
+    if given.is_some_and(|given| token.matches(given)) {
+        session.cleared = true;
+        out.extend_from_slice(b"OK\n");
+        return After::KeepOpen;
+    }
+    stats.auth_failures += 1;
+    session.auth_failures = session.auth_failures.saturating_add(1);
+    if session.failed_too_often() {
+        out.extend_from_slice(b"ERR too many auth failures\n");
+        return After::Close;
+    }
+    out.extend_from_slice(b"ERR invalid token\n");
     After::KeepOpen
 }
 
@@ -136,10 +285,125 @@ mod tests {
 
     fn reply(line: &[u8]) -> (Vec<u8>, After) {
         let now = Instant::now();
-        let stats = Stats::new(now);
+        let mut stats = Stats::new(now);
+        let mut session = Session::new(None);
         let mut out = Vec::new();
-        let after = respond(line, &stats, now, &mut out);
+        let after = respond(line, &mut session, None, &mut stats, now, &mut out);
         (out, after)
+    }
+
+    /// A connection to a server with a token: each line's reply, in order.
+    struct Authed {
+        token: AuthToken,
+        session: Session,
+        stats: Stats,
+    }
+
+    impl Authed {
+        fn new() -> Authed {
+            let token = AuthToken::new(b"s3cret").unwrap();
+            Authed {
+                session: Session::new(Some(&token)),
+                token,
+                stats: Stats::new(Instant::now()),
+            }
+        }
+
+        fn send(&mut self, line: &[u8]) -> (Vec<u8>, After) {
+            let mut out = Vec::new();
+            let now = Instant::now();
+            let token = Some(&self.token);
+            let after = respond(
+                line,
+                &mut self.session,
+                token,
+                &mut self.stats,
+                now,
+                &mut out,
+            );
+            (out, after)
+        }
+
+        fn text(&mut self, line: &[u8]) -> Vec<u8> {
+            self.send(line).0
+        }
+    }
+
+    #[test]
+    fn before_auth_only_auth_help_quit_empty_and_unknown_are_served() {
+        let mut c = Authed::new();
+        for line in [
+            &b"PING"[..],
+            b"PING x",
+            b"ECHO hi",
+            b"ECHO",
+            b"STATS",
+            b"stats x",
+        ] {
+            assert_eq!(c.text(line), b"ERR auth required\n", "{line:?}");
+        }
+        assert_eq!(c.text(b"HELP"), HELP_REPLY_WITH_AUTH);
+        assert_eq!(c.text(b"HELP x"), b"ERR usage: HELP takes no argument\n");
+        assert_eq!(c.text(b""), b"ERR empty command\n");
+        assert_eq!(c.text(b"FLY"), b"ERR unknown command\n");
+        assert_eq!(c.stats.auth_failures, 0);
+        assert_eq!(c.send(b"QUIT"), (b"BYE\n".to_vec(), After::Close));
+    }
+
+    #[test]
+    fn the_right_token_clears_the_session() {
+        let mut c = Authed::new();
+        assert_eq!(c.text(b"auth s3cret"), b"OK\n");
+        assert!(c.session.cleared);
+        assert_eq!(c.text(b"PING"), b"PONG\n");
+        assert_eq!(c.text(b"ECHO hi"), b"OK hi\n");
+        // After a success: the right token is OK again; a wrong one is a
+        // failure, but the session stays cleared.
+        assert_eq!(c.text(b"AUTH s3cret"), b"OK\n");
+        assert_eq!(c.text(b"AUTH nope"), b"ERR invalid token\n");
+        assert_eq!(c.text(b"PING"), b"PONG\n");
+        assert_eq!(c.stats.auth_failures, 1);
+    }
+
+    #[test]
+    fn the_third_failure_closes() {
+        let mut c = Authed::new();
+        // No space, an empty token, a prefix, the token plus a byte.
+        assert_eq!(
+            c.send(b"AUTH"),
+            (b"ERR invalid token\n".to_vec(), After::KeepOpen)
+        );
+        assert_eq!(
+            c.send(b"AUTH "),
+            (b"ERR invalid token\n".to_vec(), After::KeepOpen)
+        );
+        assert_eq!(
+            c.send(b"AUTH s3cre"),
+            (b"ERR too many auth failures\n".to_vec(), After::Close)
+        );
+        assert!(c.session.failed_too_often());
+        assert_eq!(c.stats.auth_failures, 3);
+    }
+
+    #[test]
+    fn without_a_token_auth_is_not_enabled() {
+        for line in [&b"AUTH"[..], b"AUTH x", b"auth ", b"Auth s3cret"] {
+            assert_eq!(
+                reply(line),
+                (b"ERR auth not enabled\n".to_vec(), After::KeepOpen)
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_match_only_themselves() {
+        let token = AuthToken::new(b"abc").unwrap();
+        assert!(token.matches(b"abc"));
+        for other in [&b""[..], b"ab", b"abd", b"abc\0", b"abc\r", b"ABC", b"xbc"] {
+            assert!(!token.matches(other), "{other:?}");
+        }
+        assert!(AuthToken::new(b"").is_none());
+        assert!(!format!("{token:?}").contains("abc"));
     }
 
     fn text(line: &[u8]) -> Vec<u8> {
@@ -206,11 +470,11 @@ mod tests {
         ] {
             assert_eq!(Command::from_name(name), None, "{name:?}");
         }
-        for name in [&b"sTaTs"[..], b"STATS", b"hElP", b"QUIT", b"Echo"] {
+        for name in [&b"sTaTs"[..], b"STATS", b"hElP", b"QUIT", b"Echo", b"aUtH"] {
             assert!(Command::from_name(name).is_some(), "{name:?}");
         }
         // Every case variant of every 4-letter name.
-        for word in [b"ping", b"echo", b"quit", b"help"] {
+        for word in [b"ping", b"echo", b"quit", b"help", b"auth"] {
             for mask in 0..16u8 {
                 let mut name = *word;
                 for (i, b) in name.iter_mut().enumerate() {
@@ -235,7 +499,14 @@ mod tests {
         stats.connections = 3;
         stats.rejected = 2;
         let mut out = Vec::new();
-        respond(b"STATS", &stats, now, &mut out);
+        respond(
+            b"STATS",
+            &mut Session::new(None),
+            None,
+            &mut stats,
+            now,
+            &mut out,
+        );
         let line = String::from_utf8(out).unwrap();
         assert!(line.starts_with("OK ") && line.ends_with('\n'));
         for key in [

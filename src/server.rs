@@ -32,6 +32,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,11 +42,11 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::config::{show_duration, Config, ListenAddr};
+use crate::config::{read_token_file, show_duration, Config, ListenAddr, TokenFileError};
 use crate::connection::{
-    CloseReason, Connection, FirstLine, Limits, MemoryPressure, Next, Shared, State,
+    CloseReason, Connection, FirstLine, Limits, MemoryPressure, Next, Refusal, Shared, State,
 };
-use crate::protocol;
+use crate::protocol::{self, AuthToken};
 use crate::stats::Stats;
 use crate::summaries::{Kind, Summaries};
 use crate::sys;
@@ -142,6 +143,11 @@ pub enum StartError {
     /// A TLS certificate, key or CA file cannot be used (it is named).
     #[cfg(feature = "tls")]
     Tls(crate::tls::TlsError),
+    /// The `--auth-file` could not be read, or holds no token.
+    TokenFile {
+        path: PathBuf,
+        source: TokenFileError,
+    },
 }
 
 impl std::fmt::Display for StartError {
@@ -167,6 +173,9 @@ impl std::fmt::Display for StartError {
             StartError::Setup { what, source } => write!(f, "cannot set up {what}: {source}"),
             #[cfg(feature = "tls")]
             StartError::Tls(e) => write!(f, "cannot use TLS file {e}"),
+            StartError::TokenFile { path, source } => {
+                write!(f, "cannot use --auth-file {}: {source}", path.display())
+            }
         }
     }
 }
@@ -180,6 +189,7 @@ impl std::error::Error for StartError {
             StartError::Resolve { source, .. }
             | StartError::Listen { source, .. }
             | StartError::Setup { source, .. } => Some(source),
+            StartError::TokenFile { source, .. } => Some(source),
         }
     }
 }
@@ -254,6 +264,9 @@ pub struct Server {
     /// keep the one they started with).
     #[cfg(feature = "tls")]
     tls_config: Option<Arc<rustls::ServerConfig>>,
+    /// The `--auth-file` token (SIGHUP reads it again), `None` when
+    /// authentication is off.
+    token: Option<AuthToken>,
 }
 
 impl Server {
@@ -267,6 +280,14 @@ impl Server {
         #[cfg(feature = "tls")]
         let tls_config = match tls_files(&config) {
             Some(files) => Some(crate::tls::load(&files).map_err(StartError::Tls)?),
+            None => None,
+        };
+        // Read before binding: a start that fails on its token binds nothing.
+        let token = match &config.auth_file {
+            Some(path) => Some(load_token(path).map_err(|source| StartError::TokenFile {
+                path: path.clone(),
+                source,
+            })?),
             None => None,
         };
         let setup = |what| move |source| StartError::Setup { what, source };
@@ -344,11 +365,13 @@ impl Server {
             #[cfg(feature = "tls")]
             tls_config,
             listened_from,
+            token,
             memory: MemoryPressure::default(),
             lingering: VecDeque::new(),
             socket_budget: usize::try_from(socket_budget).unwrap_or(usize::MAX),
             summaries: Summaries::new(
                 config.max_connections,
+                config.max_connections_per_ip,
                 descriptor_limit,
                 config.max_line,
                 &show_duration(config.idle_timeout),
@@ -513,6 +536,9 @@ impl Server {
             }
             if !local.ip().is_loopback() {
                 warn!("{local} is not a loopback address: clients on the network can reach this server");
+                if self.token.is_some() && !listener_encrypts(listen_addr) {
+                    warn!("{local}: AUTH tokens cross the network in clear on this listener");
+                }
             }
         }
     }
@@ -544,6 +570,7 @@ impl Server {
             now: self.now,
             limits: &self.limits,
             stats: &mut self.stats,
+            token: self.token.as_ref(),
             timers: &mut self.timers,
             read_buf: &mut self.read_buf,
             spare_output: &mut self.spare_output,
@@ -696,7 +723,7 @@ impl Server {
             // but mio asks for an explicit deregister first.
             let _ = self.poll.registry().deregister(conn.stream_mut());
             if conn.is_client() {
-                self.stats.connections -= 1;
+                self.stats.client_left(conn.peer().ip());
             }
             let kind = match conn.reason() {
                 Some(CloseReason::LineTooLong) => Some(Kind::LineTooLong),
@@ -801,24 +828,37 @@ impl Server {
         let out_of_sockets = self.conns.len() - self.closing.len() >= self.socket_budget
             && self.evict_lingering(1) == 0;
         let busy = out_of_sockets || self.stats.connections >= self.config.max_connections;
-        if busy {
+        let per_ip = self.config.max_connections_per_ip;
+        let refusal = if busy {
+            Some(Refusal::Busy)
+        } else if per_ip > 0 && self.stats.connections_from(peer.ip()) >= per_ip {
+            Some(Refusal::TooManyFromAddress)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
             self.stats.rejected += 1;
-            self.summaries.note(Kind::Busy, self.now);
+            let kind = match refusal {
+                Refusal::Busy => Kind::Busy,
+                Refusal::TooManyFromAddress => Kind::TooManyFromAddress,
+            };
+            self.summaries.note(kind, self.now);
             if out_of_sockets || self.lingering.len() >= MAX_LINGERING {
                 // No descriptor to spare for a lingering close: say why and
                 // close at once (a short write on a fresh socket cannot block).
                 // A TLS client could not read a line outside the session:
                 // it only sees the close.
-                debug!("turned away {peer}: server busy (no linger)");
+                debug!("turned away {peer}: {} (no linger)", refusal.reason());
                 if !self.is_tls(listener) {
                     let mut stream = stream;
-                    let _ = stream.write(protocol::BUSY);
+                    let _ = stream.write(refusal.line());
                 }
                 return;
             }
         } else {
             self.stats.accepted += 1;
-            self.stats.connections += 1;
+            // Counts it in `connections` and against its address.
+            self.stats.client_opened(peer.ip());
             // Dead peers: let the kernel probe an idle connection, so one
             // that vanished (power loss, cable) ends as a reset would.
             if let Some(idle) = self.limits.tcp_keepalive {
@@ -843,18 +883,20 @@ impl Server {
                 return;
             }
         };
-        let first = if busy {
-            FirstLine::Busy
-        } else {
-            FirstLine::Ready
+        let first = match refusal {
+            Some(refusal) => FirstLine::Refused(refusal),
+            None => FirstLine::Ready,
         };
         let (conns, mut shared) = self.parts();
         let (conn, next) = Connection::start(stream, transport, peer, key, id, first, &mut shared);
         conns.insert(conn);
-        debug!(
-            "accepted {peer}{}",
-            if busy { " (busy: turned away)" } else { "" }
-        );
+        match refusal {
+            None => debug!("accepted {peer}"),
+            Some(Refusal::Busy) => debug!("accepted {peer} (busy: turned away)"),
+            Some(Refusal::TooManyFromAddress) => {
+                debug!("accepted {peer} (too many from its address: turned away)")
+            }
+        }
 
         // Read and write interest, edge-triggered, registered once for the
         // connection's whole life: no request ever costs an epoll_ctl. If
@@ -936,7 +978,8 @@ impl Server {
         if let Some(signals) = self.signals.as_mut() {
             for signal in signals.pending() {
                 if signal == SIGHUP {
-                    // The server goes on (the default action would kill it).
+                    // The server goes on whatever happens (the default
+                    // action would kill it).
                     self.reload();
                 } else if self.shutdown_deadline.is_some() {
                     info!("received signal {signal} during the shutdown: stopping at once");
@@ -952,12 +995,17 @@ impl Server {
         }
     }
 
-    /// SIGHUP: re-reads what comes from files. New connections use it; open
-    /// ones keep what they started with. A file that cannot be used keeps
-    /// the old configuration and is named in an error line.
+    /// SIGHUP: re-reads what comes from files (TLS certificate, key and
+    /// client CA; the `--auth-file` token). New connections use what was
+    /// read (and so do open ones that have not authenticated yet, for the
+    /// token: they are lent the current one for every line); open TLS
+    /// sessions and authenticated connections keep what they have. A file
+    /// that cannot be used keeps the old value and is named in an error line.
     fn reload(&mut self) {
+        let mut reloadable = false;
         #[cfg(feature = "tls")]
         if let Some(files) = tls_files(&self.config) {
+            reloadable = true;
             match crate::tls::load(&files) {
                 Ok(config) => {
                     self.tls_config = Some(config);
@@ -974,19 +1022,28 @@ impl Server {
                 }
                 Err(e) => error!("reload: keeping the old TLS configuration: cannot use {e}"),
             }
-            return;
         }
-        info!("reload: received SIGHUP; nothing to reload (no certificate, key or token file is configured)");
+        if let Some(path) = &self.config.auth_file {
+            reloadable = true;
+            match load_token(path) {
+                Ok(token) => {
+                    self.token = Some(token);
+                    info!("reload: token reloaded from {}", path.display());
+                }
+                Err(e) => error!(
+                    "reload: cannot reload the token from {}: {e}; keeping the old token",
+                    path.display()
+                ),
+            }
+        }
+        if !reloadable {
+            info!("reload: received SIGHUP; nothing to reload (no certificate, key or token file is configured)");
+        }
     }
 
     /// Whether listener `index` has the `tls` option.
     fn is_tls(&self, index: usize) -> bool {
-        #[cfg(feature = "tls")]
-        if let Some(listen) = self.listened_from.get(index) {
-            return listen.has_option("tls");
-        }
-        let _ = index;
-        false
+        self.listened_from.get(index).is_some_and(listener_encrypts)
     }
 
     /// The transport for a connection accepted on listener `index`.
@@ -1037,6 +1094,31 @@ fn tls_files(config: &Config) -> Option<crate::tls::TlsFiles> {
         key: config.tls_key.clone()?,
         client_ca: config.tls_client_ca.clone(),
     })
+}
+
+/// Reads the `--auth-file` token, and warns when others may read the file.
+/// Never logs the token itself.
+fn load_token(path: &Path) -> Result<AuthToken, TokenFileError> {
+    let file = read_token_file(path)?;
+    if file.readable_by_others {
+        warn!(
+            "--auth-file {} is readable by other users; make it readable by the server's user only (chmod 600)",
+            path.display()
+        );
+    }
+    Ok(file.token)
+}
+
+/// Whether a listener protects what crosses it, an `AUTH` token included:
+/// a `tls` listener does (and is exempt from the warning that tokens cross
+/// the network in clear).
+fn listener_encrypts(listen_addr: &ListenAddr) -> bool {
+    #[cfg(feature = "tls")]
+    if listen_addr.has_option("tls") {
+        return true;
+    }
+    let _ = listen_addr;
+    false
 }
 
 /// Binds a listener with a real backlog (std and mio fix it at 128).

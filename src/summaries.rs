@@ -22,6 +22,8 @@ pub const SUMMARY_WINDOW: Duration = Duration::from_secs(10);
 pub enum Kind {
     /// Turned away: `--max-connections` were open.
     Busy,
+    /// Turned away: `--max-connections-per-ip` were open from its address.
+    TooManyFromAddress,
     /// Turned away: the process had no descriptor left.
     OutOfDescriptors,
     /// Closed: a request line passed `--max-line`.
@@ -34,7 +36,7 @@ pub enum Kind {
     HandshakeTimeout,
 }
 
-const KINDS: usize = 6;
+const KINDS: usize = 7;
 
 impl Kind {
     fn index(self) -> usize {
@@ -43,7 +45,7 @@ impl Kind {
 
     fn verb(self) -> &'static str {
         match self {
-            Kind::Busy | Kind::OutOfDescriptors => "turned away",
+            Kind::Busy | Kind::TooManyFromAddress | Kind::OutOfDescriptors => "turned away",
             _ => "closed",
         }
     }
@@ -71,6 +73,7 @@ impl Summaries {
     /// Tallies for a server with these limits, described once at start.
     pub fn new(
         max_connections: u64,
+        max_connections_per_ip: u64,
         descriptor_limit: u64,
         max_line: u64,
         idle_timeout: &str,
@@ -81,6 +84,9 @@ impl Summaries {
             tallies: [Tally::default(); KINDS],
             causes: [
                 format!("server busy (--max-connections {max_connections})"),
+                format!(
+                    "too many from one address (--max-connections-per-ip {max_connections_per_ip})"
+                ),
                 format!("out of file descriptors (open file limit {descriptor_limit})"),
                 format!("request line too long (--max-line {max_line})"),
                 format!("idle timeout (--idle-timeout {idle_timeout})"),
@@ -148,6 +154,7 @@ impl Summaries {
 
 const KIND_ORDER: [Kind; KINDS] = [
     Kind::Busy,
+    Kind::TooManyFromAddress,
     Kind::OutOfDescriptors,
     Kind::LineTooLong,
     Kind::IdleTimeout,
@@ -160,7 +167,7 @@ mod tests {
     use super::*;
 
     fn summaries() -> Summaries {
-        Summaries::new(10, 1024, 1024, "5m", "30s", "10s")
+        Summaries::new(10, 2, 1024, 1024, "5m", "30s", "10s")
     }
 
     #[test]

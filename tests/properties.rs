@@ -750,6 +750,7 @@ fn run_state_machine(setup: &Setup, script: &Script, ops: &[Op]) -> Result<(), T
         now,
         limits: &limits,
         stats: &mut stats,
+        token: None,
         timers: &mut timers,
         read_buf: &mut read_buf,
         spare_output: &mut spare_output,
@@ -1038,7 +1039,8 @@ proptest! {
         [stats.connections, stats.accepted, stats.rejected, stats.commands, stats.bytes_in, stats.bytes_out] = counters;
         let now = started + Duration::from_secs(up_s);
         let mut out = before.clone();
-        let after = protocol::respond(&line, &stats, now, &mut out);
+        let mut session = protocol::Session::new(None);
+        let after = protocol::respond(&line, &mut session, None, &mut stats, now, &mut out);
         prop_assert!(out.starts_with(&before), "respond changed what was there");
         let reply = &out[before.len()..];
         prop_assert_eq!(reply.last(), Some(&b'\n'), "reply {:?}", Bytes(reply.to_vec()));

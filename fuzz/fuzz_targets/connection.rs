@@ -26,20 +26,21 @@ use loopline::connection::{
     input_capacity_bound, Limits, output_capacity_bound, Connection, Next, Shared, State, SPARE_OUTPUT_KEEP,
 };
 use loopline::framing::{cut_line, final_line, Cut};
-use loopline::protocol::{self, After};
+use loopline::protocol::{self, After, Session};
 use loopline::stats::Stats;
 use loopline::timer::Timers;
 
 /// The responses to the complete lines of `input`, and whether one of them
 /// ended the session (QUIT, or a line too long, finished or not).
-fn replies(input: &[u8], max_line: usize, stats: &Stats, now: Instant) -> (Vec<u8>, bool) {
+fn replies(input: &[u8], max_line: usize, stats: &mut Stats, now: Instant) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
+    let mut session = Session::new(None);
     let mut rest = input;
     loop {
         match cut_line(rest, max_line) {
             Cut::Line { line, used } => {
                 rest = &rest[used..];
-                if protocol::respond(line, stats, now, &mut out) == After::Close {
+                if protocol::respond(line, &mut session, None, stats, now, &mut out) == After::Close {
                     return (out, true);
                 }
             }
@@ -208,6 +209,7 @@ fuzz_target!(|data: &[u8]| {
         now,
         limits: &limits,
         stats: &mut stats,
+        token: None,
         timers: &mut timers,
         read_buf: &mut read_buf,
         spare_output: &mut spare_output,
@@ -282,22 +284,23 @@ fuzz_target!(|data: &[u8]| {
     while !read_available(&mut client, &mut received) {}
 
     let mut want = protocol::GREETING.to_vec();
-    let ref_stats = Stats::new(now);
+    let mut ref_stats = Stats::new(now);
     match shutdown_at {
         None => {
-            let (out, ended) = replies(input, max_line, &ref_stats, now);
+            let (out, ended) = replies(input, max_line, &mut ref_stats, now);
             want.extend(out);
             let tail = &input[input
                 .iter()
                 .rposition(|&b| b == b'\n')
                 .map_or(0, |lf| lf + 1)..];
             if !ended && !tail.is_empty() {
-                protocol::respond(final_line(tail), &ref_stats, now, &mut want);
+                let mut session = Session::new(None);
+                protocol::respond(final_line(tail), &mut session, None, &mut ref_stats, now, &mut want);
             }
         }
         Some(at) => {
             assert!(at <= consumed);
-            let (out, ended) = replies(&input[..at], max_line, &ref_stats, now);
+            let (out, ended) = replies(&input[..at], max_line, &mut ref_stats, now);
             want.extend(out);
             if !ended {
                 want.extend_from_slice(protocol::SHUTTING_DOWN);

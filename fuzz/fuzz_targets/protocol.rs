@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use loopline::protocol::{respond, After};
+use loopline::protocol::{respond, After, Session};
 use loopline::stats::Stats;
 
 fuzz_target!(|data: &[u8]| {
@@ -31,7 +31,8 @@ fuzz_target!(|data: &[u8]| {
     let now = started + Duration::from_secs(c >> 40);
 
     let mut out = b"earlier\n".to_vec();
-    let after = respond(&line, &stats, now, &mut out);
+    // Authentication off: the protocol every connection gets by default.
+    let after = respond(&line, &mut Session::new(None), None, &mut stats, now, &mut out);
     assert!(
         out.starts_with(b"earlier\n"),
         "respond touched what was there"

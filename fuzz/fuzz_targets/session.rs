@@ -14,18 +14,19 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use loopline::framing::{cut_line, final_line, unfinished_too_long, Cut};
-use loopline::protocol::{self, After};
+use loopline::protocol::{self, After, Session};
 use loopline::stats::Stats;
 
 /// The one-read reference: everything at once, then EOF.
-fn one_read(stream: &[u8], max_line: usize, stats: &Stats, now: Instant) -> Vec<u8> {
+fn one_read(stream: &[u8], max_line: usize, stats: &mut Stats, now: Instant) -> Vec<u8> {
     let mut out = Vec::new();
+    let mut session = Session::new(None);
     let mut rest = stream;
     loop {
         match cut_line(rest, max_line) {
             Cut::Line { line, used } => {
                 rest = &rest[used..];
-                if protocol::respond(line, stats, now, &mut out) == After::Close {
+                if protocol::respond(line, &mut session, None, stats, now, &mut out) == After::Close {
                     return out;
                 }
             }
@@ -35,7 +36,7 @@ fn one_read(stream: &[u8], max_line: usize, stats: &Stats, now: Instant) -> Vec<
             }
             Cut::Partial => {
                 if !rest.is_empty() {
-                    protocol::respond(final_line(rest), stats, now, &mut out);
+                    protocol::respond(final_line(rest), &mut session, None, stats, now, &mut out);
                 }
                 return out;
             }
@@ -57,9 +58,10 @@ fuzz_target!(|data: &[u8]| {
     // STATS is answered from the same counters on both sides: the point is
     // the framing, not the numbers.
     let now = Instant::now();
-    let stats = Stats::new(now);
+    let mut stats = Stats::new(now);
 
-    let want = one_read(stream, max_line, &stats, now);
+    let want = one_read(stream, max_line, &mut stats, now);
+    let mut session = Session::new(None);
 
     let mut out = Vec::new();
     let mut held: Vec<u8> = Vec::new();
@@ -91,7 +93,9 @@ fuzz_target!(|data: &[u8]| {
             match cut_line(&held[start..], max_line) {
                 Cut::Line { line, used } => {
                     start += used;
-                    if protocol::respond(line, &stats, now, &mut out) == After::Close {
+                    if protocol::respond(line, &mut session, None, &mut stats, now, &mut out)
+                        == After::Close
+                    {
                         done = true;
                         break;
                     }
@@ -113,7 +117,7 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     if !done && !held.is_empty() {
-        protocol::respond(final_line(&held), &stats, now, &mut out);
+        protocol::respond(final_line(&held), &mut session, None, &mut stats, now, &mut out);
     }
     assert_eq!(out, want, "split reads {sizes:?} vs one read");
 });

@@ -224,6 +224,8 @@ pub fn answer(line: &[u8]) -> (Expected, bool) {
         (b"QUIT", None) => (exact(b"BYE"), true),
         (b"HELP", None) => (exact(b"OK commands: PING ECHO QUIT HELP STATS"), false),
         (b"STATS", None) => (Expected::Stats, false),
+        // The server the model stands for has no `--auth-file`.
+        (b"AUTH", _) => (exact(b"ERR auth not enabled"), false),
         _ => (exact(b"ERR unknown command"), false),
     }
 }
@@ -268,6 +270,8 @@ mod examples {
         assert_eq!(answer(b"STATS"), (Expected::Stats, false));
         assert_eq!(reply(b""), b"ERR empty command\n");
         assert_eq!(reply(b"FLY"), b"ERR unknown command\n");
+        assert_eq!(reply(b"AUTH"), b"ERR auth not enabled\n");
+        assert_eq!(reply(b"auth x y"), b"ERR auth not enabled\n");
     }
 
     #[test]
