@@ -1,4 +1,5 @@
-//! --max-line, --max-connections and --max-output (backpressure).
+//! --max-line, --max-connections and --max-output (backpressure), each
+//! over plain TCP and inside TLS.
 
 mod util;
 
@@ -7,11 +8,21 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use util::{Server, PATIENCE};
+use util::{both_transports, Server, Transport, PATIENCE};
 
-#[test]
-fn unfinished_line_is_refused_as_soon_as_it_cannot_fit() {
-    let server = Server::start(&["--max-line", "10"]);
+both_transports!(
+    unfinished_line_is_refused_as_soon_as_it_cannot_fit,
+    too_long_line_gets_err_after_earlier_responses,
+    line_of_exactly_max_line_with_crlf_is_accepted_at_every_split,
+    memory_does_not_grow_with_the_length_of_a_line,
+    connections_past_the_limit_are_turned_away_and_counted,
+    busy_line_survives_a_client_that_sent_requests_first,
+    slow_reader_gets_everything_with_bounded_memory,
+    a_client_that_said_quit_no_longer_counts,
+);
+
+fn unfinished_line_is_refused_as_soon_as_it_cannot_fit(transport: Transport) {
+    let server = Server::start_over(transport, &["--max-line", "10"]);
     let mut c = server.client();
     // No LF ever comes: the server must not wait for one.
     c.send(b"PING\nECHO 1234567");
@@ -20,17 +31,15 @@ fn unfinished_line_is_refused_as_soon_as_it_cannot_fit() {
     c.expect_eof();
 }
 
-#[test]
-fn too_long_line_gets_err_after_earlier_responses() {
-    let server = Server::start(&["--max-line", "10"]);
+fn too_long_line_gets_err_after_earlier_responses(transport: Transport) {
+    let server = Server::start_over(transport, &["--max-line", "10"]);
     let mut c = server.client();
     c.send(b"PING\nECHO 12345678\nPING\n");
     assert_eq!(c.read_to_end(), b"PONG\nERR line too long\n");
 }
 
-#[test]
-fn line_of_exactly_max_line_with_crlf_is_accepted_at_every_split() {
-    let server = Server::start(&["--max-line", "10"]);
+fn line_of_exactly_max_line_with_crlf_is_accepted_at_every_split(transport: Transport) {
+    let server = Server::start_over(transport, &["--max-line", "10"]);
     let line = b"ECHO 12345\r\n"; // 10 bytes before CRLF
     for split in 1..line.len() {
         let mut c = server.client();
@@ -47,18 +56,18 @@ fn line_of_exactly_max_line_with_crlf_is_accepted_at_every_split() {
     c.expect_eof();
 }
 
-#[test]
-fn memory_does_not_grow_with_the_length_of_a_line() {
-    let server = Server::start(&["--max-line", "1024"]);
+fn memory_does_not_grow_with_the_length_of_a_line(transport: Transport) {
+    let server = Server::start_over(transport, &["--max-line", "1024"]);
     let before = server.rss_kib();
     let mut c = server.client();
-    let mut writer = c.stream.try_clone().unwrap();
     // 64 MB without an LF; the server refuses the line after 1 KiB. Our
-    // writes may then fail with a reset: that is expected.
+    // writes may then fail with a reset: that is expected. (Over TLS, all
+    // encrypted here first: the session stays on this thread.)
+    let chunks: Vec<Vec<u8>> = (0..64).map(|_| c.wire_bytes(&[b'x'; 1 << 20])).collect();
+    let mut writer = c.stream.try_clone().unwrap();
     let sender = thread::spawn(move || {
-        let chunk = vec![b'x'; 1 << 20];
-        for _ in 0..64 {
-            if writer.write_all(&chunk).is_err() {
+        for chunk in &chunks {
+            if writer.write_all(chunk).is_err() {
                 break;
             }
         }
@@ -72,9 +81,8 @@ fn memory_does_not_grow_with_the_length_of_a_line() {
     );
 }
 
-#[test]
-fn connections_past_the_limit_are_turned_away_and_counted() {
-    let server = Server::start(&["--max-connections", "2"]);
+fn connections_past_the_limit_are_turned_away_and_counted(transport: Transport) {
+    let server = Server::start_over(transport, &["--max-connections", "2"]);
     let mut a = server.client();
     let b = server.client();
     let mut busy = server.connect();
@@ -98,11 +106,10 @@ fn connections_past_the_limit_are_turned_away_and_counted() {
     }
 }
 
-#[test]
-fn busy_line_survives_a_client_that_sent_requests_first() {
+fn busy_line_survives_a_client_that_sent_requests_first(transport: Transport) {
     // The rejected client pipelined requests before reading: the server must
     // still deliver its one line (lingering close, no reset).
-    let server = Server::start(&["--max-connections", "1"]);
+    let server = Server::start_over(transport, &["--max-connections", "1"]);
     let _a = server.client();
     let mut busy = server.connect();
     busy.send(&b"PING\n".repeat(10_000));
@@ -112,26 +119,31 @@ fn busy_line_survives_a_client_that_sent_requests_first() {
 /// A client writes 50 MB of pipelined ECHO without reading. The server must
 /// stop reading it (bounded memory), keep serving others, and once the
 /// client reads, deliver every response, complete and in order.
-#[test]
-fn slow_reader_gets_everything_with_bounded_memory() {
-    let server = Server::start(&["--max-output", "262144"]);
+fn slow_reader_gets_everything_with_bounded_memory(transport: Transport) {
+    let server = Server::start_over(transport, &["--max-output", "262144"]);
     let baseline = server.rss_kib();
     let mut slow = server.client();
 
     const LINES: usize = 500_000; // ~50 MB of requests
+                                  // Batches of about 32 KiB, made (over TLS, encrypted) here: the session
+                                  // stays on this thread; another writes them.
+    let mut batches = Vec::new();
+    let mut batch = Vec::with_capacity(1 << 16);
+    for i in 0..LINES {
+        batch.extend_from_slice(format!("ECHO {i:08} {}\n", "p".repeat(80)).as_bytes());
+        if batch.len() >= 1 << 15 || i == LINES - 1 {
+            batches.push(slow.wire_bytes(&batch));
+            batch.clear();
+        }
+    }
     let written = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let mut writer = slow.stream.try_clone().unwrap();
     let (w, d) = (written.clone(), done.clone());
     let sender = thread::spawn(move || {
-        let mut batch = Vec::with_capacity(1 << 16);
-        for i in 0..LINES {
-            batch.extend_from_slice(format!("ECHO {i:08} {}\n", "p".repeat(80)).as_bytes());
-            if batch.len() >= 1 << 15 || i == LINES - 1 {
-                writer.write_all(&batch).expect("write");
-                w.fetch_add(batch.len(), Ordering::Relaxed);
-                batch.clear();
-            }
+        for batch in &batches {
+            writer.write_all(batch).expect("write");
+            w.fetch_add(batch.len(), Ordering::Relaxed);
         }
         d.store(true, Ordering::Relaxed);
     });
@@ -184,9 +196,8 @@ fn slow_reader_gets_everything_with_bounded_memory() {
 
 /// Regression: a client that got BYE but keeps its socket open (the server
 /// is lingering on it) must not count against --max-connections.
-#[test]
-fn a_client_that_said_quit_no_longer_counts() {
-    let server = Server::start(&["--max-connections", "1"]);
+fn a_client_that_said_quit_no_longer_counts(transport: Transport) {
+    let server = Server::start_over(transport, &["--max-connections", "1"]);
     let mut a = server.client();
     a.send(b"QUIT\n");
     a.expect_line("BYE");

@@ -1,17 +1,25 @@
 //! --idle-timeout, --write-timeout: short configured timeouts, generous
 //! margins. No assertion depends on how fast the machine is, only on the
-//! server never firing early and always firing eventually.
+//! server never firing early and always firing eventually. Each test runs
+//! over plain TCP and inside TLS (where a close is a close_notify).
 
 mod util;
 
 use std::io::Write;
 use std::thread;
 use std::time::{Duration, Instant};
-use util::Server;
+use util::{both_transports, Server, Transport};
 
-#[test]
-fn idle_client_gets_the_idle_line_then_close() {
-    let server = Server::start(&["--idle-timeout", "500ms"]);
+both_transports!(
+    idle_client_gets_the_idle_line_then_close,
+    complete_requests_reset_the_idle_timer,
+    stray_bytes_do_not_reset_the_idle_timer,
+    idle_timeout_zero_turns_it_off,
+    peer_that_takes_no_bytes_is_closed_by_the_write_timeout,
+);
+
+fn idle_client_gets_the_idle_line_then_close(transport: Transport) {
+    let server = Server::start_over(transport, &["--idle-timeout", "500ms"]);
     let started = Instant::now();
     let mut c = server.client();
     c.expect_line("ERR idle timeout");
@@ -22,9 +30,8 @@ fn idle_client_gets_the_idle_line_then_close() {
     );
 }
 
-#[test]
-fn complete_requests_reset_the_idle_timer() {
-    let server = Server::start(&["--idle-timeout", "3s"]);
+fn complete_requests_reset_the_idle_timer(transport: Transport) {
+    let server = Server::start_over(transport, &["--idle-timeout", "3s"]);
     let mut c = server.client();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(5) {
@@ -34,15 +41,17 @@ fn complete_requests_reset_the_idle_timer() {
     }
 }
 
-#[test]
-fn stray_bytes_do_not_reset_the_idle_timer() {
-    let server = Server::start(&["--idle-timeout", "1s"]);
+fn stray_bytes_do_not_reset_the_idle_timer(transport: Transport) {
+    let server = Server::start_over(transport, &["--idle-timeout", "1s"]);
     let mut c = server.client();
+    // Trickle bytes of a line that never ends, for much longer than the
+    // timeout: each a write of its own (over TLS, a record of its own,
+    // encrypted here first: the session stays on this thread).
+    let bytes: Vec<Vec<u8>> = (0..100).map(|_| c.wire_bytes(b"x")).collect();
     let mut writer = c.stream.try_clone().unwrap();
-    // Trickle bytes of a line that never ends, for much longer than the timeout.
     let trickle = thread::spawn(move || {
-        for _ in 0..100 {
-            if writer.write_all(b"x").is_err() {
+        for byte in &bytes {
+            if writer.write_all(byte).is_err() {
                 break;
             }
             thread::sleep(Duration::from_millis(100));
@@ -53,18 +62,19 @@ fn stray_bytes_do_not_reset_the_idle_timer() {
     let _ = trickle.join();
 }
 
-#[test]
-fn idle_timeout_zero_turns_it_off() {
-    let server = Server::start(&["--idle-timeout", "0"]);
+fn idle_timeout_zero_turns_it_off(transport: Transport) {
+    let server = Server::start_over(transport, &["--idle-timeout", "0"]);
     let mut c = server.client();
     c.expect_silence(Duration::from_millis(1500));
     c.send(b"PING\n");
     c.expect_line("PONG");
 }
 
-#[test]
-fn peer_that_takes_no_bytes_is_closed_by_the_write_timeout() {
-    let mut server = Server::start(&["--write-timeout", "1s", "--max-output", "65536"]);
+fn peer_that_takes_no_bytes_is_closed_by_the_write_timeout(transport: Transport) {
+    let mut server = Server::start_over(
+        transport,
+        &["--write-timeout", "1s", "--max-output", "65536"],
+    );
     let mut c = server.client();
     c.flood_until_blocked();
     server.wait_for_log("write timeout");

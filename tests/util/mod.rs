@@ -4,6 +4,10 @@
 //! over loopback with bounded timeouts, and run the binary once to its exit.
 //! Memory and CPU figures come from the library's own reader,
 //! [`loopline::sys`].
+//!
+//! A test about the protocol or the limits runs over both transports, plain
+//! TCP and TLS: its body takes a [`Transport`], starts its server with
+//! [`Server::start_over`], and [`both_transports!`] makes one test of each.
 #![allow(dead_code)]
 
 #[cfg(feature = "tls")]
@@ -21,6 +25,42 @@ use std::time::{Duration, Instant};
 /// tests must not depend on the machine's speed.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// How a test's connections carry the protocol: as they are, or inside TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain TCP.
+    Plain,
+    /// A TLS session (a listener with the `tls` option, a rustls client).
+    #[cfg(feature = "tls")]
+    Tls,
+}
+
+/// Defines, for each named test body `fn NAME(transport: Transport)`, a
+/// module `NAME` with the test `plain` and (with the `tls` feature) the test
+/// `tls`: `cargo test` runs the body over both transports, and a failure
+/// names the one it failed over (`NAME::tls`). A module and a function may
+/// share a name: they live in different namespaces.
+#[allow(unused_macros)] // Test files without shared tests do not use it.
+macro_rules! both_transports {
+    ($($body:ident),+ $(,)?) => {$(
+        mod $body {
+            #[test]
+            fn plain() {
+                super::$body($crate::util::Transport::Plain);
+            }
+
+            #[cfg(feature = "tls")]
+            #[test]
+            fn tls() {
+                super::$body($crate::util::Transport::Tls);
+            }
+        }
+    )+};
+}
+// Importable as `util::both_transports` (a path, not textual scope).
+#[allow(unused_imports)]
+pub(crate) use both_transports;
+
 /// A real server, as a child process. Killed on drop.
 pub struct Server {
     pub child: Child,
@@ -29,9 +69,35 @@ pub struct Server {
     pub log: Arc<Mutex<Vec<String>>>,
     /// The same lines, for [`Server::wait_for_log`] to consume in order.
     lines: Receiver<String>,
+    /// What [`Server::connect`] speaks: the transport of its listener.
+    pub transport: Transport,
+    /// The CA and certificate of a TLS listener; the files live as long as
+    /// the server (a SIGHUP reload reads them again).
+    #[cfg(feature = "tls")]
+    pub pki: Option<tls::Pki>,
 }
 
 impl Server {
+    /// Starts `loopline` with one listener on 127.0.0.1:0 of `transport`
+    /// (for TLS, with a certificate from a CA made for this server), and
+    /// `ARGS...`; waits for it to listen.
+    pub fn start_over(transport: Transport, args: &[&str]) -> Server {
+        match transport {
+            Transport::Plain => Server::start(args),
+            #[cfg(feature = "tls")]
+            Transport::Tls => {
+                let pki = tls::Pki::new();
+                let mut all = pki.server_args();
+                all.extend(args.iter().map(|arg| arg.to_string()));
+                let all: Vec<&str> = all.iter().map(String::as_str).collect();
+                let mut server = Server::start_raw(&all, "debug");
+                server.transport = Transport::Tls;
+                server.pki = Some(pki);
+                server
+            }
+        }
+    }
+
     /// Starts `loopline --listen 127.0.0.1:0 ARGS...` and waits for it to listen.
     pub fn start(args: &[&str]) -> Server {
         Server::spawn(loopline_command(args, "debug"))
@@ -76,6 +142,9 @@ impl Server {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             log,
             lines,
+            transport: Transport::Plain,
+            #[cfg(feature = "tls")]
+            pki: None,
         };
         let line = server.wait_for_log("listening on ");
         server.addr = parse_listening(&line);
@@ -114,8 +183,26 @@ impl Server {
         assert!(panics.is_empty(), "the server panicked: {panics:#?}");
     }
 
+    /// A new client speaking this server's transport (over TLS, with the
+    /// handshake done); it has not read `READY` yet.
     pub fn connect(&self) -> Client {
-        Client::connect(self.addr)
+        self.try_connect()
+            .unwrap_or_else(|e| panic!("cannot connect over {:?}: {e}", self.transport))
+    }
+
+    /// Like [`Server::connect`], but a refused connection or a failed
+    /// handshake is the caller's to judge.
+    pub fn try_connect(&self) -> io::Result<Client> {
+        match self.transport {
+            Transport::Plain => Ok(Client::from_stream(TcpStream::connect_timeout(
+                &self.addr, PATIENCE,
+            )?)),
+            #[cfg(feature = "tls")]
+            Transport::Tls => {
+                let pki = self.pki.as_ref().expect("a TLS server has its PKI");
+                Client::connect_tls(self.addr, pki.client_config(None))
+            }
+        }
     }
 
     /// A client that has read its `READY`.
@@ -378,19 +465,30 @@ impl Stats {
     }
 }
 
-/// A blocking client with bounded connects, reads and writes.
+/// A blocking client with bounded connects, reads and writes, over plain
+/// TCP or inside a TLS session (see [`Server::connect`]). Its methods speak
+/// the protocol whatever the transport: they encrypt and decrypt as needed.
 pub struct Client {
+    /// The socket. Over plain TCP, bytes written on it are requests; over
+    /// TLS it carries records, so a test that writes on it directly must
+    /// write what [`Client::wire_bytes`] made. Options (`set_nodelay`, buffer
+    /// sizes) and `try_clone` for a writer thread work over both.
     pub stream: TcpStream,
-    /// Bytes received but not yet returned by a read method.
+    /// The client side of the TLS session, for a TLS client. Boxed: a
+    /// session is large, and plain clients do not need one.
+    #[cfg(feature = "tls")]
+    session: Option<Box<rustls::ClientConnection>>,
+    /// Bytes received (decrypted) but not yet returned by a read method.
     buf: Vec<u8>,
 }
 
 impl Client {
+    /// A plain TCP client of `addr`.
     pub fn connect(addr: SocketAddr) -> Client {
         Client::from_stream(TcpStream::connect_timeout(&addr, PATIENCE).expect("connect"))
     }
 
-    /// A client whose kernel receive buffer is `bytes` (set before the
+    /// A plain client whose kernel receive buffer is `bytes` (set before the
     /// connect, so the window it advertises is small from the start): a
     /// reader that can only take a little at a time.
     pub fn connect_with_receive_buffer(addr: SocketAddr, bytes: usize) -> Client {
@@ -403,18 +501,61 @@ impl Client {
         Client::from_stream(socket.into())
     }
 
-    /// Wraps a connected stream, with the usual bounded timeouts.
+    /// Wraps a connected stream as a plain client, with the usual bounded
+    /// timeouts.
     pub fn from_stream(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
         stream.set_write_timeout(Some(PATIENCE)).unwrap();
         Client {
             stream,
+            #[cfg(feature = "tls")]
+            session: None,
             buf: Vec::new(),
         }
     }
 
+    /// What to write on the socket to send `bytes`: the bytes themselves
+    /// over plain TCP; over TLS, the records that carry them (and any TLS
+    /// output the session had waiting). Records are numbered: the result
+    /// must go on the socket, whole and in order, before anything else is
+    /// sent. For tests that write on the socket themselves, from a thread
+    /// of their own or in pieces of their choosing.
+    pub fn wire_bytes(&mut self, bytes: &[u8]) -> Vec<u8> {
+        #[cfg(feature = "tls")]
+        if let Some(session) = self.session.as_deref_mut() {
+            // The session has no buffer limit (see `connect_tls`): it
+            // takes all the plaintext at once.
+            session
+                .writer()
+                .write_all(bytes)
+                .expect("the session takes plaintext");
+            return tls::take_records(session);
+        }
+        bytes.to_vec()
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send");
+        self.try_send(bytes).expect("send");
+    }
+
+    /// Like [`Client::send`], but a failed write (the server closed) is the
+    /// caller's to judge.
+    pub fn try_send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let wire = self.wire_bytes(bytes);
+        self.stream.write_all(&wire)
+    }
+
+    /// Sends `bytes` one at a time, each in a write of its own. Over TLS
+    /// each byte is a record of its own, and each record goes out a byte at
+    /// a time: the server meets a split of every kind, in the records and
+    /// in the lines they carry. Set `nodelay` on the socket first, or the
+    /// kernel may join the writes again.
+    pub fn send_byte_by_byte(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            for wire_byte in self.wire_bytes(std::slice::from_ref(byte)) {
+                self.stream.write_all(&[wire_byte]).expect("send");
+            }
+        }
     }
 
     /// Reads one line (without its LF) as raw bytes; panics on EOF or timeout.
@@ -463,31 +604,48 @@ impl Client {
         self.buf.drain(..n).collect()
     }
 
-    /// Appends one read's worth of bytes to `buf`; false at EOF. Panics on a
-    /// timeout or error.
+    /// One read through the transport, bypassing the line buffer: Ok(0) is
+    /// the end of the stream (over TLS, a close_notify; a TCP close without
+    /// one is an `UnexpectedEof` error).
+    pub fn read_some(&mut self, chunk: &mut [u8]) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Some(session) = self.session.as_deref_mut() {
+            return tls::read_plaintext(session, &mut self.stream, chunk);
+        }
+        self.stream.read(chunk)
+    }
+
+    /// Appends one read's worth of bytes to `buf`; false at EOF (over TLS,
+    /// close_notify). Panics on a timeout or error, a TCP close without
+    /// close_notify among them.
     fn receive(&mut self) -> bool {
         let mut chunk = [0u8; 65536];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
+        loop {
+            match self.read_some(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return true;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => panic!(
+                    "read failed: {e} (had {:?})",
+                    String::from_utf8_lossy(&self.buf)
+                ),
             }
-            Err(e) => panic!(
-                "read failed: {e} (had {:?})",
-                String::from_utf8_lossy(&self.buf)
-            ),
         }
     }
 
     /// Reads until the server closes, returning everything not yet read.
+    /// Over TLS the end must be a close_notify (a clean end of the session),
+    /// not a bare TCP close.
     pub fn read_to_end(&mut self) -> Vec<u8> {
-        let mut rest = std::mem::take(&mut self.buf);
-        self.stream.read_to_end(&mut rest).expect("read to end");
-        rest
+        while self.receive() {}
+        std::mem::take(&mut self.buf)
     }
 
-    /// Asserts the server closes the connection with nothing more to say.
+    /// Asserts the server closes the connection with nothing more to say
+    /// (over TLS: with close_notify).
     pub fn expect_eof(&mut self) {
         let rest = self.read_to_end();
         assert!(
@@ -502,20 +660,34 @@ impl Client {
     /// where a close with our bytes still unread makes the kernel send a
     /// reset instead of a FIN.
     pub fn expect_eof_or_reset(&mut self) {
-        let mut rest = std::mem::take(&mut self.buf);
-        match self.stream.read_to_end(&mut rest) {
-            Ok(_) => assert!(
-                rest.is_empty(),
-                "expected EOF, got {:?}",
-                String::from_utf8_lossy(&rest)
-            ),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
-            Err(e) => panic!("expected EOF, got {e}"),
+        let mut chunk = [0u8; 65536];
+        loop {
+            match self.read_some(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("expected EOF, got {e}"),
+            }
         }
+        assert!(
+            self.buf.is_empty(),
+            "expected EOF, got {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
     }
 
-    /// Shuts our writing side (half-close).
+    /// Ends our writing side and keeps reading: over plain TCP a
+    /// half-close (`shutdown(Write)`), over TLS a close_notify (the socket
+    /// stays open both ways; the session's end is what the server sees).
     pub fn shutdown_write(&mut self) {
+        #[cfg(feature = "tls")]
+        if let Some(session) = self.session.as_deref_mut() {
+            session.send_close_notify();
+            let wire = tls::take_records(session);
+            self.stream.write_all(&wire).expect("send close_notify");
+            return;
+        }
         self.stream.shutdown(Shutdown::Write).expect("shutdown");
     }
 
@@ -555,8 +727,11 @@ impl Client {
             .set_write_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let requests = format!("ECHO {}\n", "f".repeat(1000)).repeat(64);
-        // Where we are in the endless repetition of `requests`: a write cut
-        // short by the timeout goes on mid-line, never starts a line anew.
+        // The wire bytes of one round of `requests`, and where we are in
+        // them: a write cut short by the timeout goes on mid-line (over
+        // TLS, mid-record), never starts anew. A round used up, the next
+        // is made (over TLS, new records: they cannot be sent twice).
+        let mut wire = Vec::new();
         let mut at = 0;
         let deadline = Instant::now() + PATIENCE;
         let end = loop {
@@ -564,8 +739,12 @@ impl Client {
                 Instant::now() < deadline,
                 "the server never stopped reading"
             );
-            match self.stream.write(&requests.as_bytes()[at..]) {
-                Ok(n) => at = (at + n) % requests.len(),
+            if at == wire.len() {
+                wire = self.wire_bytes(requests.as_bytes());
+                at = 0;
+            }
+            match self.stream.write(&wire[at..]) {
+                Ok(n) => at += n,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     if stopped_reading() {
                         break Ok(());
@@ -578,7 +757,8 @@ impl Client {
         end
     }
 
-    /// Asserts nothing arrives within `wait`.
+    /// Asserts nothing arrives within `wait` (over TLS: no plaintext; a
+    /// record the session handles itself, if any, does not count).
     pub fn expect_silence(&mut self, wait: Duration) {
         assert!(
             self.buf.is_empty(),
@@ -587,7 +767,7 @@ impl Client {
         );
         self.stream.set_read_timeout(Some(wait)).unwrap();
         let mut byte = [0u8; 1];
-        match self.stream.read(&mut byte) {
+        match self.read_some(&mut byte) {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             other => panic!("expected silence, got {other:?}"),
         }

@@ -1,8 +1,8 @@
 //! TLS for the tests: a throwaway CA made at test time with the real
 //! `openssl` command (Debian's openssl, which `.ci/run` installs), the
 //! server certificate and key it signs, written as PEM files for
-//! `--tls-cert` and `--tls-key`, and a blocking rustls client that speaks
-//! to the server over loopback.
+//! `--tls-cert` and `--tls-key`, and the TLS side of [`Client`]: a blocking
+//! rustls session over a loopback socket.
 //!
 //! (Not a Rust certificate generator: those bring C code that cannot be
 //! built for every platform the repository is checked for.)
@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
-use super::PATIENCE;
+use super::{Client, PATIENCE};
 
 /// A CA and what it signed, on disk in a directory of its own (removed on
 /// drop).
@@ -220,42 +220,57 @@ pub fn path(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_string()
 }
 
-/// A blocking TLS client stream on loopback: the socket, with a rustls
-/// session around it.
-pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
-
-/// Connects to `addr` and completes the handshake (or fails with the
-/// error the handshake met).
-pub fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> io::Result<TlsStream> {
-    let socket = TcpStream::connect(addr)?;
-    socket.set_read_timeout(Some(PATIENCE))?;
-    socket.set_write_timeout(Some(PATIENCE))?;
-    let name = ServerName::try_from("localhost").unwrap();
-    let session = ClientConnection::new(config, name).map_err(io::Error::other)?;
-    let mut stream = StreamOwned::new(session, socket);
-    while stream.conn.is_handshaking() {
-        stream.conn.complete_io(&mut stream.sock)?;
+impl Client {
+    /// Connects to `addr` and completes the TLS handshake as `localhost`
+    /// (or fails with the error the connect or the handshake met).
+    pub fn connect_tls(addr: SocketAddr, config: Arc<ClientConfig>) -> io::Result<Client> {
+        let mut client = Client::from_stream(TcpStream::connect_timeout(&addr, PATIENCE)?);
+        let name = ServerName::try_from("localhost").expect("a valid name");
+        let mut session = ClientConnection::new(config, name).map_err(io::Error::other)?;
+        // No limit on plaintext waiting to be encrypted: `Client::wire_bytes`
+        // encrypts a whole request batch at once, however large.
+        session.set_buffer_limit(None);
+        while session.is_handshaking() {
+            session.complete_io(&mut client.stream)?;
+        }
+        // Send the client's Finished now, not with the first request.
+        client.stream.write_all(&take_records(&mut session))?;
+        client.session = Some(Box::new(session));
+        Ok(client)
     }
-    // Flush the client's Finished.
-    stream.flush()?;
-    Ok(stream)
+
+    /// The TLS session (the certificates the server showed, say); None for
+    /// a plain client.
+    pub fn tls_session(&self) -> Option<&ClientConnection> {
+        self.session.as_deref()
+    }
 }
 
-/// Reads one line (without its LF) from a TLS stream; `None` at the end of
-/// the stream.
-pub fn read_line(stream: &mut TlsStream, pending: &mut Vec<u8>) -> Option<String> {
-    loop {
-        if let Some(lf) = pending.iter().position(|&b| b == b'\n') {
-            let line = String::from_utf8_lossy(&pending[..lf]).into_owned();
-            pending.drain(..=lf);
-            return Some(line);
-        }
-        let mut chunk = [0u8; 16384];
-        match stream.read(&mut chunk) {
-            Ok(0) => return None,
-            Ok(n) => pending.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return None,
-            Err(e) => panic!("TLS read failed: {e}"),
-        }
+/// Every record `session` has waiting to be sent, encrypted, in order.
+pub(super) fn take_records(session: &mut ClientConnection) -> Vec<u8> {
+    let mut records = Vec::new();
+    while session.wants_write() {
+        // Writing into a Vec cannot fail.
+        session.write_tls(&mut records).expect("write into a Vec");
     }
+    records
+}
+
+/// One read of plaintext from `session`, reading records from `socket`
+/// as needed: Ok(0) once the server's close_notify has come; a TCP close
+/// without one is an `UnexpectedEof` error, which names the fault.
+pub(super) fn read_plaintext(
+    session: &mut ClientConnection,
+    socket: &mut TcpStream,
+    chunk: &mut [u8],
+) -> io::Result<usize> {
+    rustls::Stream::new(session, socket)
+        .read(chunk)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => io::Error::new(
+                e.kind(),
+                "the server closed the TCP connection without a TLS close_notify",
+            ),
+            _ => e,
+        })
 }
