@@ -5,9 +5,15 @@
 # loopline/Redis ratios and writes the rows to a CSV (bench-results/, not
 # committed, unless --csv says otherwise) and every raw run beside it.
 #
+# With --tls both servers listen with TLS only, on one certificate made for
+# the run (a throwaway CA and a server certificate for localhost and
+# 127.0.0.1, written with openssl beside the CSV), and the scenarios are the
+# TLS ones: PING at depth 1 and 32, full handshakes per second, and RSS per
+# idle TLS connection.
+#
 # Usage: scripts/compare.sh [--quick] [--repeats R] [--duration S] [--warmup S]
 #                           [--threads T] [--idle N] [--servers "loopline redis"]
-#                           [--csv PATH] [--no-build]
+#                           [--csv PATH] [--no-build] [--tls]
 #
 # Everything runs on loopback: both servers listen on 127.0.0.1 only and are
 # stopped when the script exits. The machine this was written for has 2 cores:
@@ -18,7 +24,8 @@ REPEATS=3
 DURATION=5
 WARMUP=1
 THREADS=1
-IDLE_CONNS=10000
+IDLE_CONNS=""  # default: 10000, or 5000 with --tls
+TLS=0
 SERVERS="loopline redis"
 BUILD=1
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,11 +44,14 @@ Options:
   --duration S       measured seconds per load/churn run (default 5)
   --warmup S         warm-up seconds before measuring (default 1)
   --threads T        loopline-bench event-loop threads (default 1)
-  --idle N           connections for the idle-connection scenario (default 10000)
+  --idle N           connections for the idle-connection scenario (default 10000,
+                     5000 with --tls)
   --servers LIST     which servers, e.g. "redis" alone (default "loopline redis")
   --csv PATH         where the table goes as CSV (default bench-results/compare.csv);
                      the raw runs go beside it, as PATH without .csv plus -runs.jsonl
   --no-build         do not build the release binaries
+  --tls              the TLS scenarios, both servers on one fresh certificate
+                     (written beside the CSV, in PATH without .csv plus -tls/)
 EOF
 }
 
@@ -56,11 +66,16 @@ while [ $# -gt 0 ]; do
         --servers) SERVERS="$2"; shift ;;
         --csv) CSV="$2"; shift ;;
         --no-build) BUILD=0 ;;
+        --tls) TLS=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
     shift
 done
+
+if [ -z "$IDLE_CONNS" ]; then
+    if [ "$TLS" = 1 ]; then IDLE_CONNS=5000; else IDLE_CONNS=10000; fi
+fi
 
 has_server() { case " $SERVERS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 log() { echo "compare.sh: $*" >&2; }
@@ -88,6 +103,25 @@ fi
 [ -x "$BENCH" ] || { log "missing $BENCH (build it first)"; exit 1; }
 if has_server loopline && [ ! -x "$LOOPLINE" ]; then
     log "missing $LOOPLINE (build it first)"; exit 1
+fi
+
+# --- TLS: one CA and one server certificate for both servers --------------
+TLS_DIR="${CSV%.csv}-tls"
+if [ "$TLS" = 1 ]; then
+    command -v openssl >/dev/null 2>&1 || { log "--tls needs the openssl command"; exit 1; }
+    mkdir -p "$TLS_DIR"
+    new_key=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+    openssl req -x509 "${new_key[@]}" -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" \
+        -days 7 -subj "/CN=compare.sh throwaway CA" \
+        -addext basicConstraints=critical,CA:TRUE \
+        -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+        "keyUsage=digitalSignature" "extendedKeyUsage=serverAuth" >"$TLS_DIR/server.ext"
+    openssl req -new "${new_key[@]}" -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/server.csr" \
+        -subj /CN=localhost 2>/dev/null
+    openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+        -CAcreateserial -days 7 -extfile "$TLS_DIR/server.ext" -out "$TLS_DIR/cert.pem" 2>/dev/null
+    log "TLS: CA and server certificate (localhost, 127.0.0.1) in $TLS_DIR"
 fi
 
 # both servers and the generator may hold 10k+ sockets
@@ -119,7 +153,15 @@ free_port() {
 
 start_redis() {
     REDIS_PORT="$(free_port 6399)"
-    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode yes \
+    # with --tls: the TLS port only (--port 0 turns plain TCP off), no
+    # client certificates asked for
+    local listen=(--port "$REDIS_PORT")
+    if [ "$TLS" = 1 ]; then
+        listen=(--port 0 --tls-port "$REDIS_PORT" --tls-cert-file "$TLS_DIR/cert.pem"
+            --tls-key-file "$TLS_DIR/key.pem" --tls-ca-cert-file "$TLS_DIR/ca.pem"
+            --tls-auth-clients no)
+    fi
+    redis-server "${listen[@]}" --bind 127.0.0.1 --protected-mode yes \
         --save '' --appendonly no --maxclients 20000 --daemonize no \
         --dir "$TMP" --logfile "$TMP/redis.log" &
     REDIS_PID=$!
@@ -143,7 +185,11 @@ stop_redis() {
 
 start_loopline() {
     : >"$TMP/loopline.log"
-    RUST_LOG=info "$LOOPLINE" --listen 127.0.0.1:0 --max-connections 20000 \
+    local listen=(--listen 127.0.0.1:0)
+    if [ "$TLS" = 1 ]; then
+        listen=(--listen 127.0.0.1:0,tls --tls-cert "$TLS_DIR/cert.pem" --tls-key "$TLS_DIR/key.pem")
+    fi
+    RUST_LOG=info "$LOOPLINE" "${listen[@]}" --max-connections 20000 \
         2>"$TMP/loopline.log" &
     LL_PID=$!
     local i
@@ -169,15 +215,26 @@ stop_loopline() {
 
 # --- scenarios ------------------------------------------------------------
 # name|kind|label|generator options (the request and greeting are per server)
-SCENARIOS=(
-    "ping_c1_p1|load|PING, 1 conn, depth 1|-c 1 -P 1"
-    "ping_c50_p1|load|PING, 50 conns, depth 1|-c 50 -P 1"
-    "ping_c1000_p1|load|PING, 1000 conns, depth 1|-c 1000 -P 1"
-    "ping_c50_p32|load|PING, 50 conns, depth 32|-c 50 -P 32"
-    "echo512_c50_p16|load|ECHO 512 B, 50 conns, depth 16|-c 50 -P 16"
-    "idle_${IDLE_CONNS}|hold|${IDLE_CONNS} idle conns|-c ${IDLE_CONNS}"
-    "churn_c50|churn|connect+QUIT churn, 50 at once|-c 50"
-)
+if [ "$TLS" = 0 ]; then
+    SCENARIOS=(
+        "ping_c1_p1|load|PING, 1 conn, depth 1|-c 1 -P 1"
+        "ping_c50_p1|load|PING, 50 conns, depth 1|-c 50 -P 1"
+        "ping_c1000_p1|load|PING, 1000 conns, depth 1|-c 1000 -P 1"
+        "ping_c50_p32|load|PING, 50 conns, depth 32|-c 50 -P 32"
+        "echo512_c50_p16|load|ECHO 512 B, 50 conns, depth 16|-c 50 -P 16"
+        "idle_${IDLE_CONNS}|hold|${IDLE_CONNS} idle conns|-c ${IDLE_CONNS}"
+        "churn_c50|churn|connect+QUIT churn, 50 at once|-c 50"
+    )
+else
+    # every connection a full handshake (the generator never resumes a
+    # session): churn counts handshakes per second
+    SCENARIOS=(
+        "ping_tls_c50_p1|load|TLS PING, 50 conns, depth 1|-c 50 -P 1"
+        "ping_tls_c50_p32|load|TLS PING, 50 conns, depth 32|-c 50 -P 32"
+        "churn_tls_c50|churn|TLS handshake+QUIT, 50 at once|-c 50"
+        "idle_tls_${IDLE_CONNS}|hold|${IDLE_CONNS} idle TLS conns|-c ${IDLE_CONNS}"
+    )
+fi
 
 # Options that differ between the servers for a scenario, into SOPTS.
 server_opts() { # server scenario-name
@@ -237,6 +294,7 @@ run_one() { # server scenario-line repeat
     fi
     if [ "$server" = redis ]; then addr="127.0.0.1:$REDIS_PORT"; pid="$REDIS_PID"; else addr="$LL_ADDR"; pid="$LL_PID"; fi
     local common=(--addr "$addr" --server-pid "$pid" --threads "$THREADS" --close-rst)
+    if [ "$TLS" = 1 ]; then common+=(--tls --tls-ca "$TLS_DIR/ca.pem"); fi
     server_opts "$server" "$name"
     # $opts holds plain words (-c 50 -P 32): split on purpose
     # shellcheck disable=SC2086
@@ -266,7 +324,7 @@ run_one() { # server scenario-line repeat
 has_server redis && start_redis
 has_server loopline && start_loopline
 log "servers: ${SERVERS}; redis $(has_server redis && echo "127.0.0.1:$REDIS_PORT pid $REDIS_PID" || echo -), loopline $(has_server loopline && echo "$LL_ADDR pid $LL_PID" || echo -)"
-log "repeats $REPEATS, duration ${DURATION}s, warm-up ${WARMUP}s, generator threads $THREADS"
+log "$([ "$TLS" = 1 ] && echo "over TLS; ")repeats $REPEATS, duration ${DURATION}s, warm-up ${WARMUP}s, generator threads $THREADS"
 
 for rep in $(seq "$REPEATS"); do
     log "round $rep/$REPEATS"
@@ -303,7 +361,9 @@ for line in "${SCENARIOS[@]}"; do
     IFS='|' read -r name kind label opts <<<"$line"
     case "$kind" in
         load) metric=rps; cpu=server_cpu_us_per_resp; unit="responses/s" ;;
-        churn) metric=cps; cpu=server_cpu_us_per_conn; unit="conns/s" ;;
+        churn) metric=cps; cpu=server_cpu_us_per_conn; unit="conns/s"
+            # over TLS each connection is one full handshake
+            if [ "$TLS" = 1 ]; then unit="handshakes/s"; fi ;;
         hold) metric=bytes_per_conn; cpu=""; unit="RSS B/conn" ;;
     esac
     declare -A v=()
@@ -328,5 +388,8 @@ for line in "${SCENARIOS[@]}"; do
 done
 echo
 echo "ratio = loopline / Redis (for responses/s and conns/s higher is better; for RSS and CPU lower is better)."
+if [ "$TLS" = 1 ]; then
+    echo "TLS: both servers on the same certificate (ECDSA P-256, $TLS_DIR); every connection a full handshake."
+fi
 echo "server CPU = utime+stime of the server process over the measured window, per response (per connection for churn)."
 echo "CSV: $CSV   raw runs: $JSONL"

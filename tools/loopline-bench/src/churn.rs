@@ -2,20 +2,24 @@
 //! connect -> greeting -> request (QUIT) -> reply -> close for the
 //! duration; reports connections/s and the time of a whole cycle.
 //!
+//! Over TLS a cycle is connect -> full handshake (no resumption) ->
+//! greeting -> request -> reply -> close: connections/s are full handshakes
+//! per second.
+//!
 //! By default the slot waits for the server to close first, as a client of
 //! loopline's QUIT does; `--close-first` closes right after the reply.
 
 use crate::cli::Workload;
 use crate::connect::{close_with_reset, connect_outcome, peer_closing, poll_events, Connector};
+use crate::link::Link;
 use crate::measure::{elapsed_ns, new_latency_histogram, run_measured, MeasuredWorker};
 use crate::report::ChurnSummary;
 use crate::responses::{read_responses, Greeting, ReadOutcome, ResponseScanner};
 use crate::POLL_SLICE;
 use hdrhistogram::Histogram;
 use mio::event::Event;
-use mio::net::TcpStream;
 use mio::{Events, Poll, Token};
-use std::io::{self, ErrorKind, Write};
+use std::io::{self, ErrorKind};
 use std::process::ExitCode;
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
@@ -32,7 +36,7 @@ enum Phase {
 
 /// One cycle in progress.
 struct Cycle {
-    stream: TcpStream,
+    link: Link,
     phase: Phase,
     greeting: Greeting,
     reply_lines: usize,
@@ -69,12 +73,12 @@ impl ChurnWorker {
         if now >= self.end {
             return;
         }
-        let Some(stream) = self.connector.open(self.poll.registry(), Token(i)) else {
+        let Some(link) = self.connector.open(self.poll.registry(), Token(i)) else {
             self.counts.failed_cycles += 1;
             return;
         };
         self.slots[i] = Some(Cycle {
-            stream,
+            link,
             phase: Phase::Connecting,
             greeting: Greeting::new(self.workload.greeting_lines),
             reply_lines: 0,
@@ -110,7 +114,7 @@ impl ChurnWorker {
         };
         let request = &self.workload.request;
         while cycle.write_offset < request.len() {
-            match cycle.stream.write(&request[cycle.write_offset..]) {
+            match cycle.link.write(&request[cycle.write_offset..]) {
                 Ok(n) => cycle.write_offset += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -129,27 +133,37 @@ impl ChurnWorker {
             return;
         };
         if cycle.phase == Phase::Connecting {
-            match connect_outcome(&cycle.stream, event) {
+            match connect_outcome(&mut cycle.link, event) {
                 None => return,
                 Some(Err(_)) => {
                     self.finish(i, false);
                     return;
                 }
-                Some(Ok(())) if !cycle.greeting.is_done() => cycle.phase = Phase::Greeting,
+                // Requests wait for the TLS handshake, too.
+                Some(Ok(())) if !cycle.greeting.is_done() || cycle.link.is_handshaking() => {
+                    cycle.phase = Phase::Greeting
+                }
                 Some(Ok(())) => {
                     cycle.phase = Phase::Sending;
                     self.send(i);
                 }
             }
-        } else if cycle.phase == Phase::Sending && event.is_writable() {
-            self.send(i);
+        } else if event.is_writable() {
+            // TLS output the socket did not take earlier.
+            if cycle.link.send_pending().is_err() {
+                self.finish(i, false);
+                return;
+            }
+            if cycle.phase == Phase::Sending {
+                self.send(i);
+            }
         }
         // `send` may have ended the cycle (and started another in the slot).
         let Some(cycle) = self.slots[i].as_mut() else {
             return;
         };
         let read = read_responses(
-            &mut cycle.stream,
+            &mut cycle.link,
             &mut self.read_buffer,
             &mut cycle.scanner,
             &self.workload.error_prefixes,
@@ -157,7 +171,10 @@ impl ChurnWorker {
         );
         self.counts.error_lines += read.error_lines as u64;
         let lines = cycle.greeting.consume(read.lines);
-        if cycle.phase == Phase::Greeting && cycle.greeting.is_done() {
+        if cycle.phase == Phase::Greeting
+            && cycle.greeting.is_done()
+            && !cycle.link.is_handshaking()
+        {
             cycle.phase = Phase::Sending;
             self.send(i);
         }
@@ -250,7 +267,7 @@ impl MeasuredWorker for ChurnWorker {
         }
         close_with_reset(
             self.workload.close_with_reset,
-            self.slots.iter().flatten().map(|cycle| &cycle.stream),
+            self.slots.iter().flatten().map(|cycle| &cycle.link),
         );
         self.counts
     }

@@ -3,10 +3,12 @@
 //! server's own parser (`loopline::config::parse_duration`), so `500ms`,
 //! `2s` and `5m` mean the same to both programs.
 
+use crate::link::ClientTls;
 use clap::{Parser, ValueEnum};
 use loopline::config::parse_duration;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Longest error prefix compared at the start of each response line; longer
@@ -150,6 +152,24 @@ pub struct Args {
     /// Allow a target that is not a loopback address.
     #[arg(long)]
     pub allow_non_loopback: bool,
+
+    /// Speak TLS (every mode): each connection makes a full handshake (no
+    /// session resumption) before its greeting and requests. Needs --tls-ca.
+    #[arg(long)]
+    pub tls: bool,
+
+    /// The CA certificate(s) to trust, as a PEM file (with --tls).
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// The name the server's certificate must carry (with --tls).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "localhost",
+        requires = "tls"
+    )]
+    pub tls_name: String,
 }
 
 /// What every mode needs to know, checked and in the form the event loops
@@ -183,6 +203,8 @@ pub struct Workload {
     pub close_first: bool,
     pub close_with_reset: bool,
     pub source_ips: usize,
+    /// With `--tls`: the settings every connection's TLS session shares.
+    pub tls: Option<ClientTls>,
 }
 
 /// A command line that cannot run: the message names the option.
@@ -237,6 +259,7 @@ impl Workload {
                 bytes
             })
             .collect();
+        let tls = tls_settings(args)?;
         Ok(Workload {
             mode: args.mode,
             target,
@@ -258,8 +281,36 @@ impl Workload {
             close_first: args.close_first,
             close_with_reset: args.close_rst,
             source_ips: args.source_ips,
+            tls,
         })
     }
+}
+
+/// The TLS settings `--tls`, `--tls-ca` and `--tls-name` ask for.
+#[cfg(feature = "tls")]
+fn tls_settings(args: &Args) -> Result<Option<ClientTls>, UsageError> {
+    if !args.tls {
+        return Ok(None);
+    }
+    let Some(ca_file) = &args.tls_ca else {
+        return Err(UsageError(
+            "--tls needs --tls-ca FILE (the CA to trust)".into(),
+        ));
+    };
+    ClientTls::new(ca_file, &args.tls_name)
+        .map(Some)
+        .map_err(|e| UsageError(e.to_string()))
+}
+
+/// Built without the `tls` feature: `--tls` is refused.
+#[cfg(not(feature = "tls"))]
+fn tls_settings(args: &Args) -> Result<Option<ClientTls>, UsageError> {
+    if args.tls {
+        return Err(UsageError(
+            "--tls: this loopline-bench was built without TLS (feature `tls`)".into(),
+        ));
+    }
+    Ok(None)
 }
 
 /// Turns `\r`, `\n`, `\t`, `\0`, `\\` and `\xHH` into bytes; any other
@@ -371,5 +422,55 @@ mod tests {
         let args = Args::parse_from(["loopline-bench", "--addr", "192.0.2.1:9"]);
         let err = Workload::from_args(&args).unwrap_err().to_string();
         assert!(err.contains("--allow-non-loopback"), "{err}");
+    }
+
+    #[test]
+    fn tls_options_need_tls_and_tls_needs_a_ca() {
+        let args = Args::parse_from(["loopline-bench"]);
+        assert!(!args.tls);
+        assert_eq!(args.tls_name, "localhost");
+        assert!(Workload::from_args(&args).unwrap().tls.is_none());
+        // --tls-ca and --tls-name mean nothing without --tls.
+        assert!(Args::try_parse_from(["loopline-bench", "--tls-ca", "ca.pem"]).is_err());
+        assert!(Args::try_parse_from(["loopline-bench", "--tls-name", "x"]).is_err());
+        let args = Args::parse_from(["loopline-bench", "--tls"]);
+        let err = Workload::from_args(&args).unwrap_err().to_string();
+        assert!(err.contains("--tls"), "{err}");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn a_missing_or_empty_ca_file_is_named() {
+        let missing = std::env::temp_dir().join("loopline-bench-no-such-ca.pem");
+        let args = Args::parse_from([
+            "loopline-bench",
+            "--tls",
+            "--tls-ca",
+            missing.to_str().unwrap(),
+        ]);
+        let err = Workload::from_args(&args).unwrap_err().to_string();
+        assert!(err.contains("--tls-ca"), "{err}");
+        let empty =
+            std::env::temp_dir().join(format!("loopline-bench-empty-{}.pem", std::process::id()));
+        std::fs::write(&empty, "").unwrap();
+        let args = Args::parse_from([
+            "loopline-bench",
+            "--tls",
+            "--tls-ca",
+            empty.to_str().unwrap(),
+        ]);
+        let err = Workload::from_args(&args).unwrap_err().to_string();
+        std::fs::remove_file(&empty).ok();
+        assert!(err.contains("no certificate"), "{err}");
+        let args = Args::parse_from([
+            "loopline-bench",
+            "--tls",
+            "--tls-ca",
+            "x",
+            "--tls-name",
+            "bad name!",
+        ]);
+        let err = Workload::from_args(&args).unwrap_err().to_string();
+        assert!(err.contains("--tls-name"), "{err}");
     }
 }

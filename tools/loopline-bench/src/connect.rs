@@ -1,5 +1,6 @@
 //! The connection plumbing every mode shares: opening non-blocking
-//! connections registered with an event loop ([`Connector`]), waiting for
+//! connections registered with an event loop ([`Connector`]), each a
+//! [`Link`] (plain, or TLS with `--tls`), waiting for
 //! events ([`poll_events`]), telling from an event whether a connect has
 //! finished ([`connect_outcome`]), and closing at the end
 //! ([`close_with_reset`]).
@@ -13,6 +14,7 @@
 //! exhaustion it tried to escape.
 
 use crate::cli::Workload;
+use crate::link::{ClientTls, Link};
 use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token};
@@ -149,6 +151,8 @@ pub struct Connector {
     /// Whether a connect that fails outright is still to be reported: only
     /// the first is, so a target that refuses does not flood stderr.
     report_next_failure: bool,
+    /// With `--tls`: every connection starts a TLS session with these.
+    tls: Option<ClientTls>,
 }
 
 impl Connector {
@@ -161,6 +165,7 @@ impl Connector {
             sources: SourceAddresses::new(workload.target, workload.source_ips, thread_index),
             nodelay: true,
             report_next_failure: true,
+            tls: workload.tls.clone(),
         }
     }
 
@@ -179,10 +184,14 @@ impl Connector {
     /// Starts a connection and registers it under `token` for reading and
     /// writing, once for its whole life: no re-registration per request.
     /// `None` when it could not be started or registered; the caller counts
-    /// that as a failure. Wait for an event, then ask [`connect_outcome`].
-    pub fn open(&mut self, registry: &Registry, token: Token) -> Option<TcpStream> {
-        let mut stream = match self.start_connect() {
-            Ok(stream) => stream,
+    /// that as a failure. Wait for an event, then ask [`connect_outcome`];
+    /// once connected, [`Link::send_pending`] sends a TLS ClientHello.
+    pub fn open(&mut self, registry: &Registry, token: Token) -> Option<Link> {
+        let started = self
+            .start_connect()
+            .and_then(|stream| Link::new(stream, self.tls.as_ref()));
+        let mut link = match started {
+            Ok(link) => link,
             Err(e) => {
                 if self.report_next_failure {
                     eprintln!("loopline-bench: connect to {}: {e}", self.target);
@@ -192,9 +201,13 @@ impl Connector {
             }
         };
         registry
-            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+            .register(
+                link.tcp_mut(),
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            )
             .ok()?;
-        Some(stream)
+        Some(link)
     }
 
     /// Starts a non-blocking connect, moving to the next source address on
@@ -234,7 +247,17 @@ pub fn peer_closing(event: &Event) -> bool {
 }
 
 /// After an event on a connecting socket: `None` while still connecting.
-pub fn connect_outcome(stream: &TcpStream, event: &Event) -> Option<io::Result<()>> {
+/// Once connected, a TLS link's ClientHello goes out.
+pub fn connect_outcome(link: &mut Link, event: &Event) -> Option<io::Result<()>> {
+    let outcome = tcp_connect_outcome(link.tcp(), event);
+    match outcome {
+        Some(Ok(())) => Some(link.send_pending()),
+        other => other,
+    }
+}
+
+/// [`connect_outcome`] for the socket alone.
+fn tcp_connect_outcome(stream: &TcpStream, event: &Event) -> Option<io::Result<()>> {
     match stream.take_error() {
         Ok(Some(e)) | Err(e) => return Some(Err(e)),
         Ok(None) => {}
@@ -259,10 +282,10 @@ pub fn connect_outcome(stream: &TcpStream, event: &Event) -> Option<io::Result<(
 /// With `reset` set, makes the coming close of each stream send an RST
 /// (SO_LINGER 0) instead of a FIN, so no client-side TIME_WAIT sockets are
 /// left behind for the next run.
-pub fn close_with_reset<'s>(reset: bool, streams: impl Iterator<Item = &'s TcpStream>) {
+pub fn close_with_reset<'s>(reset: bool, links: impl Iterator<Item = &'s Link>) {
     if reset {
-        for stream in streams {
-            socket2::SockRef::from(stream)
+        for link in links {
+            socket2::SockRef::from(link.tcp())
                 .set_linger(Some(Duration::ZERO))
                 .ok();
         }

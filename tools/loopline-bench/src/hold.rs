@@ -4,16 +4,19 @@
 //! server's RSS growth per connection; then holds them for `--hold` (or
 //! until stdin closes) and closes them. One thread, one event loop.
 //!
+//! Over TLS a connection is held once its handshake is over and its
+//! greeting read; RSS per connection then includes the server's TLS session.
+//!
 //! The server's RSS comes from `loopline::sys::process_rss_kib` (Linux
 //! only; elsewhere the JSON fields are `null`).
 
 use crate::cli::Workload;
 use crate::connect::{close_with_reset, connect_outcome, peer_closing, poll_events, Connector};
+use crate::link::Link;
 use crate::report::{print_result, HoldSummary};
 use crate::responses::{read_responses, Greeting, ReadOutcome, ResponseScanner};
 use crate::POLL_SLICE;
 use loopline::sys::process_rss_kib;
-use mio::net::TcpStream;
 use mio::{Events, Poll, Token};
 use std::io::{self, Read};
 use std::process::ExitCode;
@@ -30,7 +33,7 @@ enum Phase {
 }
 
 struct HeldConnection {
-    stream: TcpStream,
+    link: Link,
     phase: Phase,
     greeting: Greeting,
     scanner: ResponseScanner,
@@ -85,12 +88,12 @@ impl<'a> HoldSession<'a> {
         while self.next_to_open < n && self.in_setup < self.workload.connect_window {
             let i = self.next_to_open;
             self.next_to_open += 1;
-            let Some(stream) = self.connector.open(self.poll.registry(), Token(i)) else {
+            let Some(link) = self.connector.open(self.poll.registry(), Token(i)) else {
                 self.failed += 1;
                 continue;
             };
             self.connections[i] = Some(HeldConnection {
-                stream,
+                link,
                 phase: Phase::Connecting,
                 greeting: Greeting::new(self.workload.greeting_lines),
                 scanner: ResponseScanner::default(),
@@ -112,7 +115,7 @@ impl<'a> HoldSession<'a> {
             };
             let mut dead = false;
             if connection.phase == Phase::Connecting {
-                match connect_outcome(&connection.stream, event) {
+                match connect_outcome(&mut connection.link, event) {
                     None => continue,
                     Some(Err(_)) => dead = true,
                     // Even with no greeting to wait for: the read below
@@ -120,10 +123,14 @@ impl<'a> HoldSession<'a> {
                     Some(Ok(())) => connection.phase = Phase::Greeting,
                 }
             }
+            if !dead && event.is_writable() {
+                // TLS output the socket did not take earlier.
+                dead = connection.link.send_pending().is_err();
+            }
             if !dead {
                 // Error prefixes do not matter here: only lines are counted.
                 let read = read_responses(
-                    &mut connection.stream,
+                    &mut connection.link,
                     &mut self.read_buffer,
                     &mut connection.scanner,
                     &[],
@@ -132,7 +139,7 @@ impl<'a> HoldSession<'a> {
                 if connection.phase == Phase::Greeting {
                     // Lines after the greeting are not counted: nothing was asked.
                     connection.greeting.consume(read.lines);
-                    if connection.greeting.is_done() {
+                    if connection.greeting.is_done() && !connection.link.is_handshaking() {
                         connection.phase = Phase::Held;
                         self.in_setup -= 1;
                         self.held += 1;
@@ -242,7 +249,7 @@ pub fn run(workload: &Workload) -> ExitCode {
     let (still_held, dropped) = (session.held, session.dropped);
     close_with_reset(
         workload.close_with_reset,
-        session.connections.iter().flatten().map(|c| &c.stream),
+        session.connections.iter().flatten().map(|c| &c.link),
     );
     drop(session);
     print_result(format_args!(

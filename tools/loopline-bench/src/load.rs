@@ -12,16 +12,16 @@
 
 use crate::cli::Workload;
 use crate::connect::{close_with_reset, connect_outcome, peer_closing, poll_events, Connector};
+use crate::link::Link;
 use crate::measure::{elapsed_ns, new_latency_histogram, run_measured, MeasuredWorker};
 use crate::report::LoadSummary;
 use crate::responses::{read_responses, Greeting, ReadOutcome, ResponseScanner};
 use crate::POLL_SLICE;
 use hdrhistogram::Histogram;
 use mio::event::Event;
-use mio::net::TcpStream;
 use mio::{Events, Poll, Token};
 use std::collections::VecDeque;
-use std::io::{self, ErrorKind, Write};
+use std::io::{self, ErrorKind};
 use std::process::ExitCode;
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
@@ -42,7 +42,7 @@ enum Phase {
 }
 
 struct LoadConnection {
-    stream: TcpStream,
+    link: Link,
     phase: Phase,
     greeting: Greeting,
     /// Lines read towards the next response, when one response is several
@@ -95,12 +95,12 @@ impl LoadWorker {
         {
             let i = self.next_to_open;
             self.next_to_open += 1;
-            let Some(stream) = self.connector.open(self.poll.registry(), Token(i)) else {
+            let Some(link) = self.connector.open(self.poll.registry(), Token(i)) else {
                 self.counts.connection_errors += 1;
                 continue;
             };
             self.connections[i] = Some(LoadConnection {
-                stream,
+                link,
                 phase: Phase::Connecting,
                 greeting: Greeting::new(self.workload.greeting_lines),
                 partial_response_lines: 0,
@@ -121,6 +121,22 @@ impl LoadWorker {
             }
             self.counts.connection_errors += 1;
             // Dropping the stream closes it, which also removes it from the poll.
+        }
+    }
+
+    /// Greets the connection once it is ready for requests: TLS handshake
+    /// over (if any) and greeting lines read. Without a greeting to read,
+    /// the end of the handshake is the only sign, so this is asked after
+    /// each read as well as after each greeting line.
+    fn greeted_if_ready(&mut self, i: usize) {
+        let Some(connection) = self.connections[i].as_ref() else {
+            return;
+        };
+        if connection.phase == Phase::Greeting
+            && connection.greeting.is_done()
+            && !connection.link.is_handshaking()
+        {
+            self.greeted(i);
         }
     }
 
@@ -164,7 +180,7 @@ impl LoadWorker {
         while connection.unsent_bytes > 0 {
             let start = connection.write_offset;
             let slice = &self.request_run[start..start + connection.unsent_bytes];
-            match connection.stream.write(slice) {
+            match connection.link.write(slice) {
                 Ok(n) => {
                     connection.unsent_bytes -= n;
                     connection.write_offset = (connection.write_offset + n) % request_len;
@@ -191,7 +207,7 @@ impl LoadWorker {
             return;
         };
         if connection.phase == Phase::Connecting {
-            match connect_outcome(&connection.stream, event) {
+            match connect_outcome(&mut connection.link, event) {
                 None => return,
                 Some(Err(_)) => {
                     self.close_failed(i);
@@ -199,9 +215,7 @@ impl LoadWorker {
                 }
                 Some(Ok(())) => {
                     connection.phase = Phase::Greeting;
-                    if self.workload.greeting_lines == 0 {
-                        self.greeted(i);
-                    }
+                    self.greeted_if_ready(i);
                 }
             }
             // The greeting may have arrived with the connect edge.
@@ -212,7 +226,13 @@ impl LoadWorker {
             self.on_readable(i, peer_closing(event));
         }
         if event.is_writable() {
-            if let Some(connection) = self.connections[i].as_ref() {
+            if let Some(connection) = self.connections[i].as_mut() {
+                // TLS output the socket did not take earlier (handshake
+                // records, encrypted requests).
+                if connection.link.send_pending().is_err() {
+                    self.close_failed(i);
+                    return;
+                }
                 if connection.phase == Phase::Running && connection.unsent_bytes > 0 {
                     self.write_queued(i);
                 }
@@ -225,7 +245,7 @@ impl LoadWorker {
             return;
         };
         let read = read_responses(
-            &mut connection.stream,
+            &mut connection.link,
             &mut self.read_buffer,
             &mut connection.scanner,
             &self.workload.error_prefixes,
@@ -235,6 +255,8 @@ impl LoadWorker {
         if read.lines > 0 {
             self.on_lines(i, read.lines);
         }
+        // The read may have finished a TLS handshake.
+        self.greeted_if_ready(i);
         match read.outcome {
             ReadOutcome::Open => {}
             ReadOutcome::Eof | ReadOutcome::Failed => self.close_failed(i),
@@ -248,8 +270,8 @@ impl LoadWorker {
             return;
         };
         let lines = connection.greeting.consume(lines);
-        if connection.phase == Phase::Greeting && connection.greeting.is_done() {
-            self.greeted(i);
+        if connection.phase == Phase::Greeting {
+            self.greeted_if_ready(i);
             // Lines after the greeting, before any request was sent, are noise.
             return;
         }
@@ -384,7 +406,7 @@ impl MeasuredWorker for LoadWorker {
         }
         close_with_reset(
             self.workload.close_with_reset,
-            self.connections.iter().flatten().map(|c| &c.stream),
+            self.connections.iter().flatten().map(|c| &c.link),
         );
         self.counts
     }

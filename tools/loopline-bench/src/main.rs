@@ -12,9 +12,13 @@
 //!
 //! The rest: [`cli`] (the options and the checked [`cli::Workload`]),
 //! [`connect`] (opening and polling connections over several source
-//! addresses), [`responses`] (counting greeting and response lines),
+//! addresses), [`link`] (a connection's bytes, plain or inside TLS),
+//! `tls` (the TLS client settings, with the `tls` feature), [`responses`] (counting greeting and response lines),
 //! [`measure`] (latency histograms, CPU time, a measured mode's threads)
 //! and [`report`] (the human and JSON result lines).
+//!
+//! With `--tls` every mode runs over TLS (rustls, ring provider): each
+//! connection makes a full handshake first; the counting is the same.
 //!
 //! Every mode prints one human line and one JSON line on stdout; progress and
 //! warnings go to stderr. Only loopback targets are accepted unless
@@ -24,10 +28,13 @@ mod churn;
 mod cli;
 mod connect;
 mod hold;
+mod link;
 mod load;
 mod measure;
 mod report;
 mod responses;
+#[cfg(feature = "tls")]
+mod tls;
 
 use clap::Parser;
 use cli::{Args, Mode, Workload};
@@ -64,9 +71,14 @@ fn main() -> ExitCode {
     }
     if workload.mode != Mode::Hold {
         eprintln!(
-            "loopline-bench: {:?} {} request `{}`, {} greeting line(s), {} line(s) per response",
+            "loopline-bench: {:?} {}{} request `{}`, {} greeting line(s), {} line(s) per response",
             workload.mode,
             workload.target,
+            if workload.tls.is_some() {
+                " over TLS"
+            } else {
+                ""
+            },
             cli::show_bytes(&workload.request),
             workload.greeting_lines,
             workload.lines_per_response

@@ -5,8 +5,8 @@
 //! apart from the responses.
 
 use crate::cli::ERROR_PREFIX_MAX;
-use mio::net::TcpStream;
-use std::io::{ErrorKind, Read};
+use crate::link::Link;
+use std::io::ErrorKind;
 
 /// Counts response lines and error lines in a byte stream that arrives in
 /// pieces. Holds only the first bytes of the line in progress.
@@ -96,9 +96,10 @@ pub struct ReadResult {
 /// the receive queue is empty, which is enough for edge-triggered readiness
 /// on a stream socket, except that a FIN that came with the same edge would
 /// be missed: `to_end` (the event said read-closed or error) reads on to
-/// the end of the stream.
+/// the end of the stream. Over TLS, [`Link::read`] keeps the same meaning
+/// of a short read.
 pub fn read_responses(
-    stream: &mut TcpStream,
+    stream: &mut Link,
     buf: &mut [u8],
     scanner: &mut ResponseScanner,
     error_prefixes: &[Vec<u8>],

@@ -1,7 +1,8 @@
 //! Runs `loopline-bench` against a tiny in-test line server on 127.0.0.1:0
 //! (greets with READY, answers every line with PONG, QUIT with BYE and a
-//! close) and checks its JSON result lines. Every run is short and guarded by
-//! a watchdog.
+//! close) and checks its JSON result lines; and, over TLS, against a real
+//! loopline server with a TLS listener, run inside the test process. Every
+//! run is short and guarded by a watchdog.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
@@ -218,4 +219,214 @@ fn refuses_a_non_loopback_target() {
     let (ok, out) = bench(&["--addr", "192.0.2.1:9", "-d", "0.1"]);
     assert!(!ok);
     assert!(!out.contains('{'), "{out}");
+}
+
+/// A throwaway CA and a server certificate it signs for `localhost` and
+/// 127.0.0.1, made with the real `openssl` command in a directory of their
+/// own. (The server's tests have the same few lines in their own test
+/// helpers, which this crate cannot import, so they are written again
+/// here.)
+#[cfg(feature = "tls")]
+struct TestCertificates {
+    dir: std::path::PathBuf,
+}
+
+#[cfg(feature = "tls")]
+impl TestCertificates {
+    fn new() -> TestCertificates {
+        let dir = std::env::temp_dir().join(format!("loopline-bench-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .unwrap_or_else(|e| panic!("openssl not found ({e}): apt-get install openssl"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let new_key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &new_key,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=loopline-bench test CA",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write server.ext");
+        openssl(
+            &[
+                &["req", "-new"][..],
+                &new_key,
+                &[
+                    "-keyout",
+                    "key.pem",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=localhost",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "cert.pem",
+        ]);
+        TestCertificates { dir }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_string_lossy().into_owned()
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Drop for TestCertificates {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+/// Every mode over TLS against a real loopline with a TLS listener on
+/// 127.0.0.1:0: responses, full handshakes per second, held connections,
+/// and a wrong server name failing every connection.
+#[cfg(feature = "tls")]
+#[test]
+fn every_mode_speaks_tls_to_a_real_loopline() {
+    use clap::Parser;
+    let certificates = TestCertificates::new();
+    let (cert, key, ca) = (
+        certificates.path("cert.pem"),
+        certificates.path("key.pem"),
+        certificates.path("ca.pem"),
+    );
+    let config = loopline::Config::try_parse_from([
+        "loopline",
+        "--listen",
+        "127.0.0.1:0,tls",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ])
+    .expect("server options");
+    let server = loopline::Server::bind(config).expect("start loopline");
+    let addr = server.local_addrs()[0].to_string();
+    let shutdown = server.shutdown_handle();
+    let server_thread = thread::spawn(move || server.run());
+    let tls = ["--addr", &addr, "--tls", "--tls-ca", &ca, "--eol", "lf"];
+
+    let (ok, out) = bench(
+        &[
+            &tls[..],
+            &["-c", "2", "-P", "4", "-d", "0.5", "--warmup", "0.1"],
+        ]
+        .concat(),
+    );
+    assert!(ok, "load over TLS failed:\n{out}");
+    let m = json_line(&out);
+    assert_eq!(m["mode"], "load");
+    assert_eq!(num(&m, "connected"), 2.0, "{out}");
+    assert!(num(&m, "rps") > 0.0, "{out}");
+    assert_eq!(num(&m, "errors"), 0.0, "{out}");
+
+    let churn = [
+        "--mode",
+        "churn",
+        "-c",
+        "2",
+        "-d",
+        "0.5",
+        "--warmup",
+        "0.1",
+        "--request",
+        "QUIT",
+    ];
+    let (ok, out) = bench(&[&tls[..], &churn].concat());
+    assert!(ok, "churn over TLS failed:\n{out}");
+    let m = json_line(&out);
+    assert!(num(&m, "cps") > 0.0, "{out}");
+    assert_eq!(num(&m, "errors"), 0.0, "{out}");
+
+    let pid = std::process::id().to_string();
+    let hold = [
+        "--mode",
+        "hold",
+        "-c",
+        "20",
+        "--hold",
+        "0",
+        "--server-pid",
+        &pid,
+    ];
+    let (ok, out) = bench(&[&tls[..], &hold].concat());
+    assert!(ok, "hold over TLS failed:\n{out}");
+    assert_eq!(num(&json_line(&out), "held"), 20.0, "{out}");
+
+    // The certificate names localhost and 127.0.0.1, not this.
+    let wrong_name = [
+        "--tls-name",
+        "example.com",
+        "-c",
+        "2",
+        "-d",
+        "0.2",
+        "--warmup",
+        "0",
+        "--connect-timeout",
+        "5",
+    ];
+    let (ok, out) = bench(&[&tls[..], &wrong_name].concat());
+    assert!(!ok, "a wrong server name was accepted:\n{out}");
+    let m = json_line(&out);
+    assert_eq!(num(&m, "connected"), 0.0, "{out}");
+    assert_eq!(num(&m, "conn_errors"), 2.0, "{out}");
+
+    shutdown.shutdown();
+    server_thread
+        .join()
+        .expect("server thread")
+        .expect("server run");
 }
