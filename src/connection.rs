@@ -9,17 +9,21 @@
 //! Life of a connection:
 //!
 //! ```text
-//!            output over --max-output, or the process over --max-memory
-//!  accept ──► Open ◄──────────────────────────────────────────────► Paused
-//!              │      output drained (and the process below 3/4)     │
-//!              │                                                     │ graceful shutdown
-//!              │                                                     ▼
-//!              │ QUIT, line too long, idle, shutdown, peer EOF    Draining (held lines
-//!              ▼                                                     │  answered, no reads)
-//!           Closing ◄────────────────────────────────────────────────┘
-//!              │ all output written, write side shut
-//!              ▼
-//!          Lingering ──(peer EOF, linger deadline, or evicted)──► Closed
+//!  accept ──(TLS)──► Handshaking ──(timeout, failure)──► Closed
+//!    │                   │ handshake done: READY, or the refusal's line
+//!    │ (plain TCP)       ▼
+//!    └─────────────────► Open ◄──(output drained, process below 3/4)──┐
+//!                         │ ──(output over --max-output, or        Paused
+//!                         │     the process over --max-memory)──►    │
+//!                         │                                          │ graceful shutdown
+//!                         │ QUIT, line too long, idle,               ▼
+//!                         │ shutdown, peer EOF               Draining (held lines
+//!                         ▼                                  answered, no reads)
+//!                      Closing ◄─────────────────────────────────────┘
+//!                         │ all output (and TLS close_notify) written,
+//!                         │ write side shut
+//!                         ▼
+//!                     Lingering ──(peer EOF, linger deadline, or evicted)──► Closed
 //!
 //!  Any state ──► Closed at once on a reset or a write stall. Closing goes
 //!  straight to Closed once all output is written if the peer had already

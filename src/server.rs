@@ -825,6 +825,15 @@ impl Server {
         // Responses are small writes; without this, Nagle holds a reply
         // back while an earlier one is unacknowledged (up to 40 ms).
         let _ = stream.set_nodelay(true);
+        // The session first: a connection that cannot get one is dropped
+        // before anything counts it.
+        let transport = match self.transport_for(listener) {
+            Ok(transport) => transport,
+            Err(e) => {
+                warn!("cannot start a TLS session for {peer}: {}", e.0);
+                return;
+            }
+        };
         let out_of_sockets = self.conns.len() - self.closing.len() >= self.socket_budget
             && self.evict_lingering(1) == 0;
         let busy = out_of_sockets || self.stats.connections >= self.config.max_connections;
@@ -876,13 +885,6 @@ impl Server {
         // inserted; `insert` below returns this same key, as nothing is
         // inserted in between.
         let key = self.conns.vacant_key();
-        let transport = match self.transport_for(listener) {
-            Ok(transport) => transport,
-            Err(e) => {
-                warn!("cannot start a TLS session for {peer}: {}", e.0);
-                return;
-            }
-        };
         let first = match refusal {
             Some(refusal) => FirstLine::Refused(refusal),
             None => FirstLine::Ready,
@@ -939,7 +941,11 @@ impl Server {
                 Ok((mut stream, peer)) => {
                     self.stats.rejected += 1;
                     self.summaries.note(Kind::OutOfDescriptors, self.now);
-                    let _ = stream.write(protocol::BUSY);
+                    // A TLS client could not read a line outside the session:
+                    // it only sees the close.
+                    if !self.is_tls(index) {
+                        let _ = stream.write(protocol::BUSY);
+                    }
                     debug!("turned away {peer}: out of file descriptors");
                     // Close it before taking the spare back: its descriptor is the spare's.
                     drop(stream);
