@@ -786,7 +786,13 @@ impl Connection {
             return true;
         }
         let held = (self.input.len() + self.pending_output()) as u64;
-        shared.stats.buffered - self.counted_bytes as u64 + held > shared.limits.max_memory as u64
+        self.buffered_by_others(shared) + held > shared.limits.max_memory as u64
+    }
+
+    /// What every other connection holds (`STATS buffered` less this one's
+    /// last count): the rest of the process's total while this one works.
+    fn buffered_by_others(&self, shared: &Shared) -> u64 {
+        shared.stats.buffered - self.counted_bytes as u64
     }
 
     /// Whether a paused (or draining) connection may answer and read again:
@@ -998,9 +1004,9 @@ impl Connection {
         let memory_threshold = if shared.memory.on {
             0
         } else {
-            let others = shared.stats.buffered - self.counted_bytes as u64;
             let held_input = self.input.len() as u64;
-            (shared.limits.max_memory as u64).saturating_sub(others + held_input)
+            (shared.limits.max_memory as u64)
+                .saturating_sub(self.buffered_by_others(shared) + held_input)
         };
         ReplyBudget {
             reply_room: longest_response(shared.limits),
