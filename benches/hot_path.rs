@@ -13,7 +13,7 @@ use loopline::stats::Stats;
 
 /// Cuts every line of `buf` and answers it into `out`, as a connection does
 /// with one read (authentication off).
-fn serve_read(buf: &[u8], stats: &mut Stats, now: Instant, out: &mut Vec<u8>) -> usize {
+fn serve_read(buf: &[u8], stats: &Stats, now: Instant, out: &mut Vec<u8>) -> usize {
     let mut session = Session::new(None);
     let mut used = 0;
     let mut lines = 0;
@@ -27,7 +27,7 @@ fn serve_read(buf: &[u8], stats: &mut Stats, now: Instant, out: &mut Vec<u8>) ->
 
 fn benches(c: &mut Criterion) {
     let now = Instant::now();
-    let mut stats = Stats::new(now);
+    let stats = Stats::new(now);
 
     let pings = b"PING\r\n".repeat(32);
     let mut group = c.benchmark_group("pipelined_32");
@@ -36,7 +36,7 @@ fn benches(c: &mut Criterion) {
     group.bench_function("PING", |b| {
         b.iter(|| {
             out.clear();
-            black_box(serve_read(black_box(&pings), &mut stats, now, &mut out))
+            black_box(serve_read(black_box(&pings), &stats, now, &mut out))
         })
     });
     let echoes = format!("ECHO {}\n", "x".repeat(512)).repeat(32);

@@ -142,6 +142,13 @@ pub struct Config {
     /// first line of FILE. SIGHUP reads it again.
     #[arg(long, value_name = "FILE")]
     pub auth_file: Option<PathBuf>,
+
+    /// Event loops, each on its own thread with its own listeners; they
+    /// share the counters and limits above. One per core is the most that
+    /// helps.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = bounds::THREADS.parser())]
+    pub threads: u64,
 }
 
 impl Default for Config {
@@ -179,6 +186,7 @@ impl Config {
             }
         }
         bounds::MAX_CONNECTIONS_PER_IP.check(self.max_connections_per_ip)?;
+        bounds::THREADS.check(self.threads)?;
         Ok(())
     }
 }
@@ -218,6 +226,8 @@ pub mod bounds {
         Bounds::new("--handshake-timeout", Duration::ZERO, MAX_DURATION);
     pub const MAX_CONNECTIONS_PER_IP: Bounds<u64> =
         Bounds::new("--max-connections-per-ip", 1, 1_000_000).or_zero_for_off();
+    /// Past one loop per core, more only add threads that wait for a core.
+    pub const THREADS: Bounds<u64> = Bounds::new("--threads", 1, 1024);
 }
 
 /// The values an option accepts: `min..=max`, and 0 as well when 0 turns
@@ -1077,6 +1087,13 @@ mod tests {
                     ..ok.clone()
                 },
                 "--max-connections",
+            ),
+            (
+                Config {
+                    threads: 0,
+                    ..ok.clone()
+                },
+                "--threads",
             ),
             (
                 Config {

@@ -56,6 +56,8 @@ use std::io::{self, Read};
 use std::mem;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use memchr::memchr;
@@ -129,26 +131,67 @@ pub fn output_capacity_bound(limits: &Limits) -> usize {
 
 /// The process-wide cap on client buffer memory (`--max-memory`), with its
 /// hysteresis: pressure comes on when `STATS buffered` passes the cap and
-/// goes off once it falls below three quarters of it.
+/// goes off once it falls below three quarters of it. One for the whole
+/// process, shared by every loop: a loop whose clients fill memory must
+/// pause the readers of the other loops too.
 #[derive(Debug, Default)]
-pub struct MemoryPressure {
+pub struct MemoryCap {
     /// The total is (or was, and has not yet fallen below 3/4 of) the cap:
     /// connections with pending output must not read.
-    pub on: bool,
-    /// Pressure went off during this turn: the loop wakes every paused
-    /// connection, since no socket event will come for held lines.
+    on: AtomicBool,
+    /// How many times pressure went off since start. A loop that sees it
+    /// change wakes its paused connections: no socket event will come for
+    /// the lines they hold.
+    lifts: AtomicU64,
+}
+
+impl MemoryCap {
+    /// Times pressure went off since start.
+    pub fn lifts(&self) -> u64 {
+        self.lifts.load(Ordering::Relaxed)
+    }
+}
+
+/// One loop's view of the [`MemoryCap`].
+#[derive(Debug, Default)]
+pub struct MemoryPressure {
+    cap: Arc<MemoryCap>,
+    /// This loop turned pressure off during this turn: the loop wakes its
+    /// own paused connections and tells the other loops (see
+    /// [`MemoryCap::lifts`]).
     pub lifted: bool,
 }
 
 impl MemoryPressure {
-    /// Updates the state for a new total.
+    /// A loop's view of the process's cap.
+    pub fn new(cap: Arc<MemoryCap>) -> MemoryPressure {
+        MemoryPressure { cap, lifted: false }
+    }
+
+    /// Whether pressure is on: connections with pending output must not read.
+    #[inline]
+    pub fn on(&self) -> bool {
+        self.cap.on.load(Ordering::Relaxed)
+    }
+
+    /// Updates the state for a new process-wide total.
     pub fn update(&mut self, buffered: u64, max_memory: usize) {
         let max = max_memory as u64;
         if buffered > max {
-            self.on = true;
-        } else if self.on && buffered < max / 4 * 3 {
-            self.on = false;
-            self.lifted = true;
+            if !self.on() {
+                self.cap.on.store(true, Ordering::Relaxed);
+            }
+        } else if self.on() && buffered < max / 4 * 3 {
+            // Two loops may both see the total fall: only the one that
+            // turns pressure off counts the lift.
+            let turned_off =
+                self.cap
+                    .on
+                    .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed);
+            if turned_off.is_ok() {
+                self.cap.lifts.fetch_add(1, Ordering::Relaxed);
+                self.lifted = true;
+            }
         }
     }
 }
@@ -160,7 +203,7 @@ pub struct Shared<'a> {
     /// The limits from the command line.
     pub limits: &'a Limits,
     /// Server-wide counters.
-    pub stats: &'a mut Stats,
+    pub stats: &'a Stats,
     /// The `--auth-file` token as it is now (SIGHUP may replace it), `None`
     /// when authentication is off.
     pub token: Option<&'a AuthToken>,
@@ -499,10 +542,10 @@ impl Connection {
     /// Adds what crossed the socket to the server's and the connection's
     /// counters; bytes written are the peer's progress.
     fn count_wire(&mut self, wire: Wire, shared: &mut Shared) {
-        shared.stats.bytes_in += wire.read;
+        shared.stats.add_bytes_in(wire.read);
         self.totals.bytes_in += wire.read;
         if wire.written > 0 {
-            shared.stats.bytes_out += wire.written;
+            shared.stats.add_bytes_out(wire.written);
             self.totals.bytes_out += wire.written;
             self.last_progress = shared.now;
         }
@@ -621,10 +664,12 @@ impl Connection {
     /// Marks it finished; the loop calls this on the one close path. Its
     /// bytes stop counting in `STATS buffered` now: they are freed when the
     /// loop drops it at the end of the batch.
-    pub fn mark_closed(&mut self, stats: &mut Stats) {
+    pub fn mark_closed(&mut self, stats: &Stats) {
         self.state = State::Closed;
-        stats.buffered -= self.counted_bytes as u64;
-        stats.paused -= u64::from(self.counted_paused);
+        stats.buffered_changed(self.counted_bytes as u64, 0);
+        if self.counted_paused {
+            stats.paused_changed(false);
+        }
         self.counted_bytes = 0;
         self.counted_paused = false;
     }
@@ -762,27 +807,25 @@ impl Connection {
             return;
         }
         let held = self.input.len() + self.pending_output();
-        shared.stats.buffered = shared.stats.buffered - self.counted_bytes as u64 + held as u64;
+        shared
+            .stats
+            .buffered_changed(self.counted_bytes as u64, held as u64);
         self.counted_bytes = held;
         let paused = matches!(self.state, State::Paused | State::Draining);
         if paused != self.counted_paused {
-            if paused {
-                shared.stats.paused += 1;
-            } else {
-                shared.stats.paused -= 1;
-            }
+            shared.stats.paused_changed(paused);
             self.counted_paused = paused;
         }
         shared
             .memory
-            .update(shared.stats.buffered, shared.limits.max_memory);
+            .update(shared.stats.buffered(), shared.limits.max_memory);
     }
 
     /// Whether the process is over `--max-memory`, counting what this
     /// connection holds right now (the shared total is brought up to date
     /// only after each call, and one read can cross the cap).
     fn memory_over(&self, shared: &Shared) -> bool {
-        if shared.memory.on {
+        if shared.memory.on() {
             return true;
         }
         let held = (self.input.len() + self.pending_output()) as u64;
@@ -792,7 +835,7 @@ impl Connection {
     /// What every other connection holds (`STATS buffered` less this one's
     /// last count): the rest of the process's total while this one works.
     fn buffered_by_others(&self, shared: &Shared) -> u64 {
-        shared.stats.buffered - self.counted_bytes as u64
+        shared.stats.buffered() - self.counted_bytes as u64
     }
 
     /// Whether a paused (or draining) connection may answer and read again:
@@ -1001,7 +1044,7 @@ impl Connection {
         // Pending output at which the process's total would pass
         // --max-memory (everything else this connection holds stays put
         // while lines are answered); none at all while pressure is on.
-        let memory_threshold = if shared.memory.on {
+        let memory_threshold = if shared.memory.on() {
             0
         } else {
             let held_input = self.input.len() as u64;
@@ -1032,7 +1075,7 @@ impl Connection {
     // (scripts/instructions.sh shows it).
     #[inline(always)]
     fn answer(&mut self, line: &[u8], budget: &ReplyBudget, shared: &mut Shared) {
-        shared.stats.commands += 1;
+        shared.stats.add_commands(1);
         self.totals.commands += 1;
         self.last_request = shared.now;
         self.make_room_for_reply(budget.reply_room, shared.limits);
@@ -1113,7 +1156,7 @@ impl Connection {
     }
 
     fn line_too_long(&mut self, shared: &mut Shared) {
-        shared.stats.commands += 1;
+        shared.stats.add_commands(1);
         self.totals.commands += 1;
         self.make_room_for_reply(longest_response(shared.limits), shared.limits);
         self.output.extend_from_slice(protocol::LINE_TOO_LONG);
@@ -1142,6 +1185,18 @@ impl Connection {
     }
 
     /// The one close-after-reply flag: nothing more is read or executed.
+    /// The client's last line is answered: from its side the connection is
+    /// over, so it no longer counts as open, nor against --max-connections
+    /// or its address. Done before that line is written: a client that
+    /// reads it and connects again at once must find its place free, even
+    /// when another loop (`--threads`) takes the new connection.
+    fn stop_counting_as_client(&mut self, shared: &mut Shared) {
+        if self.is_client {
+            self.is_client = false;
+            shared.stats.client_left(self.peer.ip());
+        }
+    }
+
     fn start_closing(&mut self, reason: CloseReason) {
         if matches!(self.state, State::Open | State::Paused | State::Draining) {
             self.state = State::Closing;
@@ -1155,6 +1210,9 @@ impl Connection {
     fn flush_and_advance(&mut self, next: Next, shared: &mut Shared) -> Next {
         if next == Next::Close {
             return next;
+        }
+        if self.state == State::Closing {
+            self.stop_counting_as_client(shared);
         }
         if let Err(reason) = self.flush(shared) {
             return self.fail(reason);
@@ -1191,16 +1249,11 @@ impl Connection {
     /// the kernel answer with a reset, which can wipe our last line from the
     /// peer's receive buffer before it reads it.
     fn linger(&mut self, shared: &mut Shared) -> Next {
+        // Its descriptor still counts against the process's budget: the
+        // loop keeps the number of lingering sockets bounded through
+        // `shared.lingering`.
+        self.stop_counting_as_client(shared);
         let _ = self.stream.shutdown(Shutdown::Write);
-        // From the client's side the connection is over: it no longer
-        // counts as open, nor against --max-connections. Its descriptor
-        // still counts against the process's budget: the loop keeps the
-        // number of lingering sockets bounded through `shared.lingering`.
-        // Nor does it count against its address any more.
-        if self.is_client {
-            self.is_client = false;
-            shared.stats.client_left(self.peer.ip());
-        }
         if self.peer_eof {
             // The peer already closed its side: nothing more can arrive.
             return Next::Close;
@@ -1218,7 +1271,7 @@ impl Connection {
             match self.stream.read(shared.read_buf) {
                 Ok(0) => return Next::Close,
                 Ok(n) => {
-                    shared.stats.bytes_in += n as u64;
+                    shared.stats.add_bytes_in(n as u64);
                     self.totals.bytes_in += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Wait,
@@ -1397,15 +1450,20 @@ mod tests {
 
     #[test]
     fn memory_pressure_has_hysteresis() {
-        let mut p = MemoryPressure::default();
+        let cap = Arc::new(MemoryCap::default());
+        let mut p = MemoryPressure::new(cap.clone());
         p.update(1000, 1000);
-        assert!(!p.on);
+        assert!(!p.on());
         p.update(1001, 1000);
-        assert!(p.on);
+        assert!(p.on());
+        // Another loop sees the same pressure.
+        let other = MemoryPressure::new(cap.clone());
+        assert!(other.on());
         p.update(800, 1000);
-        assert!(p.on, "stays on until below three quarters");
+        assert!(p.on(), "stays on until below three quarters");
         p.update(749, 1000);
-        assert!(!p.on);
+        assert!(!p.on() && !other.on());
         assert!(p.lifted);
+        assert_eq!(cap.lifts(), 1);
     }
 }

@@ -49,6 +49,7 @@
 pub mod config;
 pub mod connection;
 pub mod framing;
+pub mod process;
 pub mod protocol;
 pub mod server;
 pub mod stats;

@@ -159,7 +159,7 @@ pub fn respond(
     line: &[u8],
     session: &mut Session,
     token: Option<&AuthToken>,
-    stats: &mut Stats,
+    stats: &Stats,
     now: Instant,
     out: &mut Vec<u8>,
 ) -> After {
@@ -237,7 +237,7 @@ fn authenticate(
     given: Option<&[u8]>,
     session: &mut Session,
     token: Option<&AuthToken>,
-    stats: &mut Stats,
+    stats: &Stats,
     out: &mut Vec<u8>,
 ) -> After {
     let Some(token) = token else {
@@ -249,7 +249,7 @@ fn authenticate(
         out.extend_from_slice(b"OK\n");
         return After::KeepOpen;
     }
-    stats.auth_failures += 1;
+    stats.count_auth_failure();
     session.auth_failures = session.auth_failures.saturating_add(1);
     if session.failed_too_often() {
         out.extend_from_slice(b"ERR too many auth failures\n");
@@ -260,7 +260,9 @@ fn authenticate(
 }
 
 fn write_stats(stats: &Stats, now: Instant, out: &mut Vec<u8>) {
-    let uptime = now.saturating_duration_since(stats.started).as_secs();
+    let uptime = now.saturating_duration_since(stats.started()).as_secs();
+    // The whole process's counters, every loop's summed.
+    let stats = stats.snapshot();
     // Writing into a Vec cannot fail.
     let _ = writeln!(
         out,
@@ -285,10 +287,10 @@ mod tests {
 
     fn reply(line: &[u8]) -> (Vec<u8>, After) {
         let now = Instant::now();
-        let mut stats = Stats::new(now);
+        let stats = Stats::new(now);
         let mut session = Session::new(None);
         let mut out = Vec::new();
-        let after = respond(line, &mut session, None, &mut stats, now, &mut out);
+        let after = respond(line, &mut session, None, &stats, now, &mut out);
         (out, after)
     }
 
@@ -313,14 +315,7 @@ mod tests {
             let mut out = Vec::new();
             let now = Instant::now();
             let token = Some(&self.token);
-            let after = respond(
-                line,
-                &mut self.session,
-                token,
-                &mut self.stats,
-                now,
-                &mut out,
-            );
+            let after = respond(line, &mut self.session, token, &self.stats, now, &mut out);
             (out, after)
         }
 
@@ -346,7 +341,7 @@ mod tests {
         assert_eq!(c.text(b"HELP x"), b"ERR usage: HELP takes no argument\n");
         assert_eq!(c.text(b""), b"ERR empty command\n");
         assert_eq!(c.text(b"FLY"), b"ERR unknown command\n");
-        assert_eq!(c.stats.auth_failures, 0);
+        assert_eq!(c.stats.snapshot().auth_failures, 0);
         assert_eq!(c.send(b"QUIT"), (b"BYE\n".to_vec(), After::Close));
     }
 
@@ -362,7 +357,7 @@ mod tests {
         assert_eq!(c.text(b"AUTH s3cret"), b"OK\n");
         assert_eq!(c.text(b"AUTH nope"), b"ERR invalid token\n");
         assert_eq!(c.text(b"PING"), b"PONG\n");
-        assert_eq!(c.stats.auth_failures, 1);
+        assert_eq!(c.stats.snapshot().auth_failures, 1);
     }
 
     #[test]
@@ -382,7 +377,7 @@ mod tests {
             (b"ERR too many auth failures\n".to_vec(), After::Close)
         );
         assert!(c.session.failed_too_often());
-        assert_eq!(c.stats.auth_failures, 3);
+        assert_eq!(c.stats.snapshot().auth_failures, 3);
     }
 
     #[test]
@@ -495,15 +490,26 @@ mod tests {
     #[test]
     fn stats_reports_every_required_key() {
         let now = Instant::now();
-        let mut stats = Stats::new(now);
-        stats.connections = 3;
-        stats.rejected = 2;
+        let stats = Stats::holding(
+            now,
+            crate::stats::Snapshot {
+                connections: 3,
+                accepted: 0,
+                rejected: 2,
+                commands: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+                buffered: 0,
+                paused: 0,
+                auth_failures: 0,
+            },
+        );
         let mut out = Vec::new();
         respond(
             b"STATS",
             &mut Session::new(None),
             None,
-            &mut stats,
+            &stats,
             now,
             &mut out,
         );

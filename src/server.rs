@@ -33,7 +33,6 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,8 +45,9 @@ use crate::config::{read_token_file, show_duration, Config, ListenAddr, TokenFil
 use crate::connection::{
     CloseReason, Connection, FirstLine, Limits, MemoryPressure, Next, Refusal, Shared, State,
 };
+use crate::process::{Process, Reloadable};
 use crate::protocol::{self, AuthToken};
-use crate::stats::Stats;
+use crate::stats::{Counters, Full, Stats};
 use crate::summaries::{Kind, Summaries};
 use crate::sys;
 use crate::timer::Timers;
@@ -102,6 +102,10 @@ pub enum RunError {
     /// A second SIGINT or SIGTERM came during the graceful shutdown: every
     /// connection was closed at once.
     StoppedAtOnce,
+    /// The thread of a second or later loop could not be started.
+    Thread(io::Error),
+    /// A loop panicked (a bug): the other loops were shut down gracefully.
+    LoopPanicked { index: usize },
 }
 
 impl std::fmt::Display for RunError {
@@ -111,6 +115,8 @@ impl std::fmt::Display for RunError {
             RunError::StoppedAtOnce => {
                 f.write_str("stopped at once: a second signal came during the graceful shutdown")
             }
+            RunError::Thread(e) => write!(f, "cannot start an event loop thread: {e}"),
+            RunError::LoopPanicked { index } => write!(f, "event loop {index} panicked"),
         }
     }
 }
@@ -197,31 +203,51 @@ impl std::error::Error for StartError {
 /// Asks a running server, from any thread, to shut down gracefully.
 #[derive(Clone)]
 pub struct ShutdownHandle {
-    requested: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    process: Arc<Process>,
 }
 
 impl ShutdownHandle {
-    /// Starts a graceful shutdown, as SIGTERM would.
+    /// Starts a graceful shutdown of every loop, as SIGTERM would.
     pub fn shutdown(&self) {
-        self.requested.store(true, Ordering::SeqCst);
-        // Wakes `poll` on the WAKER token; the loop then sees the flag.
-        if let Err(e) = self.waker.wake() {
-            error!("cannot wake the event loop for shutdown: {e}");
-        }
+        // Sets the flag, then wakes each loop's `poll` on its WAKER token;
+        // each loop then sees the flag.
+        self.process.request_shutdown();
     }
 }
 
-/// A bound loopline server. [`Server::bind`] binds every listener (so the
-/// real ports are known before it runs); [`Server::run`] runs the loop until
-/// a graceful shutdown ends.
+/// A bound loopline server: `--threads` event loops, each with its own
+/// listeners. [`Server::bind`] binds every listener (so the real ports are
+/// known before it runs); [`Server::run`] runs the loops until a graceful
+/// shutdown ends.
 pub struct Server {
+    /// The loops, by index; loop 0 runs on the thread that calls `run`,
+    /// and handles the signals.
+    loops: Vec<EventLoop>,
+    /// What the loops share.
+    process: Arc<Process>,
+    /// The bound addresses, with real ports, in `--listen` order (the same
+    /// for every loop).
+    local_addrs: Vec<SocketAddr>,
+    /// Per address, the `--listen` value it came from.
+    listened_from: Vec<ListenAddr>,
+    /// Whether `--auth-file` is set (for the warning on plain listeners).
+    auth: bool,
+}
+
+/// One event loop: a `Poll` on one thread, its listeners, its connections
+/// and timers. With `--threads 1` (the default) the server is exactly one
+/// of these; with more, each runs the same code on its own thread and
+/// shares only [`Process`] with the others.
+struct EventLoop {
+    /// Its place among the loops (0 handles the signals).
+    index: usize,
     poll: Poll,
     listeners: Vec<TcpListener>,
     local_addrs: Vec<SocketAddr>,
     conns: Slab<Connection>,
     config: Config,
     limits: Limits,
+    /// This loop's handle onto the process's counters.
     stats: Stats,
     timers: Timers,
     read_buf: Box<[u8]>,
@@ -234,8 +260,8 @@ pub struct Server {
     next_id: u64,
     now: Instant,
     signals: Option<signal_hook_mio::v1_0::Signals>,
-    shutdown_requested: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    /// What the loops share: counters, limits, shutdown, reloads.
+    process: Arc<Process>,
     /// Set once a graceful shutdown starts: when it must end.
     shutdown_deadline: Option<Instant>,
     /// Accepting is paused after descriptor exhaustion until then.
@@ -245,20 +271,18 @@ pub struct Server {
     spare_fd: Option<File>,
     /// Per listener: it spent its accept budget with clients still queued.
     accept_again: Vec<bool>,
-    /// The process-wide cap on client buffer memory.
+    /// This loop's view of the process-wide cap on client buffer memory.
     memory: MemoryPressure,
+    /// The lifts of memory pressure this loop has acted on
+    /// (see `wake_paused`).
+    lifts_seen: u64,
     /// Connections lingering after their last line, oldest first (entries
     /// of connections closed since are skipped when met).
     lingering: VecDeque<(usize, u64)>,
-    /// Sockets the server may hold at once (clients, closing, lingering and
-    /// rejects): the open file limit less `RESERVED_DESCRIPTORS`.
-    socket_budget: usize,
-    /// Rate-limited log lines for refusals and limit closes.
-    summaries: Summaries,
     /// A second SIGINT or SIGTERM came during the shutdown.
     stop_at_once: bool,
-    /// Per listener, the `--listen` value it came from (for the log, and
-    /// its options: `tls`).
+    /// Per listener, the `--listen` value it came from (for its options:
+    /// `tls`).
     listened_from: Vec<ListenAddr>,
     /// What new TLS connections use; SIGHUP replaces it (open connections
     /// keep the one they started with).
@@ -266,11 +290,13 @@ pub struct Server {
     tls_config: Option<Arc<rustls::ServerConfig>>,
     /// The `--auth-file` token (SIGHUP reads it again), `None` when
     /// authentication is off.
-    token: Option<AuthToken>,
+    token: Option<Arc<AuthToken>>,
+    /// The reloads published by the signal loop that this loop has picked up.
+    reloads_seen: u64,
 }
 
 impl Server {
-    /// Binds every `--listen` address and prepares the loop.
+    /// Binds every `--listen` address, once per loop, and prepares the loops.
     pub fn bind(config: Config) -> Result<Server, StartError> {
         // A `Config` built by hand has not been through clap's checks, and
         // an out-of-range value would overflow or panic deep in the loop.
@@ -291,9 +317,12 @@ impl Server {
             None => None,
         };
         let setup = |what| move |source| StartError::Setup { what, source };
-        let poll = Poll::new().map_err(setup("the poller"))?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(setup("the waker"))?);
         let descriptor_limit = check_descriptor_limit(config.max_connections);
+        // Validated: between 1 and 1024.
+        let loop_count = usize::try_from(config.threads).unwrap_or(1);
+        // Several loops get a listener each per address where the kernel
+        // spreads connections over them; elsewhere they share one.
+        let own_listeners = loop_count > 1 && sys::SPREADS_ACCEPTS;
 
         // Bind every address before announcing any: a start that fails on
         // its second address must log no `listening on` line, or a script
@@ -304,9 +333,10 @@ impl Server {
             e.kind() == io::ErrorKind::AddrNotAvailable
                 || e.raw_os_error() == Some(libc::EAFNOSUPPORT)
         };
+        // The first loop's listeners, with their addresses and the
+        // `--listen` value each came from.
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
-        // Per listener, the `--listen` value it came from (for the log).
         let mut listened_from: Vec<ListenAddr> = Vec::new();
         // Addresses of a host name that this machine lacks, skipped.
         let mut skipped = Vec::new();
@@ -325,7 +355,7 @@ impl Server {
                     listen: listen_addr.clone(),
                     source,
                 };
-                let mut listener = match listen(addr) {
+                let listener = match listen(addr, own_listeners) {
                     Ok(listener) => listener,
                     // A host name may name an address this machine lacks
                     // (::1 in /etc/hosts with IPv6 turned off, as in many
@@ -337,14 +367,8 @@ impl Server {
                     }
                     Err(e) => return Err(failed(e)),
                 };
-                let local = listener.local_addr().map_err(failed)?;
-                // Listener `i` (in the order bound) gets token LISTENER_BASE + i.
-                let token = Token(LISTENER_BASE + listeners.len());
-                poll.registry()
-                    .register(&mut listener, token, Interest::READABLE)
-                    .map_err(failed)?;
+                local_addrs.push(listener.local_addr().map_err(failed)?);
                 listeners.push(listener);
-                local_addrs.push(local);
                 listened_from.push(listen_addr.clone());
             }
             // Every address of the name was missing: that is a failure.
@@ -357,19 +381,63 @@ impl Server {
         for skip in skipped {
             warn!("skipped {skip}");
         }
+
+        // The other loops' listeners: on the real address (port 0 was
+        // resolved by the first bind), each its own socket where the
+        // kernel spreads connections, else a second descriptor for the
+        // first loop's socket.
+        let mut listeners_by_loop = vec![listeners];
+        for _ in 1..loop_count {
+            let mut mine = Vec::with_capacity(local_addrs.len());
+            for (i, &addr) in local_addrs.iter().enumerate() {
+                let failed = |source| StartError::Listen {
+                    addr,
+                    listen: listened_from[i].clone(),
+                    source,
+                };
+                mine.push(if own_listeners {
+                    listen(addr, true).map_err(failed)?
+                } else {
+                    share_listener(&listeners_by_loop[0][i]).map_err(failed)?
+                });
+            }
+            listeners_by_loop.push(mine);
+        }
+
+        // One poller and waker per loop; each loop's listeners registered
+        // with its own poller, listener `i` on token LISTENER_BASE + i.
+        let mut polls = Vec::with_capacity(loop_count);
+        let mut wakers = Vec::with_capacity(loop_count);
+        for listeners in &mut listeners_by_loop {
+            let poll = Poll::new().map_err(setup("the poller"))?;
+            wakers.push(Arc::new(
+                Waker::new(poll.registry(), WAKER).map_err(setup("the waker"))?,
+            ));
+            for (i, listener) in listeners.iter_mut().enumerate() {
+                poll.registry()
+                    .register(listener, Token(LISTENER_BASE + i), Interest::READABLE)
+                    .map_err(|source| StartError::Listen {
+                        addr: local_addrs[i],
+                        listen: listened_from[i].clone(),
+                        source,
+                    })?;
+            }
+            polls.push(poll);
+        }
+
         let now = Instant::now();
+        // Besides one descriptor per socket: the reserve, every listener
+        // descriptor, and per extra loop its poller, waker and spare.
+        let listener_descriptors = (local_addrs.len() * loop_count) as u64;
         let socket_budget = descriptor_limit
-            .saturating_sub(RESERVED_DESCRIPTORS + listeners.len() as u64)
+            .saturating_sub(
+                RESERVED_DESCRIPTORS + listener_descriptors + 3 * (loop_count as u64 - 1),
+            )
             .max(1);
-        Ok(Server {
-            #[cfg(feature = "tls")]
-            tls_config,
-            listened_from,
-            token,
-            memory: MemoryPressure::default(),
-            lingering: VecDeque::new(),
-            socket_budget: usize::try_from(socket_budget).unwrap_or(usize::MAX),
-            summaries: Summaries::new(
+        let counters = Counters::new(now, loop_count);
+        let process = Arc::new(Process::new(
+            counters.clone(),
+            Summaries::new(
                 config.max_connections,
                 config.max_connections_per_ip,
                 descriptor_limit,
@@ -378,29 +446,60 @@ impl Server {
                 &show_duration(config.write_timeout),
                 &show_duration(config.handshake_timeout),
             ),
-            stop_at_once: false,
-            accept_again: vec![false; listeners.len()],
-            poll,
-            listeners,
+            usize::try_from(socket_budget).unwrap_or(usize::MAX),
+            wakers,
+            Reloadable {
+                #[cfg(feature = "tls")]
+                tls_config,
+                token: token.map(Arc::new),
+            },
+        ));
+        let reloaded = process.reloadable();
+        let limits = Limits::from_config(&config);
+        let loops = polls
+            .into_iter()
+            .zip(listeners_by_loop)
+            .enumerate()
+            .map(|(index, (poll, listeners))| EventLoop {
+                index,
+                #[cfg(feature = "tls")]
+                tls_config: reloaded.tls_config.clone(),
+                token: reloaded.token.clone(),
+                reloads_seen: 0,
+                listened_from: listened_from.clone(),
+                memory: MemoryPressure::new(process.memory.clone()),
+                lifts_seen: 0,
+                lingering: VecDeque::new(),
+                stop_at_once: false,
+                accept_again: vec![false; listeners.len()],
+                poll,
+                listeners,
+                local_addrs: local_addrs.clone(),
+                conns: Slab::new(),
+                limits: limits.clone(),
+                config: config.clone(),
+                stats: counters.for_loop(index),
+                timers: Timers::new(),
+                read_buf: vec![0; READ_BUFFER_SIZE].into_boxed_slice(),
+                spare_output: Vec::new(),
+                ready: Vec::new(),
+                ready_spare: Vec::new(),
+                closing: Vec::new(),
+                next_id: 0,
+                now,
+                signals: None,
+                process: process.clone(),
+                shutdown_deadline: None,
+                accept_paused_until: None,
+                spare_fd: File::open("/dev/null").ok(),
+            })
+            .collect();
+        Ok(Server {
+            loops,
+            process,
             local_addrs,
-            conns: Slab::new(),
-            limits: Limits::from_config(&config),
-            config,
-            stats: Stats::new(now),
-            timers: Timers::new(),
-            read_buf: vec![0; READ_BUFFER_SIZE].into_boxed_slice(),
-            spare_output: Vec::new(),
-            ready: Vec::new(),
-            ready_spare: Vec::new(),
-            closing: Vec::new(),
-            next_id: 0,
-            now,
-            signals: None,
-            shutdown_requested: Arc::new(AtomicBool::new(false)),
-            waker,
-            shutdown_deadline: None,
-            accept_paused_until: None,
-            spare_fd: File::open("/dev/null").ok(),
+            listened_from,
+            auth: config.auth_file.is_some(),
         })
     }
 
@@ -412,15 +511,14 @@ impl Server {
     /// A handle that starts a graceful shutdown from another thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
-            requested: self.shutdown_requested.clone(),
-            waker: self.waker.clone(),
+            process: self.process.clone(),
         }
     }
 
     /// Shut down gracefully on SIGINT and SIGTERM (a second one during the
     /// shutdown stops at once); SIGHUP reloads and never stops the server.
-    /// The signal handler only writes to a pipe that `poll` watches on its
-    /// own token: no work is done inside the handler.
+    /// The signal handler only writes to a pipe that the first loop's
+    /// `poll` watches on its own token: no work is done inside the handler.
     pub fn handle_signals(&mut self) -> Result<(), StartError> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let setup = |source| StartError::Setup {
@@ -429,17 +527,114 @@ impl Server {
         };
         let mut signals =
             signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(setup)?;
-        self.poll
+        let first = &mut self.loops[0];
+        first
+            .poll
             .registry()
             .register(&mut signals, SIGNAL, Interest::READABLE)
             .map_err(setup)?;
-        self.signals = Some(signals);
+        first.signals = Some(signals);
         Ok(())
     }
 
-    /// Runs the event loop until a graceful shutdown has finished.
-    pub fn run(mut self) -> Result<(), RunError> {
+    /// Runs every loop until a graceful shutdown has finished: loop 0 on
+    /// this thread, the others on threads of their own. A loop that fails
+    /// (or panics) shuts the others down gracefully: no loop may close its
+    /// listeners alone while the others accept (see `begin_shutdown`).
+    pub fn run(self) -> Result<(), RunError> {
         self.announce();
+        let Server { loops, process, .. } = self;
+        let mut loops = loops.into_iter();
+        let Some(first) = loops.next() else {
+            return Ok(());
+        };
+        let mut others = Vec::new();
+        for event_loop in loops {
+            let index = event_loop.index;
+            let spawned = std::thread::Builder::new()
+                .name(format!("loopline-loop-{index}"))
+                .spawn(move || event_loop.run_guarded());
+            match spawned {
+                Ok(handle) => others.push(handle),
+                Err(e) => {
+                    // The loops already running stop at once: the server
+                    // cannot run as configured.
+                    process.request_stop_at_once();
+                    for handle in others {
+                        let _ = handle.join();
+                    }
+                    return Err(RunError::Thread(e));
+                }
+            }
+        }
+        let mut result = first.run_guarded();
+        for handle in others {
+            // `run_guarded` catches a loop's panic, so `join` fails only if
+            // that catch itself panicked.
+            let joined = handle
+                .join()
+                .unwrap_or(Err(RunError::LoopPanicked { index: usize::MAX }));
+            // The first failure is the one reported.
+            if result.is_ok() {
+                result = joined;
+            }
+        }
+        process.summaries.log_all(Instant::now());
+        if result.is_ok() {
+            info!("shutdown complete");
+        }
+        result
+    }
+
+    /// Logs one `listening on ADDR` line per listener. Only here, as the
+    /// loops start: every listener is bound by now (a start that fails on
+    /// its second address logged none), and the signal handlers are in
+    /// place (`handle_signals` comes between `bind` and `run`), so whoever
+    /// waits for these lines may signal the server at once.
+    fn announce(&self) {
+        let loops = self.loops.len();
+        if loops > 1 {
+            let how = if sys::SPREADS_ACCEPTS {
+                "each with its own listeners; the kernel spreads connections over them"
+            } else {
+                "sharing each listening socket"
+            };
+            info!("{loops} event loops, one thread each, {how}");
+        }
+        for (local, listen_addr) in self.local_addrs.iter().zip(&self.listened_from) {
+            let options = listen_addr.options();
+            if options.is_empty() {
+                info!("listening on {local}");
+            } else {
+                info!("listening on {local} ({})", options.join(", "));
+            }
+            if !local.ip().is_loopback() {
+                warn!("{local} is not a loopback address: clients on the network can reach this server");
+                if self.auth && !listener_encrypts(listen_addr) {
+                    warn!("{local}: AUTH tokens cross the network in clear on this listener");
+                }
+            }
+        }
+    }
+}
+
+impl EventLoop {
+    /// Runs the loop, and if it fails or panics, shuts the other loops down.
+    fn run_guarded(self) -> Result<(), RunError> {
+        let index = self.index;
+        let process = self.process.clone();
+        // The loop's state is dropped with the panic and not looked at
+        // again: nothing half-updated can be seen.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run()))
+            .unwrap_or(Err(RunError::LoopPanicked { index }));
+        if result.is_err() && !process.stop_at_once() {
+            process.request_shutdown();
+        }
+        result
+    }
+
+    /// Runs the event loop until a graceful shutdown has finished.
+    fn run(mut self) -> Result<(), RunError> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
             let timeout = self.poll_timeout();
@@ -452,14 +647,12 @@ impl Server {
             }
             // One clock read per turn: every deadline and idle time this turn uses it.
             self.now = Instant::now();
+            self.pick_up_reload();
 
             for event in events.iter() {
                 match event.token() {
                     SIGNAL => self.on_signal(),
-                    WAKER if self.shutdown_requested.load(Ordering::SeqCst) => {
-                        self.begin_shutdown()
-                    }
-                    WAKER => {}
+                    WAKER => self.on_wake(),
                     Token(t) if t >= LISTENER_BASE => self.accept_within_budget(t - LISTENER_BASE),
                     Token(key) => {
                         // Closed and error flags are hints: a read tells for
@@ -482,7 +675,7 @@ impl Server {
             self.resume_accepting();
             self.bound_lingering();
             self.wake_paused();
-            self.summaries.log_due(self.now);
+            self.process.summaries.log_due(self.now);
 
             if self.stop_at_once {
                 info!(
@@ -490,13 +683,11 @@ impl Server {
                     self.conns.len()
                 );
                 self.close_all_now();
-                self.summaries.log_all(self.now);
                 return Err(RunError::StoppedAtOnce);
             }
             if let Some(deadline) = self.shutdown_deadline {
                 if self.conns.is_empty() {
-                    self.summaries.log_all(self.now);
-                    info!("shutdown complete");
+                    debug!("loop {}: every connection finished", self.index);
                     return Ok(());
                 }
                 if self.now >= deadline {
@@ -505,10 +696,35 @@ impl Server {
                         self.conns.len()
                     );
                     self.close_all_now();
-                    self.summaries.log_all(self.now);
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// The loop's waker rang: another thread asked every loop to shut down
+    /// or stop at once, published a reload (picked up at the top of each
+    /// turn), or lifted memory pressure (see `wake_paused`).
+    fn on_wake(&mut self) {
+        if self.process.stop_at_once() {
+            self.stop_at_once = true;
+        } else if self.process.shutdown_requested() {
+            self.begin_shutdown();
+        }
+    }
+
+    /// Takes what the latest SIGHUP reloaded, if this loop has not yet:
+    /// one relaxed load per turn when nothing changed.
+    fn pick_up_reload(&mut self) {
+        let reloads = self.process.reloads();
+        if reloads != self.reloads_seen {
+            self.reloads_seen = reloads;
+            let reloaded = self.process.reloadable();
+            #[cfg(feature = "tls")]
+            {
+                self.tls_config = reloaded.tls_config;
+            }
+            self.token = reloaded.token;
         }
     }
 
@@ -519,28 +735,6 @@ impl Server {
             self.close(key);
         }
         self.reap();
-    }
-
-    /// Logs one `listening on ADDR` line per listener. Only here, as the
-    /// loop starts: every listener is bound by now (a start that fails on
-    /// its second address logged none), and the signal handlers are in
-    /// place (`handle_signals` comes between `bind` and `run`), so whoever
-    /// waits for these lines may signal the server at once.
-    fn announce(&self) {
-        for (local, listen_addr) in self.local_addrs.iter().zip(&self.listened_from) {
-            let options = listen_addr.options();
-            if options.is_empty() {
-                info!("listening on {local}");
-            } else {
-                info!("listening on {local} ({})", options.join(", "));
-            }
-            if !local.ip().is_loopback() {
-                warn!("{local} is not a loopback address: clients on the network can reach this server");
-                if self.token.is_some() && !listener_encrypts(listen_addr) {
-                    warn!("{local}: AUTH tokens cross the network in clear on this listener");
-                }
-            }
-        }
     }
 
     /// How long `poll` may sleep: not at all when a connection has work
@@ -554,7 +748,7 @@ impl Server {
             self.timers.next_deadline(),
             self.shutdown_deadline,
             self.accept_paused_until,
-            self.summaries.next_due(),
+            self.process.summaries.next_due(),
         ]
         .into_iter()
         .flatten()
@@ -570,7 +764,7 @@ impl Server {
             now: self.now,
             limits: &self.limits,
             stats: &mut self.stats,
-            token: self.token.as_ref(),
+            token: self.token.as_deref(),
             timers: &mut self.timers,
             read_buf: &mut self.read_buf,
             spare_output: &mut self.spare_output,
@@ -635,11 +829,18 @@ impl Server {
 
     /// The process fell back below three quarters of `--max-memory`: every
     /// connection paused for it may read again. No socket event will come
-    /// for the lines they hold, so they go on the ready list.
+    /// for the lines they hold, so they go on the ready list. The loop that
+    /// lifted the pressure wakes the others, which see the count of lifts
+    /// change (one relaxed load per turn when nothing changed).
     fn wake_paused(&mut self) {
-        if !std::mem::take(&mut self.memory.lifted) {
+        if std::mem::take(&mut self.memory.lifted) {
+            self.process.memory_lifted(self.index);
+        }
+        let lifts = self.process.memory.lifts();
+        if lifts == self.lifts_seen {
             return;
         }
+        self.lifts_seen = lifts;
         for (key, conn) in self.conns.iter_mut() {
             if conn.state() == State::Paused && conn.mark_queued() {
                 self.ready.push((key, conn.id()));
@@ -709,7 +910,8 @@ impl Server {
     fn close(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key) {
             if conn.state() != State::Closed {
-                conn.mark_closed(&mut self.stats);
+                conn.mark_closed(&self.stats);
+                self.process.socket_given_back();
                 self.closing.push(key);
             }
         }
@@ -733,7 +935,7 @@ impl Server {
                 _ => None,
             };
             if let Some(kind) = kind {
-                self.summaries.note(kind, self.now);
+                self.process.summaries.note(kind, self.now);
             }
             if log::log_enabled!(log::Level::Debug) {
                 let totals = conn.totals();
@@ -834,24 +1036,31 @@ impl Server {
                 return;
             }
         };
-        let out_of_sockets = self.conns.len() - self.closing.len() >= self.socket_budget
-            && self.evict_lingering(1) == 0;
-        let busy = out_of_sockets || self.stats.connections >= self.config.max_connections;
-        let per_ip = self.config.max_connections_per_ip;
-        let refusal = if busy {
+        // Sockets count for the whole process; only this loop's own
+        // lingering sockets can be cut short to make room.
+        let out_of_sockets = self.process.out_of_sockets() && self.evict_lingering(1) == 0;
+        // Both limits count the whole process: the check and the count are
+        // one step, so two loops cannot both take the last place.
+        let refusal = if out_of_sockets {
             Some(Refusal::Busy)
-        } else if per_ip > 0 && self.stats.connections_from(peer.ip()) >= per_ip {
-            Some(Refusal::TooManyFromAddress)
         } else {
-            None
+            match self.stats.try_open_client(
+                peer.ip(),
+                self.config.max_connections,
+                self.config.max_connections_per_ip,
+            ) {
+                Ok(()) => None,
+                Err(Full::Server) => Some(Refusal::Busy),
+                Err(Full::Address) => Some(Refusal::TooManyFromAddress),
+            }
         };
         if let Some(refusal) = refusal {
-            self.stats.rejected += 1;
+            self.stats.count_rejected();
             let kind = match refusal {
                 Refusal::Busy => Kind::Busy,
                 Refusal::TooManyFromAddress => Kind::TooManyFromAddress,
             };
-            self.summaries.note(kind, self.now);
+            self.process.summaries.note(kind, self.now);
             if out_of_sockets || self.lingering.len() >= MAX_LINGERING {
                 // No descriptor to spare for a lingering close: say why and
                 // close at once (a short write on a fresh socket cannot block).
@@ -865,9 +1074,7 @@ impl Server {
                 return;
             }
         } else {
-            self.stats.accepted += 1;
-            // Counts it in `connections` and against its address.
-            self.stats.client_opened(peer.ip());
+            // Counted in `connections` and against its address already.
             // Dead peers: let the kernel probe an idle connection, so one
             // that vanished (power loss, cable) ends as a reset would.
             if let Some(idle) = self.limits.tcp_keepalive {
@@ -892,12 +1099,16 @@ impl Server {
         let (conns, mut shared) = self.parts();
         let (conn, next) = Connection::start(stream, transport, peer, key, id, first, &mut shared);
         conns.insert(conn);
+        self.process.socket_taken();
         match refusal {
-            None => debug!("accepted {peer}"),
-            Some(Refusal::Busy) => debug!("accepted {peer} (busy: turned away)"),
-            Some(Refusal::TooManyFromAddress) => {
-                debug!("accepted {peer} (too many from its address: turned away)")
+            None => debug!("accepted {peer}{}", self.which_loop()),
+            Some(Refusal::Busy) => {
+                debug!("accepted {peer}{} (busy: turned away)", self.which_loop())
             }
+            Some(Refusal::TooManyFromAddress) => debug!(
+                "accepted {peer}{} (too many from its address: turned away)",
+                self.which_loop()
+            ),
         }
 
         // Read and write interest, edge-triggered, registered once for the
@@ -939,8 +1150,10 @@ impl Server {
             let accepted = listener.accept();
             match accepted {
                 Ok((mut stream, peer)) => {
-                    self.stats.rejected += 1;
-                    self.summaries.note(Kind::OutOfDescriptors, self.now);
+                    self.stats.count_rejected();
+                    self.process
+                        .summaries
+                        .note(Kind::OutOfDescriptors, self.now);
                     // A TLS client could not read a line outside the session:
                     // it only sees the close.
                     if !self.is_tls(index) {
@@ -978,26 +1191,28 @@ impl Server {
         }
     }
 
+    /// Signals reach loop 0 only; it tells every loop (itself included)
+    /// through the shared flags and their wakers.
     fn on_signal(&mut self) {
         use signal_hook::consts::SIGHUP;
-        let mut stop = false;
+        let mut reload = false;
         if let Some(signals) = self.signals.as_mut() {
             for signal in signals.pending() {
                 if signal == SIGHUP {
                     // The server goes on whatever happens (the default
                     // action would kill it).
-                    self.reload();
-                } else if self.shutdown_deadline.is_some() {
+                    reload = true;
+                } else if self.process.shutdown_requested() {
                     info!("received signal {signal} during the shutdown: stopping at once");
-                    self.stop_at_once = true;
+                    self.process.request_stop_at_once();
                 } else {
                     info!("received signal {signal}: shutting down");
-                    stop = true;
+                    self.process.request_shutdown();
                 }
             }
         }
-        if stop {
-            self.begin_shutdown();
+        if reload {
+            self.reload();
         }
     }
 
@@ -1007,14 +1222,17 @@ impl Server {
     /// token: they are lent the current one for every line); open TLS
     /// sessions and authenticated connections keep what they have. A file
     /// that cannot be used keeps the old value and is named in an error line.
+    /// The files are read once, here, and what was read is published to
+    /// every loop.
     fn reload(&mut self) {
+        let mut reloaded = self.process.reloadable();
         let mut reloadable = false;
         #[cfg(feature = "tls")]
         if let Some(files) = tls_files(&self.config) {
             reloadable = true;
             match crate::tls::load(&files) {
                 Ok(config) => {
-                    self.tls_config = Some(config);
+                    reloaded.tls_config = Some(config);
                     info!(
                         "reload: TLS certificate {} and key {} reloaded{}",
                         files.cert.display(),
@@ -1033,7 +1251,7 @@ impl Server {
             reloadable = true;
             match load_token(path) {
                 Ok(token) => {
-                    self.token = Some(token);
+                    reloaded.token = Some(Arc::new(token));
                     info!("reload: token reloaded from {}", path.display());
                 }
                 Err(e) => error!(
@@ -1044,6 +1262,19 @@ impl Server {
         }
         if !reloadable {
             info!("reload: received SIGHUP; nothing to reload (no certificate, key or token file is configured)");
+            return;
+        }
+        self.process.publish_reload(reloaded);
+        // This loop takes it now: a connection accepted later in this very
+        // turn must already use it.
+        self.pick_up_reload();
+    }
+
+    /// ` on loop N` in log lines when there is more than one loop.
+    fn which_loop(&self) -> WhichLoop {
+        WhichLoop {
+            index: self.index,
+            loops: self.process.loops(),
         }
     }
 
@@ -1066,14 +1297,23 @@ impl Server {
 
     /// Graceful shutdown: stop accepting, then give every connection its
     /// due responses and `ERR server shutting down`.
+    ///
+    /// Every loop begins it on the same request, and so closes its
+    /// listeners at the same moment. On Linux, connections the kernel has
+    /// queued on a `SO_REUSEPORT` listener are reset when that listener
+    /// closes: one loop must never close its listeners while the others go
+    /// on accepting (a loop that fails shuts every loop down, in
+    /// `run_guarded`).
     fn begin_shutdown(&mut self) {
         if self.shutdown_deadline.is_some() {
             return;
         }
-        info!(
-            "shutting down: {} connection(s) open",
-            self.stats.connections
-        );
+        if self.index == 0 {
+            info!(
+                "shutting down: {} connection(s) open",
+                self.stats.connections()
+            );
+        }
         self.shutdown_deadline = Some(self.now + self.config.shutdown_timeout);
         self.accept_paused_until = None;
         for mut listener in self.listeners.drain(..) {
@@ -1085,6 +1325,21 @@ impl Server {
             let next = conns[key].shut_down(&mut shared);
             self.act_on(key, id, next);
         }
+    }
+}
+
+/// Names a loop in a log line, when there is more than one.
+struct WhichLoop {
+    index: usize,
+    loops: usize,
+}
+
+impl std::fmt::Display for WhichLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.loops > 1 {
+            write!(f, " on loop {}", self.index)?;
+        }
+        Ok(())
     }
 }
 
@@ -1128,11 +1383,16 @@ fn listener_encrypts(listen_addr: &ListenAddr) -> bool {
 }
 
 /// Binds a listener with a real backlog (std and mio fix it at 128).
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+/// `spread`: it is one of several, one per loop, on the same address, and
+/// the kernel spreads new connections over them (`sys::spread_accepts`).
+fn listen(addr: SocketAddr, spread: bool) -> io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // Restart without waiting for the old socket's TIME_WAIT to pass.
     socket.set_reuse_address(true)?;
+    if spread {
+        sys::spread_accepts(&socket)?;
+    }
     if addr.is_ipv6() {
         // [::]:port means IPv6 only; listen on 0.0.0.0 too for IPv4.
         socket.set_only_v6(true)?;
@@ -1140,6 +1400,16 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// A second descriptor for a listening socket, for another loop to accept
+/// on, where the kernel does not spread connections over several listeners
+/// (macOS). Every loop that registered it is woken by a new connection; one
+/// accepts it and the others find the queue empty (`WouldBlock`): a
+/// thundering herd of N wake-ups per connection, small for N cores.
+fn share_listener(listener: &TcpListener) -> io::Result<TcpListener> {
+    let socket = socket2::SockRef::from(listener).try_clone()?;
     Ok(TcpListener::from_std(socket.into()))
 }
 
@@ -1172,17 +1442,18 @@ mod tests {
     use std::io::Read;
     use std::net::TcpStream as StdStream;
 
-    fn server() -> Server {
+    /// The one loop of a server bound on a free port, driven by hand.
+    fn server() -> EventLoop {
         let config = Config {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
             ..Default::default()
         };
-        Server::bind(config).expect("bind")
+        Server::bind(config).expect("bind").loops.remove(0)
     }
 
     /// Connects a client and accepts it, as a listener event would.
-    fn connect(server: &mut Server) -> (StdStream, usize) {
-        let client = StdStream::connect(server.local_addrs()[0]).unwrap();
+    fn connect(server: &mut EventLoop) -> (StdStream, usize) {
+        let client = StdStream::connect(server.local_addrs[0]).unwrap();
         client
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
@@ -1270,13 +1541,13 @@ mod tests {
         let burst = b"STATS\n".repeat(READ_BUFFER_SIZE / 6);
         std::io::Write::write_all(&mut client, &burst).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while server.stats.commands < (READ_BUFFER_SIZE / 6) as u64 {
+        while server.stats.snapshot().commands < (READ_BUFFER_SIZE / 6) as u64 {
             assert!(Instant::now() < deadline, "burst never answered");
             server.on_connection_event(key, true, false);
             server.run_ready();
         }
         assert!(
-            server.stats.bytes_out + server.conns[key].pending_output() as u64 > 1 << 20,
+            server.stats.snapshot().bytes_out + server.conns[key].pending_output() as u64 > 1 << 20,
             "the burst was too small to test anything"
         );
         assert!(
@@ -1313,7 +1584,7 @@ mod tests {
             }
             assert!(Instant::now() < deadline, "never hit the read budget");
         }
-        let commands = server.stats.commands;
+        let commands = server.stats.snapshot().commands;
         assert!(
             commands <= (turns * READ_BUFFER_SIZE / 5) as u64,
             "read more than the budget: {commands}"
@@ -1325,7 +1596,7 @@ mod tests {
         server.on_connection_event(key, true, false);
         assert_eq!(server.ready.len(), 1);
         // The ready list is served before the next poll, one buffer at a time.
-        while server.stats.commands < (3 * READ_BUFFER_SIZE / 5) as u64 {
+        while server.stats.snapshot().commands < (3 * READ_BUFFER_SIZE / 5) as u64 {
             assert!(Instant::now() < deadline);
             if server.ready.is_empty() {
                 server.on_connection_event(key, true, false);

@@ -1,21 +1,33 @@
-//! Server-wide counters, reported by the `STATS` command.
+//! Process-wide counters, reported by the `STATS` command.
 //!
-//! Plain integers: the server is one thread, so nothing here needs to be
-//! atomic. The event loop updates them; the protocol reads them (and counts
-//! failed `AUTH` attempts). Beside them, the breakdown of `connections` by
-//! client address, which `--max-connections-per-ip` checks: both change
-//! together, in [`Stats::client_opened`] and [`Stats::client_left`].
+//! With `--threads N` the process runs N event loops, and `STATS` on any of
+//! them reports the whole process. The counters live in one [`Counters`],
+//! shared by the loops; each loop holds a [`Stats`], its handle onto them.
+//! There are two kinds, kept two ways, and neither takes a lock on the
+//! request path:
+//!
+//! * **Per-loop counters** (commands, bytes, buffered, paused, ...): each
+//!   loop has its own set, on a cache line of its own, written only by that
+//!   loop. One writer needs no read-modify-write: an update is a plain load
+//!   and store of an atomic (`Relaxed`), as cheap as a plain integer, and
+//!   two loops never write the same cache line. A reader sums the loops.
+//! * **Admission counts** (`connections`, and its breakdown by client
+//!   address for `--max-connections-per-ip`): a limit must hold across
+//!   loops, so the check and the count are one step: a compare-and-swap
+//!   for `--max-connections` ([`Stats::try_open_client`]), and a mutex over
+//!   the per-address map. They change only when a client is admitted or
+//!   leaves, never per request.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-/// Counters since the server started. Field names are the `key`s of the
-/// `STATS` reply.
-#[derive(Debug, Clone)]
-pub struct Stats {
-    /// When the server started; `uptime_s` is measured from here.
-    pub started: Instant,
+/// The counters at one moment, summed over the loops. Field names are the
+/// `key`s of the `STATS` reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
     /// Client connections open now (admitted and not yet fully closed).
     pub connections: u64,
     /// Client connections admitted since start (`READY` was sent).
@@ -36,17 +48,78 @@ pub struct Stats {
     pub paused: u64,
     /// Failed `AUTH` attempts.
     pub auth_failures: u64,
-    /// `connections` per client address; an address with none has no entry,
-    /// so the map never holds more entries than there are clients.
-    per_address: HashMap<IpAddr, u64>,
 }
 
-impl Stats {
-    /// Zeroed counters, with the clock starting at `now`.
-    pub fn new(now: Instant) -> Stats {
-        Stats {
+/// One loop's counters, written by that loop only. Aligned to 128 bytes so
+/// that two loops' counters never share a cache line (or the adjacent
+/// line that x86 prefetches with it): a write by one loop does not slow
+/// the other down.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct LoopCounters {
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    commands: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    buffered: AtomicU64,
+    paused: AtomicU64,
+    auth_failures: AtomicU64,
+}
+
+/// Adds to a counter that only this thread writes: a load and a store, no
+/// atomic read-modify-write (which would cost a locked instruction). Other
+/// threads may read it at any time and see the old or the new value.
+#[inline(always)]
+fn add(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// Subtracts from a counter that only this thread writes (see [`add`]).
+#[inline(always)]
+fn sub(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_sub(n), Relaxed);
+}
+
+/// Every counter of the process: one set per loop, and the admission counts.
+#[derive(Debug)]
+pub struct Counters {
+    /// When the server started; `uptime_s` is measured from here.
+    started: Instant,
+    loops: Box<[LoopCounters]>,
+    /// Client connections open now, in every loop.
+    connections: AtomicU64,
+    /// `connections` per client address; an address with none has no
+    /// entry, so the map never holds more entries than there are clients.
+    per_address: Mutex<HashMap<IpAddr, u64>>,
+}
+
+impl Counters {
+    /// Zeroed counters for `loops` event loops, the clock starting at `now`.
+    pub fn new(now: Instant, loops: usize) -> Arc<Counters> {
+        Arc::new(Counters {
             started: now,
-            connections: 0,
+            loops: (0..loops.max(1)).map(|_| LoopCounters::default()).collect(),
+            connections: AtomicU64::new(0),
+            per_address: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The handle of loop `index` (below the `loops` given to `new`).
+    pub fn for_loop(self: &Arc<Counters>, index: usize) -> Stats {
+        assert!(index < self.loops.len(), "no loop {index}");
+        Stats {
+            all: self.clone(),
+            index,
+        }
+    }
+
+    /// The counters now, summed over the loops. Each loop's counters are
+    /// read one by one while the loops run: the sum is exact for a
+    /// quiet process, and off by what changes while it is read otherwise.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut s = Snapshot {
+            connections: self.connections.load(Relaxed),
             accepted: 0,
             rejected: 0,
             commands: 0,
@@ -55,37 +128,229 @@ impl Stats {
             buffered: 0,
             paused: 0,
             auth_failures: 0,
-            per_address: HashMap::new(),
+        };
+        for l in self.loops.iter() {
+            s.accepted += l.accepted.load(Relaxed);
+            s.rejected += l.rejected.load(Relaxed);
+            s.commands += l.commands.load(Relaxed);
+            s.bytes_in += l.bytes_in.load(Relaxed);
+            s.bytes_out += l.bytes_out.load(Relaxed);
+            s.buffered += l.buffered.load(Relaxed);
+            s.paused += l.paused.load(Relaxed);
+            s.auth_failures += l.auth_failures.load(Relaxed);
+        }
+        s
+    }
+
+    /// When the server started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Bytes held in client buffers in the whole process now: what
+    /// `--max-memory` caps.
+    pub fn buffered(&self) -> u64 {
+        self.loops.iter().map(|l| l.buffered.load(Relaxed)).sum()
+    }
+
+    /// The per-address map, even if a loop panicked while holding it (the
+    /// map is updated in one step, so it is never left half-changed).
+    fn per_address(&self) -> MutexGuard<'_, HashMap<IpAddr, u64>> {
+        self.per_address
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Why [`Stats::try_open_client`] turned a client away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// `--max-connections` clients are open.
+    Server,
+    /// `--max-connections-per-ip` clients are open from its address.
+    Address,
+}
+
+/// One loop's handle onto the process's [`Counters`]: it writes that
+/// loop's own counters, and reads the whole process's.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    all: Arc<Counters>,
+    index: usize,
+}
+
+impl Stats {
+    /// Zeroed counters for a process of one loop, the clock starting at
+    /// `now` (tests and fuzz targets drive a connection with one).
+    pub fn new(now: Instant) -> Stats {
+        Counters::new(now, 1).for_loop(0)
+    }
+
+    /// Counters of a one-loop process holding these values (for tests of
+    /// what is reported).
+    pub fn holding(now: Instant, values: Snapshot) -> Stats {
+        let stats = Stats::new(now);
+        let mine = stats.mine();
+        stats.all.connections.store(values.connections, Relaxed);
+        mine.accepted.store(values.accepted, Relaxed);
+        mine.rejected.store(values.rejected, Relaxed);
+        mine.commands.store(values.commands, Relaxed);
+        mine.bytes_in.store(values.bytes_in, Relaxed);
+        mine.bytes_out.store(values.bytes_out, Relaxed);
+        mine.buffered.store(values.buffered, Relaxed);
+        mine.paused.store(values.paused, Relaxed);
+        mine.auth_failures.store(values.auth_failures, Relaxed);
+        stats
+    }
+
+    #[inline(always)]
+    fn mine(&self) -> &LoopCounters {
+        &self.all.loops[self.index]
+    }
+
+    /// The whole process's counters (every loop's).
+    pub fn process(&self) -> &Arc<Counters> {
+        &self.all
+    }
+
+    /// The whole process's counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.all.snapshot()
+    }
+
+    /// When the server started.
+    pub fn started(&self) -> Instant {
+        self.all.started
+    }
+
+    /// `n` request lines were answered.
+    #[inline(always)]
+    pub fn add_commands(&self, n: u64) {
+        add(&self.mine().commands, n);
+    }
+
+    /// `n` bytes were read from a client.
+    #[inline(always)]
+    pub fn add_bytes_in(&self, n: u64) {
+        add(&self.mine().bytes_in, n);
+    }
+
+    /// `n` bytes were written to a client.
+    #[inline(always)]
+    pub fn add_bytes_out(&self, n: u64) {
+        add(&self.mine().bytes_out, n);
+    }
+
+    /// A connection of this loop held `before` bytes and holds `after` now.
+    #[inline]
+    pub fn buffered_changed(&self, before: u64, after: u64) {
+        let buffered = &self.mine().buffered;
+        buffered.store(
+            buffered
+                .load(Relaxed)
+                .wrapping_sub(before)
+                .wrapping_add(after),
+            Relaxed,
+        );
+    }
+
+    /// Bytes held in client buffers in the whole process now.
+    #[inline]
+    pub fn buffered(&self) -> u64 {
+        self.all.buffered()
+    }
+
+    /// A connection of this loop paused its reading (`true`) or resumed it.
+    pub fn paused_changed(&self, paused: bool) {
+        if paused {
+            add(&self.mine().paused, 1);
+        } else {
+            sub(&self.mine().paused, 1);
         }
     }
 
-    /// A client connection from `ip` was admitted: it counts as open.
-    pub fn client_opened(&mut self, ip: IpAddr) {
-        self.connections += 1;
-        *self.per_address.entry(same_host(ip)).or_insert(0) += 1;
+    /// A failed `AUTH`.
+    pub fn count_auth_failure(&self) {
+        add(&self.mine().auth_failures, 1);
+    }
+
+    /// A connection was turned away.
+    pub fn count_rejected(&self) {
+        add(&self.mine().rejected, 1);
+    }
+
+    /// Admits a client from `ip` if both limits allow it (0 turns the
+    /// per-address one off), and counts it as open and against its
+    /// address; or says which limit is reached. Check and count are one
+    /// step, so two loops admitting at once cannot both take the last place.
+    pub fn try_open_client(
+        &self,
+        ip: IpAddr,
+        max_connections: u64,
+        max_per_address: u64,
+    ) -> Result<(), Full> {
+        // The process-wide count first: one compare-and-swap, no lock.
+        let took_a_place = self.all.connections.fetch_update(Relaxed, Relaxed, |open| {
+            (open < max_connections).then_some(open + 1)
+        });
+        if took_a_place.is_err() {
+            return Err(Full::Server);
+        }
+        let mut per_address = self.all.per_address();
+        let count = per_address.entry(same_host(ip)).or_insert(0);
+        if max_per_address > 0 && *count >= max_per_address {
+            if *count == 0 {
+                per_address.remove(&same_host(ip));
+            }
+            drop(per_address);
+            self.all.connections.fetch_sub(1, Relaxed);
+            return Err(Full::Address);
+        }
+        *count += 1;
+        drop(per_address);
+        add(&self.mine().accepted, 1);
+        Ok(())
+    }
+
+    /// A client connection from `ip` was admitted without the checks of
+    /// [`Stats::try_open_client`]: it counts as open.
+    pub fn client_opened(&self, ip: IpAddr) {
+        self.all.connections.fetch_add(1, Relaxed);
+        *self.all.per_address().entry(same_host(ip)).or_insert(0) += 1;
+        add(&self.mine().accepted, 1);
     }
 
     /// A client connection from `ip` stopped counting as open (its last
-    /// line is out, or it is gone). Called once per `client_opened`.
-    pub fn client_left(&mut self, ip: IpAddr) {
-        self.connections -= 1;
+    /// line is out, or it is gone). Called once per admitted client.
+    pub fn client_left(&self, ip: IpAddr) {
+        self.all.connections.fetch_sub(1, Relaxed);
         let ip = same_host(ip);
-        if let Some(count) = self.per_address.get_mut(&ip) {
+        let mut per_address = self.all.per_address();
+        if let Some(count) = per_address.get_mut(&ip) {
             *count -= 1;
             if *count == 0 {
-                self.per_address.remove(&ip);
+                per_address.remove(&ip);
             }
         }
     }
 
+    /// Client connections open now in the whole process.
+    pub fn connections(&self) -> u64 {
+        self.all.connections.load(Relaxed)
+    }
+
     /// Client connections open now from `ip`.
     pub fn connections_from(&self, ip: IpAddr) -> u64 {
-        self.per_address.get(&same_host(ip)).copied().unwrap_or(0)
+        self.all
+            .per_address()
+            .get(&same_host(ip))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Addresses with a client connection open now.
     pub fn addresses(&self) -> usize {
-        self.per_address.len()
+        self.all.per_address().len()
     }
 }
 
@@ -101,14 +366,14 @@ mod tests {
 
     #[test]
     fn per_address_counts_follow_connections_and_forget_empty_addresses() {
-        let mut stats = Stats::new(Instant::now());
+        let stats = Stats::new(Instant::now());
         let v4: IpAddr = "127.0.0.1".parse().unwrap();
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         let v6: IpAddr = "::1".parse().unwrap();
         stats.client_opened(v4);
         stats.client_opened(mapped);
         stats.client_opened(v6);
-        assert_eq!(stats.connections, 3);
+        assert_eq!(stats.connections(), 3);
         assert_eq!(stats.connections_from(v4), 2);
         assert_eq!(stats.connections_from(mapped), 2);
         assert_eq!(stats.connections_from(v6), 1);
@@ -117,7 +382,57 @@ mod tests {
         assert_eq!(stats.connections_from(mapped), 1);
         assert_eq!(stats.addresses(), 1);
         stats.client_left(mapped);
-        assert_eq!(stats.connections, 0);
+        assert_eq!(stats.connections(), 0);
         assert_eq!(stats.addresses(), 0);
+    }
+
+    #[test]
+    fn admission_holds_both_limits_and_leaves_no_trace_when_it_refuses() {
+        let stats = Stats::new(Instant::now());
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        assert_eq!(stats.try_open_client(a, 3, 2), Ok(()));
+        assert_eq!(stats.try_open_client(a, 3, 2), Ok(()));
+        assert_eq!(stats.try_open_client(a, 3, 2), Err(Full::Address));
+        assert_eq!(stats.connections(), 2, "a refusal counts nothing");
+        assert_eq!(stats.try_open_client(b, 3, 2), Ok(()));
+        assert_eq!(stats.try_open_client(b, 3, 2), Err(Full::Server));
+        assert_eq!(stats.connections_from(b), 1);
+        // 0 turns the per-address limit off.
+        stats.client_left(b);
+        assert_eq!(stats.try_open_client(a, 4, 0), Ok(()));
+        assert_eq!(stats.connections_from(a), 3);
+        assert_eq!(stats.snapshot().accepted, 4);
+    }
+
+    /// Regression guard for the per-loop counters: STATS on any loop sums
+    /// every loop's, and two loops racing for the last place under
+    /// `--max-connections` never both get it.
+    #[test]
+    fn loops_share_limits_and_snapshots_sum_every_loop() {
+        let counters = Counters::new(Instant::now(), 2);
+        let (first, second) = (counters.for_loop(0), counters.for_loop(1));
+        first.add_commands(3);
+        second.add_commands(4);
+        first.buffered_changed(0, 100);
+        second.buffered_changed(0, 50);
+        assert_eq!(counters.snapshot().commands, 7);
+        assert_eq!(first.buffered(), 150);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let admitted: usize = std::thread::scope(|scope| {
+            let racers: Vec<_> = [first.clone(), second.clone()]
+                .into_iter()
+                .map(|stats| {
+                    scope.spawn(move || {
+                        (0..10_000)
+                            .filter(|_| stats.try_open_client(ip, 1_000, 0).is_ok())
+                            .count()
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).sum()
+        });
+        assert_eq!(admitted, 1_000);
+        assert_eq!(first.connections_from(ip), 1_000);
     }
 }

@@ -104,6 +104,11 @@ impl Summaries {
         self.log_due(now);
     }
 
+    /// Whether some count waits for its window to pass.
+    pub fn waiting(&self) -> bool {
+        self.tallies.iter().any(|t| t.count > 0)
+    }
+
     /// When the next line is due, for the loop's `poll` timeout.
     pub fn next_due(&self) -> Option<Instant> {
         self.tallies

@@ -7,6 +7,7 @@
 //! |---|---|---|---|---|
 //! | [`raise_descriptor_limit`] | soft limit to hard | to `min(hard, OPEN_MAX)` (the hard limit is often infinite, which `setrlimit` refuses) | soft to hard | soft to hard |
 //! | [`unsent_bytes`] | `ioctl(SIOCOUTQ)` | `getsockopt(SO_NWRITE)` | `ioctl(FIONWRITE)` | unsupported: the write-stall clock only sees our own writes |
+//! | [`spread_accepts`] | `SO_REUSEPORT`: one listener per loop, the kernel spreads connections by a hash of their addresses | no: `SO_REUSEPORT` lets several sockets bind but does not balance; the loops share one listening socket | `SO_REUSEPORT_LB`, as Linux | no, as macOS |
 //! | [`process_rss_kib`], [`process_cpu_time`] | `/proc/PID/status`, `/proc/PID/stat` | `None` | `None` | `None` |
 
 use std::io;
@@ -140,6 +141,33 @@ pub fn is_per_connection_accept_error(e: &io::Error) -> bool {
             | libc::EOPNOTSUPP
             | libc::ENETUNREACH
     )
+}
+
+/// Whether the kernel spreads the connections of one address over several
+/// listening sockets, one per event loop (`--threads`).
+pub const SPREADS_ACCEPTS: bool = cfg!(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd"
+));
+
+/// Lets `socket`, before it binds, share its address with the listeners of
+/// the other event loops, with the kernel spreading new connections over
+/// them. Only where [`SPREADS_ACCEPTS`]; elsewhere the loops share one
+/// listening socket instead, and this is never called.
+pub fn spread_accepts(socket: &socket2::Socket) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return socket.set_reuse_port(true);
+    #[cfg(target_os = "freebsd")]
+    return socket.set_reuse_port_lb(true);
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    {
+        let _ = socket;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this platform does not spread connections over listeners",
+        ))
+    }
 }
 
 /// Whether `accept` failed for want of a descriptor or kernel memory.

@@ -11,6 +11,9 @@ use std::path::PathBuf;
 
 use util::{run_loopline, Client, Server, Stats};
 
+// Each runs with one event loop and with two (`--threads 2`).
+util::one_and_two_loops!(sighup_reloads_the_token_and_a_failed_reload_keeps_the_old_one,);
+
 const TOKEN: &str = "s3cret-T0ken";
 
 /// A file for one test, removed on drop.
@@ -278,7 +281,6 @@ fn a_non_loopback_listener_warns_that_the_token_crosses_in_clear() {
     assert!(!local.logged("in clear"));
 }
 
-#[test]
 fn sighup_reloads_the_token_and_a_failed_reload_keeps_the_old_one() {
     let (mut server, file) = server_with_token("reload");
     let mut authed = authenticated(&server, TOKEN);

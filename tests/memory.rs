@@ -18,6 +18,12 @@ use std::time::{Duration, Instant};
 
 use util::{spawn_echo_writer, Client, EchoReplies, Server, PATIENCE};
 
+// Each runs with one event loop and with two (`--threads 2`).
+util::one_and_two_loops!(
+    max_memory_caps_all_client_buffers_together,
+    a_client_with_nothing_pending_is_served_while_over_max_memory,
+);
+
 /// Allowance for what the server allocates besides client buffers while a
 /// test runs (allocator slack, the spare buffer, the slab), in KiB.
 const SLACK_KIB: u64 = 4 * 1024;
@@ -142,7 +148,6 @@ fn read_pipelined_replies(client: &mut Client, rounds: u64) {
 /// within the cap plus one read and one reply, RSS within the cap plus a
 /// stated slack, a fresh client is served all along, and once the clients
 /// read, every reply arrives complete and in order.
-#[test]
 fn max_memory_caps_all_client_buffers_together() {
     const CLIENTS: usize = 120;
     const ROUNDS: u64 = 4_000; // 40,000 requests, ~7 MB of replies per client
@@ -250,7 +255,6 @@ fn max_memory_caps_all_client_buffers_together() {
 /// A connection with no pending output is served even while the process is
 /// over `--max-memory`, and the clients that hold memory are paused, not
 /// closed (backpressure, not eviction).
-#[test]
 fn a_client_with_nothing_pending_is_served_while_over_max_memory() {
     const CAP: u64 = 256 * 1024;
     // ~13 MB of replies: more than the kernel buffers for one connection

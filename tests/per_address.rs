@@ -9,6 +9,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use util::{Client, Server, Stats, PATIENCE};
 
+// Each runs with one event loop and with two (`--threads 2`).
+util::one_and_two_loops!(
+    the_n_plus_first_from_one_address_is_turned_away_and_others_are_not,
+    a_lingering_socket_no_longer_counts_against_its_address,
+    busy_rejects_do_not_count_against_an_address,
+    off_by_default,
+);
+
 /// A client connected from `from` (any port), greeting not yet read.
 fn connect_from(from: Ipv4Addr, server: &Server) -> Client {
     use socket2::{Domain, Socket, Type};
@@ -38,7 +46,6 @@ fn expect_turned_away(c: &mut Client) {
     c.expect_eof();
 }
 
-#[test]
 fn the_n_plus_first_from_one_address_is_turned_away_and_others_are_not() {
     let mut server = Server::start(&["--max-connections-per-ip", "2"]);
     let mut first = server.client();
@@ -77,7 +84,6 @@ fn the_n_plus_first_from_one_address_is_turned_away_and_others_are_not() {
     server.assert_no_panic();
 }
 
-#[test]
 fn a_lingering_socket_no_longer_counts_against_its_address() {
     let server = Server::start(&["--max-connections-per-ip", "1"]);
     let mut leaving = server.client();
@@ -93,7 +99,6 @@ fn a_lingering_socket_no_longer_counts_against_its_address() {
     expect_turned_away(&mut server.connect());
 }
 
-#[test]
 fn busy_rejects_do_not_count_against_an_address() {
     let server = Server::start(&["--max-connections", "2", "--max-connections-per-ip", "2"]);
     let mut first = server.client();
@@ -116,7 +121,6 @@ fn busy_rejects_do_not_count_against_an_address() {
     first.expect_line("PONG");
 }
 
-#[test]
 fn off_by_default() {
     let server = Server::start(&[]);
     let clients: Vec<Client> = (0..20).map(|_| server.client()).collect();

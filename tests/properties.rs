@@ -638,7 +638,7 @@ impl Harness<'_> {
             return Ok(());
         }
         if matches!(self.conn.state(), State::Open | State::Paused) && self.shutdown_at.is_none() {
-            self.shutdown_at = Some(self.cx.stats.bytes_in as usize);
+            self.shutdown_at = Some(self.cx.stats.snapshot().bytes_in as usize);
         }
         let next = self.conn.shut_down(&mut self.cx);
         self.follow(next)
@@ -657,7 +657,7 @@ impl Harness<'_> {
             if self.closed {
                 return Ok(());
             }
-            let consumed = self.cx.stats.bytes_in as usize;
+            let consumed = self.cx.stats.snapshot().bytes_in as usize;
             prop_assert!(consumed <= sent);
             // A paused connection resumes (when driven) once its pending
             // output is down to max_output / 2. Driven only by events, it
@@ -736,11 +736,7 @@ fn run_state_machine(setup: &Setup, script: &Script, ops: &[Op]) -> Result<(), T
     let input = script.bytes();
     let limits = limits_for(setup);
     let now = Instant::now();
-    let mut stats = Stats::new(now);
-    // The loop counts a client when it accepts it; the connection uncounts
-    // itself when its last line is out.
-    stats.accepted = 1;
-    stats.connections = 1;
+    let stats = Stats::new(now);
     let mut timers = Timers::new();
     let mut read_buf = vec![0u8; setup.read_buf];
     let mut spare_output = Vec::new();
@@ -749,7 +745,7 @@ fn run_state_machine(setup: &Setup, script: &Script, ops: &[Op]) -> Result<(), T
     let mut cx = Shared {
         now,
         limits: &limits,
-        stats: &mut stats,
+        stats: &stats,
         token: None,
         timers: &mut timers,
         read_buf: &mut read_buf,
@@ -758,6 +754,9 @@ fn run_state_machine(setup: &Setup, script: &Script, ops: &[Op]) -> Result<(), T
         lingering: &mut lingering,
     };
     let (stream, peer, mut client, dup) = socket_pair();
+    // The loop counts a client when it accepts it; the connection uncounts
+    // itself when its last line is out.
+    stats.client_opened(peer.ip());
     let mut dup = mio::net::TcpStream::from_std(dup);
     let (mut conn, next) = Connection::accept(stream, peer, 0, 1, &mut cx);
     check(&conn, next, setup, false)?;
@@ -837,7 +836,7 @@ fn run_state_machine(setup: &Setup, script: &Script, ops: &[Op]) -> Result<(), T
     prop_assert_eq!(h.conn.pending_output(), 0, "closed with output unsent");
     let shutdown_at = h.shutdown_at;
     prop_assert_eq!(
-        h.cx.stats.connections,
+        h.cx.stats.connections(),
         0,
         "a finished connection still counts as open"
     );
@@ -1035,12 +1034,15 @@ proptest! {
         up_s in 0u64..1_000_000_000,
     ) {
         let started = Instant::now();
-        let mut stats = Stats::new(started);
-        [stats.connections, stats.accepted, stats.rejected, stats.commands, stats.bytes_in, stats.bytes_out] = counters;
+        let [connections, accepted, rejected, commands, bytes_in, bytes_out] = counters;
+        let stats = Stats::holding(started, loopline::stats::Snapshot {
+            connections, accepted, rejected, commands, bytes_in, bytes_out,
+            buffered: 0, paused: 0, auth_failures: 0,
+        });
         let now = started + Duration::from_secs(up_s);
         let mut out = before.clone();
         let mut session = protocol::Session::new(None);
-        let after = protocol::respond(&line, &mut session, None, &mut stats, now, &mut out);
+        let after = protocol::respond(&line, &mut session, None, &stats, now, &mut out);
         prop_assert!(out.starts_with(&before), "respond changed what was there");
         let reply = &out[before.len()..];
         prop_assert_eq!(reply.last(), Some(&b'\n'), "reply {:?}", Bytes(reply.to_vec()));

@@ -13,7 +13,15 @@ use std::io::{ErrorKind, Read};
 use std::time::Instant;
 use util::{Client, Server, PATIENCE};
 
-#[test]
+// Each runs with one event loop and with two (`--threads 2`).
+util::one_and_two_loops!(
+    sighup_never_stops_the_server,
+    one_sigterm_with_idle_clients_still_shuts_down_gracefully,
+    second_sigterm_during_a_slow_shutdown_stops_at_once,
+    sigint_after_sigterm_during_a_slow_shutdown_stops_at_once,
+    sigterm_after_sigint_during_a_slow_shutdown_stops_at_once,
+);
+
 fn sighup_never_stops_the_server() {
     let mut server = Server::start(&[]);
     let mut existing = server.client();
@@ -44,7 +52,6 @@ fn sighup_never_stops_the_server() {
     server.assert_no_panic();
 }
 
-#[test]
 fn one_sigterm_with_idle_clients_still_shuts_down_gracefully() {
     let mut server = Server::start(&["--shutdown-timeout", "60s"]);
     let mut clients = [server.client(), server.client()];
@@ -134,17 +141,14 @@ fn second_signal_stops_at_once(first: &str, second: &str) {
     server.assert_no_panic();
 }
 
-#[test]
 fn second_sigterm_during_a_slow_shutdown_stops_at_once() {
     second_signal_stops_at_once("TERM", "TERM");
 }
 
-#[test]
 fn sigint_after_sigterm_during_a_slow_shutdown_stops_at_once() {
     second_signal_stops_at_once("TERM", "INT");
 }
 
-#[test]
 fn sigterm_after_sigint_during_a_slow_shutdown_stops_at_once() {
     second_signal_stops_at_once("INT", "TERM");
 }

@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 use util::tls::{self as tls, Pki};
 use util::{Client, Server, PATIENCE};
 
+// Each runs with one event loop and with two (`--threads 2`).
+util::one_and_two_loops!(sighup_reloads_the_certificate_for_new_connections_only,);
+
 /// A server with one TLS listener with `pki`'s certificate, and more options.
 fn tls_server(pki: &Pki, extra: &[&str]) -> Server {
     let mut args = pki.server_args();
@@ -160,7 +163,6 @@ fn mutual_tls_admits_only_clients_the_ca_vouches_for() {
     }
 }
 
-#[test]
 fn sighup_reloads_the_certificate_for_new_connections_only() {
     let mut pki = Pki::new();
     let mut server = tls_server(&pki, &[]);

@@ -21,18 +21,25 @@ fuzz_target!(|data: &[u8]| {
     seed[..head.len()].copy_from_slice(head);
     let c = u64::from_le_bytes(seed);
     let started = Instant::now();
-    let mut stats = Stats::new(started);
-    stats.connections = c;
-    stats.accepted = c.rotate_left(8);
-    stats.rejected = c.rotate_left(16);
-    stats.commands = c.rotate_left(24);
-    stats.bytes_in = c.rotate_left(32);
-    stats.bytes_out = !c;
+    let stats = Stats::holding(
+        started,
+        loopline::stats::Snapshot {
+            connections: c,
+            accepted: c.rotate_left(8),
+            rejected: c.rotate_left(16),
+            commands: c.rotate_left(24),
+            bytes_in: c.rotate_left(32),
+            bytes_out: !c,
+            buffered: 0,
+            paused: 0,
+            auth_failures: 0,
+        },
+    );
     let now = started + Duration::from_secs(c >> 40);
 
     let mut out = b"earlier\n".to_vec();
     // Authentication off: the protocol every connection gets by default.
-    let after = respond(&line, &mut Session::new(None), None, &mut stats, now, &mut out);
+    let after = respond(&line, &mut Session::new(None), None, &stats, now, &mut out);
     assert!(
         out.starts_with(b"earlier\n"),
         "respond touched what was there"

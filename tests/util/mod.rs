@@ -6,8 +6,11 @@
 //! [`loopline::sys`].
 //!
 //! A test about the protocol or the limits runs over both transports, plain
-//! TCP and TLS: its body takes a [`Transport`], starts its server with
-//! [`Server::start_over`], and [`both_transports!`] makes one test of each.
+//! TCP and TLS, and with one event loop and with two (`--threads 2`): its
+//! body takes a [`Transport`], starts its server with
+//! [`Server::start_over`], and [`both_transports!`] makes one test of each
+//! combination. [`one_and_two_loops!`] does the same for a body without a
+//! transport.
 #![allow(dead_code)]
 
 #[cfg(feature = "tls")]
@@ -36,10 +39,11 @@ pub enum Transport {
 }
 
 /// Defines, for each named test body `fn NAME(transport: Transport)`, a
-/// module `NAME` with the test `plain` and (with the `tls` feature) the test
-/// `tls`: `cargo test` runs the body over both transports, and a failure
-/// names the one it failed over (`NAME::tls`). A module and a function may
-/// share a name: they live in different namespaces.
+/// module `NAME` with the tests `plain` and `two_loops_plain`, and (with the
+/// `tls` feature) `tls` and `two_loops_tls`: `cargo test` runs the body over
+/// both transports, with one event loop and with two, and a failure names
+/// the case it failed in (`NAME::two_loops_tls`). A module and a function
+/// may share a name: they live in different namespaces.
 #[allow(unused_macros)] // Test files without shared tests do not use it.
 macro_rules! both_transports {
     ($($body:ident),+ $(,)?) => {$(
@@ -54,12 +58,64 @@ macro_rules! both_transports {
             fn tls() {
                 super::$body($crate::util::Transport::Tls);
             }
+
+            #[test]
+            fn two_loops_plain() {
+                $crate::util::with_two_loops(|| super::$body($crate::util::Transport::Plain));
+            }
+
+            #[cfg(feature = "tls")]
+            #[test]
+            fn two_loops_tls() {
+                $crate::util::with_two_loops(|| super::$body($crate::util::Transport::Tls));
+            }
         }
     )+};
 }
 // Importable as `util::both_transports` (a path, not textual scope).
 #[allow(unused_imports)]
 pub(crate) use both_transports;
+
+/// Defines, for each named test body `fn NAME()`, a module `NAME` with the
+/// tests `one_loop` and `two_loops`: the servers the body starts run one
+/// event loop, then two (`--threads 2`).
+#[allow(unused_macros)]
+macro_rules! one_and_two_loops {
+    ($($body:ident),+ $(,)?) => {$(
+        mod $body {
+            #[test]
+            fn one_loop() {
+                super::$body();
+            }
+
+            #[test]
+            fn two_loops() {
+                $crate::util::with_two_loops(super::$body);
+            }
+        }
+    )+};
+}
+#[allow(unused_imports)]
+pub(crate) use one_and_two_loops;
+
+thread_local! {
+    /// The `--threads` of every server this test thread starts. libtest
+    /// runs each test on a thread of its own, so this is per test.
+    static LOOPS: std::cell::Cell<u32> = const { std::cell::Cell::new(1) };
+}
+
+/// Runs `body` with every server it starts (on this thread) running two
+/// event loops, `--threads 2`.
+pub fn with_two_loops(body: impl FnOnce()) {
+    LOOPS.with(|loops| loops.set(2));
+    body();
+    LOOPS.with(|loops| loops.set(1));
+}
+
+/// The `--threads` of servers started on this thread now.
+pub fn loops() -> u32 {
+    LOOPS.with(|loops| loops.get())
+}
 
 /// A real server, as a child process. Killed on drop.
 pub struct Server {
@@ -378,6 +434,10 @@ pub fn parse_listening(line: &str) -> SocketAddr {
 fn loopline_binary(args: &[&str], level: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_loopline"));
     command.args(args).env("RUST_LOG", level);
+    // Inside `with_two_loops`, every server runs two loops.
+    if loops() > 1 {
+        command.args(["--threads", &loops().to_string()]);
+    }
     command
 }
 
