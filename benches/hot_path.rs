@@ -45,7 +45,7 @@ fn benches(c: &mut Criterion) {
             out.clear();
             black_box(serve_read(
                 black_box(echoes.as_bytes()),
-                &mut stats,
+                &stats,
                 now,
                 &mut out,
             ))
@@ -64,7 +64,7 @@ fn benches(c: &mut Criterion) {
                 b"STATS",
                 &mut Session::new(None),
                 None,
-                &mut stats,
+                &stats,
                 now,
                 &mut out,
             ))
