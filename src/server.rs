@@ -50,6 +50,7 @@ use crate::protocol::{self, AuthToken};
 use crate::stats::Stats;
 use crate::summaries::{Kind, Summaries};
 use crate::sys;
+use crate::systemd::Notifier;
 use crate::timer::Timers;
 use crate::transport::{TlsFailed, Transport};
 
@@ -267,14 +268,33 @@ pub struct Server {
     /// The `--auth-file` token (SIGHUP reads it again), `None` when
     /// authentication is off.
     token: Option<AuthToken>,
+    /// The first this many listeners were passed in (by systemd), not
+    /// bound from `--listen`: the log says so.
+    inherited_listeners: usize,
+    /// Tells systemd the server is ready, stopping, and how many
+    /// connections it holds (`Server::notify_systemd`).
+    notifier: Option<Notifier>,
 }
 
 impl Server {
     /// Binds every `--listen` address and prepares the loop.
     pub fn bind(config: Config) -> Result<Server, StartError> {
+        Server::bind_with(config, Vec::new())
+    }
+
+    /// Like [`Server::bind`], serving also `inherited`: listening sockets
+    /// the process was given, as systemd passes them (see
+    /// `systemd::take_passed_listeners`). They are plain listeners, served
+    /// first; `config.listen` may then be empty.
+    pub fn bind_with(
+        config: Config,
+        inherited: Vec<std::net::TcpListener>,
+    ) -> Result<Server, StartError> {
         // A `Config` built by hand has not been through clap's checks, and
         // an out-of-range value would overflow or panic deep in the loop.
-        config.validate().map_err(StartError::Config)?;
+        config
+            .validate_with(inherited.len())
+            .map_err(StartError::Config)?;
         // Certificates first: a file that cannot be used fails the start
         // before any address is bound.
         #[cfg(feature = "tls")]
@@ -310,6 +330,15 @@ impl Server {
         let mut listened_from: Vec<ListenAddr> = Vec::new();
         // Addresses of a host name that this machine lacks, skipped.
         let mut skipped = Vec::new();
+        let inherited_listeners = inherited.len();
+        for listener in inherited {
+            let token = Token(LISTENER_BASE + listeners.len());
+            let (listener, local) = adopt_listener(listener, &poll, token)
+                .map_err(setup("a listening socket passed by systemd"))?;
+            listeners.push(listener);
+            local_addrs.push(local);
+            listened_from.push(ListenAddr::from(local));
+        }
         for listen_addr in &config.listen {
             let resolved = listen_addr
                 .resolve()
@@ -366,6 +395,8 @@ impl Server {
             tls_config,
             listened_from,
             token,
+            inherited_listeners,
+            notifier: None,
             memory: MemoryPressure::default(),
             lingering: VecDeque::new(),
             socket_budget: usize::try_from(socket_budget).unwrap_or(usize::MAX),
@@ -437,9 +468,19 @@ impl Server {
         Ok(())
     }
 
+    /// Tell systemd, through `notifier`, when the server is ready
+    /// (`READY=1`, once every listener is announced), when it stops
+    /// (`STOPPING=1`), and how many connections it holds (`STATUS=`).
+    pub fn notify_systemd(&mut self, notifier: Notifier) {
+        self.notifier = Some(notifier);
+    }
+
     /// Runs the event loop until a graceful shutdown has finished.
     pub fn run(mut self) -> Result<(), RunError> {
         self.announce();
+        if let Some(notifier) = self.notifier.as_mut() {
+            notifier.ready(self.now, self.stats.connections);
+        }
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
             let timeout = self.poll_timeout();
@@ -483,6 +524,9 @@ impl Server {
             self.bound_lingering();
             self.wake_paused();
             self.summaries.log_due(self.now);
+            if let Some(notifier) = self.notifier.as_mut() {
+                notifier.connections_now(self.now, self.stats.connections);
+            }
 
             if self.stop_at_once {
                 info!(
@@ -527,9 +571,13 @@ impl Server {
     /// place (`handle_signals` comes between `bind` and `run`), so whoever
     /// waits for these lines may signal the server at once.
     fn announce(&self) {
-        for (local, listen_addr) in self.local_addrs.iter().zip(&self.listened_from) {
+        for (index, (local, listen_addr)) in
+            self.local_addrs.iter().zip(&self.listened_from).enumerate()
+        {
             let options = listen_addr.options();
-            if options.is_empty() {
+            if index < self.inherited_listeners {
+                info!("listening on {local} (from systemd)");
+            } else if options.is_empty() {
                 info!("listening on {local}");
             } else {
                 info!("listening on {local} ({})", options.join(", "));
@@ -555,6 +603,10 @@ impl Server {
             self.shutdown_deadline,
             self.accept_paused_until,
             self.summaries.next_due(),
+            // A changed connection count waits for its status line.
+            self.notifier
+                .as_ref()
+                .and_then(|n| n.status_due(self.stats.connections)),
         ]
         .into_iter()
         .flatten()
@@ -1075,6 +1127,9 @@ impl Server {
             self.stats.connections
         );
         self.shutdown_deadline = Some(self.now + self.config.shutdown_timeout);
+        if let Some(notifier) = self.notifier.as_mut() {
+            notifier.stopping(self.now, self.stats.connections);
+        }
         self.accept_paused_until = None;
         for mut listener in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut listener);
@@ -1141,6 +1196,23 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Registers a listening socket the process was given (already checked and
+/// non-blocking: `systemd::take_passed_listeners`) with the poller, and
+/// returns it with its address.
+fn adopt_listener(
+    listener: std::net::TcpListener,
+    poll: &Poll,
+    token: Token,
+) -> io::Result<(TcpListener, SocketAddr)> {
+    // mio requires it; done here too for a socket passed in by an embedding program.
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let mut listener = TcpListener::from_std(listener);
+    poll.registry()
+        .register(&mut listener, token, Interest::READABLE)?;
+    Ok((listener, local))
 }
 
 /// Raises the soft limit on open files to the hard limit, and warns when
