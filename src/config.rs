@@ -40,14 +40,27 @@ line 'listening on ADDR' for each.
 
 Exit status: 0 after a graceful shutdown; 1 for a failure at start (an \
 address in use, a host name that does not resolve, an --auth-file that \
-cannot be read or is empty) or a second SIGINT or \
-SIGTERM during a graceful shutdown; 2 for a usage error (a bad option or \
-value, named in the message).
+cannot be read or is empty, a descriptor passed by systemd that is not a \
+listening socket) or a second SIGINT or SIGTERM during a graceful shutdown; \
+2 for a usage error (a bad option or value, named in the message, or a bad \
+LOOPLINE_ variable).
 
 Signals: SIGINT or SIGTERM starts a graceful shutdown (stop accepting, send \
 every response already due, then 'ERR server shutting down', close); a second \
 one hurries it, closing every connection at once. SIGHUP reloads, and never \
 stops the server: it reads the --auth-file token again.
+
+Environment: every option can also be set as LOOPLINE_ and its name in \
+capitals with _ for - (LOOPLINE_MAX_CONNECTIONS=500); the command line wins. \
+LOOPLINE_LISTEN holds one or more listeners separated by spaces. A bad value \
+there is a usage error naming the variable.
+
+Under systemd: listening sockets passed by socket activation (LISTEN_PID, \
+LISTEN_FDS) are served as plain listeners in place of the default --listen \
+(an explicit --listen adds to them); with NOTIFY_SOCKET the server reports \
+READY=1 once it listens, STOPPING=1 when it shuts down, and its number of \
+connections; with JOURNAL_STREAM each log line starts with its syslog \
+priority instead of a time.
 
 With --auth-file, a client must send 'AUTH <token>' before PING, ECHO or \
 STATS; the token is the file's first line. Keep the file readable by the \
@@ -55,7 +68,8 @@ server's user only: the server warns otherwise.
 
 Examples:
   loopline --listen 127.0.0.1:9000
-  loopline --listen localhost:9000 --idle-timeout 5m";
+  loopline --listen localhost:9000 --idle-timeout 5m
+  LOOPLINE_LISTEN='127.0.0.1:9000 [::1]:9000' loopline";
 
 /// Everything the server needs to start. Build it with [`Config::parse`]
 /// (from the command line) or by hand (in tests and embedding programs);
