@@ -15,7 +15,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::Parser;
+use std::ffi::OsString;
+
+use clap::error::{ContextKind, ContextValue};
+use clap::parser::ValueSource;
+use clap::{Command, CommandFactory, FromArgMatches, Parser};
 
 use crate::connection::{Limits, LINGER_TIMEOUT};
 use crate::protocol::AuthToken;
@@ -36,14 +40,27 @@ line 'listening on ADDR' for each.
 
 Exit status: 0 after a graceful shutdown; 1 for a failure at start (an \
 address in use, a host name that does not resolve, an --auth-file that \
-cannot be read or is empty) or a second SIGINT or \
-SIGTERM during a graceful shutdown; 2 for a usage error (a bad option or \
-value, named in the message).
+cannot be read or is empty, a descriptor passed by systemd that is not a \
+listening socket) or a second SIGINT or SIGTERM during a graceful shutdown; \
+2 for a usage error (a bad option or value, named in the message, or a bad \
+LOOPLINE_ variable).
 
 Signals: SIGINT or SIGTERM starts a graceful shutdown (stop accepting, send \
 every response already due, then 'ERR server shutting down', close); a second \
 one hurries it, closing every connection at once. SIGHUP reloads, and never \
 stops the server: it reads the --auth-file token again.
+
+Environment: every option can also be set as LOOPLINE_ and its name in \
+capitals with _ for - (LOOPLINE_MAX_CONNECTIONS=500); the command line wins. \
+LOOPLINE_LISTEN holds one or more listeners separated by spaces. A bad value \
+there is a usage error naming the variable.
+
+Under systemd: listening sockets passed by socket activation (LISTEN_PID, \
+LISTEN_FDS) are served as plain listeners in place of the default --listen \
+(an explicit --listen adds to them); with NOTIFY_SOCKET the server reports \
+READY=1 once it listens, STOPPING=1 when it shuts down, and its number of \
+connections; with JOURNAL_STREAM each log line starts with its syslog \
+priority instead of a time.
 
 With --auth-file, a client must send 'AUTH <token>' before PING, ECHO or \
 STATS; the token is the file's first line. Keep the file readable by the \
@@ -51,7 +68,8 @@ server's user only: the server warns otherwise.
 
 Examples:
   loopline --listen 127.0.0.1:9000
-  loopline --listen localhost:9000 --idle-timeout 5m";
+  loopline --listen localhost:9000 --idle-timeout 5m
+  LOOPLINE_LISTEN='127.0.0.1:9000 [::1]:9000' loopline";
 
 /// Everything the server needs to start. Build it with [`Config::parse`]
 /// (from the command line) or by hand (in tests and embedding programs);
@@ -65,97 +83,206 @@ Examples:
 )]
 pub struct Config {
     /// Address to listen on, as HOST:PORT (see HOST below), optionally
-    /// followed by listener options, comma-separated. Repeatable.
+    /// followed by listener options, comma-separated. Repeatable; in the
+    /// environment, several are separated by spaces.
     #[arg(
         long = "listen",
+        env = "LOOPLINE_LISTEN",
+        // LOOPLINE_LISTEN="127.0.0.1:9000 127.0.0.1:9443,tls" holds two. clap
+        // splits an environment value only at a value delimiter, and then
+        // splits command-line values too: harmless, as no address holds a space.
+        value_delimiter = ' ',
         value_name = "HOST:PORT",
         default_value = "127.0.0.1:9000"
     )]
     pub listen: Vec<ListenAddr>,
 
     /// TLS listeners: the certificate chain, leaf first (PEM file).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "LOOPLINE_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
 
     /// TLS listeners: the certificate's private key (PEM file).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "LOOPLINE_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
 
     /// TLS listeners: require a client certificate signed by this CA (PEM file).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "LOOPLINE_TLS_CLIENT_CA", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
 
     /// Close a TLS connection whose handshake has not finished in this long, without a line; 0 turns it off.
-    #[arg(long, value_name = "DUR", default_value = "10s",
+    #[arg(long, env = "LOOPLINE_HANDSHAKE_TIMEOUT", value_name = "DUR", default_value = "10s",
           value_parser = bounds::HANDSHAKE_TIMEOUT.parser())]
     pub handshake_timeout: Duration,
 
     /// Open client connections at once; one more gets ERR server busy.
-    #[arg(long, value_name = "N", default_value_t = 10_000,
+    #[arg(long, env = "LOOPLINE_MAX_CONNECTIONS", value_name = "N", default_value_t = 10_000,
           value_parser = bounds::MAX_CONNECTIONS.parser())]
     pub max_connections: u64,
 
     /// Longest request line in bytes (CR and LF not counted).
-    #[arg(long, value_name = "BYTES", default_value_t = 1024,
+    #[arg(long, env = "LOOPLINE_MAX_LINE", value_name = "BYTES", default_value_t = 1024,
           value_parser = bounds::MAX_LINE.parser())]
     pub max_line: u64,
 
     /// Pending output in bytes above which the server stops reading from a client.
-    #[arg(long, value_name = "BYTES", default_value_t = 1_048_576,
+    #[arg(long, env = "LOOPLINE_MAX_OUTPUT", value_name = "BYTES", default_value_t = 1_048_576,
           value_parser = bounds::MAX_OUTPUT.parser())]
     pub max_output: u64,
 
     /// Bytes held in all client buffers of the process together (unfinished
     /// input, held lines, pending output); above it, reading pauses.
-    #[arg(long, value_name = "BYTES", default_value_t = 268_435_456,
+    #[arg(long, env = "LOOPLINE_MAX_MEMORY", value_name = "BYTES", default_value_t = 268_435_456,
           value_parser = bounds::MAX_MEMORY.parser())]
     pub max_memory: u64,
 
     /// Close a connection with no complete request for this long; 0 turns it off.
-    #[arg(long, value_name = "DUR", default_value = "300s",
+    #[arg(long, env = "LOOPLINE_IDLE_TIMEOUT", value_name = "DUR", default_value = "300s",
           value_parser = bounds::IDLE_TIMEOUT.parser())]
     pub idle_timeout: Duration,
 
     /// Close a connection whose peer takes no bytes for this long while output is pending; 0 turns it off.
-    #[arg(long, value_name = "DUR", default_value = "30s",
+    #[arg(long, env = "LOOPLINE_WRITE_TIMEOUT", value_name = "DUR", default_value = "30s",
           value_parser = bounds::WRITE_TIMEOUT.parser())]
     pub write_timeout: Duration,
 
     /// How long a graceful shutdown (SIGINT, SIGTERM) may spend flushing before closing anyway.
-    #[arg(long, value_name = "DUR", default_value = "5s",
+    #[arg(long, env = "LOOPLINE_SHUTDOWN_TIMEOUT", value_name = "DUR", default_value = "5s",
           value_parser = bounds::SHUTDOWN_TIMEOUT.parser())]
     pub shutdown_timeout: Duration,
 
     /// Idle time after which the kernel probes a client whose connection is
     /// silent, to find peers that are gone; 0 turns it off.
-    #[arg(long, value_name = "DUR", default_value = "300s",
+    #[arg(long, env = "LOOPLINE_TCP_KEEPALIVE", value_name = "DUR", default_value = "300s",
           value_parser = bounds::TCP_KEEPALIVE.parser())]
     pub tcp_keepalive: Duration,
 
     /// Open client connections at once from one IP address; one more gets
     /// ERR too many connections from your address. 0 turns it off.
-    #[arg(long, value_name = "N", default_value_t = 0,
+    #[arg(long, env = "LOOPLINE_MAX_CONNECTIONS_PER_IP", value_name = "N", default_value_t = 0,
           value_parser = bounds::MAX_CONNECTIONS_PER_IP.parser())]
     pub max_connections_per_ip: u64,
 
     /// Require 'AUTH <token>' before PING, ECHO and STATS; the token is the
     /// first line of FILE. SIGHUP reads it again.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "LOOPLINE_AUTH_FILE", value_name = "FILE")]
     pub auth_file: Option<PathBuf>,
 
     /// Event loops, each on its own thread with its own listeners; they
     /// share the counters and limits above. One per core is the most that
     /// helps.
-    #[arg(long, value_name = "N", default_value_t = 1,
+    #[arg(long, env = "LOOPLINE_THREADS", value_name = "N", default_value_t = 1,
           value_parser = bounds::THREADS.parser())]
     pub threads: u64,
 }
 
 impl Default for Config {
-    /// The documented defaults: what `loopline` with no option uses.
+    /// The documented defaults: what `loopline` with no option uses, and no
+    /// `LOOPLINE_*` variable either (the environment of the process that
+    /// builds a `Config` by hand must not change its defaults).
     fn default() -> Config {
-        Config::parse_from(["loopline"])
+        let without_environment = Config::command().mut_args(|arg| arg.env(None));
+        let matches = without_environment.get_matches_from(["loopline"]);
+        // No argument and no environment: only the declared defaults, which
+        // the unit test `defaults` parses.
+        Config::from_arg_matches(&matches).expect("the defaults parse")
     }
+}
+
+/// Every option's environment variable starts with this: `--max-line` is
+/// also `LOOPLINE_MAX_LINE`.
+pub const ENV_PREFIX: &str = "LOOPLINE_";
+
+/// The environment variable of the option with long name `long`:
+/// `max-connections` gives `LOOPLINE_MAX_CONNECTIONS`.
+pub fn env_name(long: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        long.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+/// A parsed command line (and environment), with what the values alone do
+/// not tell.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: Config,
+    /// `--listen` holds its default: given neither on the command line nor
+    /// in `LOOPLINE_LISTEN`. Listeners passed by systemd replace the
+    /// default, and add to explicit ones.
+    pub listen_is_default: bool,
+}
+
+impl Options {
+    /// Parses the process's command line and `LOOPLINE_*` environment. On a
+    /// usage error, prints clap's message (with a tip naming the variable
+    /// when the bad value came from the environment) and exits with status
+    /// 2; `--help` and `--version` print and exit 0.
+    pub fn parse() -> Options {
+        let args: Vec<OsString> = std::env::args_os().collect();
+        Options::try_parse_from(&args).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Options::parse`] from `args` (the program name first) and the
+    /// process's environment, returning the error instead of exiting.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Options, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let mut command = Config::command();
+        let parsed = command.try_get_matches_from_mut(&args).and_then(|matches| {
+            let config = Config::from_arg_matches(&matches)?;
+            let listen_is_default =
+                matches.value_source("listen") == Some(ValueSource::DefaultValue);
+            Ok(Options {
+                config,
+                listen_is_default,
+            })
+        });
+        parsed.map_err(|mut e| {
+            if let Some(tip) = blame_the_environment(&command, &e, &args) {
+                e.insert(
+                    ContextKind::Suggested,
+                    ContextValue::StyledStrs(vec![tip.into()]),
+                );
+            }
+            e
+        })
+    }
+}
+
+/// When `error` is about a value that came from the environment (its option
+/// is not on the command line, and its variable is set), a tip naming the
+/// variable: clap's own message names only the option, which the user may
+/// never have typed.
+fn blame_the_environment(
+    command: &Command,
+    error: &clap::Error,
+    args: &[OsString],
+) -> Option<String> {
+    // clap names the option as `--max-line <BYTES>`.
+    let Some(ContextValue::String(shown)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let option = shown.split_whitespace().next()?;
+    let arg = command.get_arguments().find(|arg| {
+        arg.get_long()
+            .is_some_and(|long| option == format!("--{long}"))
+    })?;
+    let variable = arg.get_env()?;
+    let value = std::env::var_os(variable)?;
+    let typed = args.iter().skip(1).any(|given| {
+        let given = given.to_string_lossy();
+        given == option || given.starts_with(&format!("{option}="))
+    });
+    (!typed).then(|| {
+        format!(
+            "the value comes from the environment: {}={:?}",
+            variable.to_string_lossy(),
+            value.to_string_lossy()
+        )
+    })
 }
 
 impl Config {
@@ -164,7 +291,14 @@ impl Config {
     /// hand, whose values would otherwise overflow (a line limit of
     /// `u64::MAX`) or panic (a deadline `Duration::MAX` away) deep in the loop.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.listen.is_empty() {
+        self.validate_with(0)
+    }
+
+    /// [`Config::validate`] for a server that also serves
+    /// `inherited_listeners` sockets it was given (by systemd): `listen`
+    /// may then be empty.
+    pub fn validate_with(&self, inherited_listeners: usize) -> Result<(), ConfigError> {
+        if self.listen.is_empty() && inherited_listeners == 0 {
             return Err(ConfigError::NoListener);
         }
         bounds::MAX_CONNECTIONS.check(self.max_connections)?;

@@ -35,7 +35,8 @@
 //! heap that sets the `Poll` timeout), [`stats`] (the counters `STATS`
 //! reports), [`summaries`] (rate-limited log lines for refusals and limit
 //! closes), [`sys`] (the few calls that differ between Linux, macOS and
-//! FreeBSD), [`transport`] (plain TCP or a TLS session under a
+//! FreeBSD), [`systemd`] (sockets passed by systemd, readiness
+//! notification, journal priorities), [`transport`] (plain TCP or a TLS session under a
 //! connection), [`tls`] (loading certificates and keys; the `tls` feature).
 //!
 //! Around the crate, in the repository: `src/main.rs` is the thin binary;
@@ -55,6 +56,7 @@ pub mod server;
 pub mod stats;
 pub mod summaries;
 pub mod sys;
+pub mod systemd;
 pub mod timer;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -50,6 +50,7 @@ use crate::protocol::{self, AuthToken};
 use crate::stats::{Counters, Full, Stats};
 use crate::summaries::{Kind, Summaries};
 use crate::sys;
+use crate::systemd::Notifier;
 use crate::timer::Timers;
 use crate::transport::{TlsFailed, Transport};
 
@@ -232,6 +233,9 @@ pub struct Server {
     listened_from: Vec<ListenAddr>,
     /// Whether `--auth-file` is set (for the warning on plain listeners).
     auth: bool,
+    /// The first this many listeners were passed in (by systemd), not
+    /// bound from `--listen`: the log says so.
+    inherited_listeners: usize,
 }
 
 /// One event loop: a `Poll` on one thread, its listeners, its connections
@@ -293,14 +297,30 @@ struct EventLoop {
     token: Option<Arc<AuthToken>>,
     /// The reloads published by the signal loop that this loop has picked up.
     reloads_seen: u64,
+    /// Tells systemd the server is ready, stopping, and how many
+    /// connections it holds (loop 0 only: `Server::notify_systemd`).
+    notifier: Option<Notifier>,
 }
 
 impl Server {
     /// Binds every `--listen` address, once per loop, and prepares the loops.
     pub fn bind(config: Config) -> Result<Server, StartError> {
+        Server::bind_with(config, Vec::new())
+    }
+
+    /// Like [`Server::bind`], serving also `inherited`: listening sockets
+    /// the process was given, as systemd passes them (see
+    /// `systemd::take_passed_listeners`). They are plain listeners, served
+    /// first; `config.listen` may then be empty.
+    pub fn bind_with(
+        config: Config,
+        inherited: Vec<std::net::TcpListener>,
+    ) -> Result<Server, StartError> {
         // A `Config` built by hand has not been through clap's checks, and
         // an out-of-range value would overflow or panic deep in the loop.
-        config.validate().map_err(StartError::Config)?;
+        config
+            .validate_with(inherited.len())
+            .map_err(StartError::Config)?;
         // Certificates first: a file that cannot be used fails the start
         // before any address is bound.
         #[cfg(feature = "tls")]
@@ -340,6 +360,14 @@ impl Server {
         let mut listened_from: Vec<ListenAddr> = Vec::new();
         // Addresses of a host name that this machine lacks, skipped.
         let mut skipped = Vec::new();
+        let inherited_listeners = inherited.len();
+        for listener in inherited {
+            let (listener, local) =
+                adopt_listener(listener).map_err(setup("a listening socket passed by systemd"))?;
+            listeners.push(listener);
+            local_addrs.push(local);
+            listened_from.push(ListenAddr::from(local));
+        }
         for listen_addr in &config.listen {
             let resolved = listen_addr
                 .resolve()
@@ -385,7 +413,8 @@ impl Server {
         // The other loops' listeners: on the real address (port 0 was
         // resolved by the first bind), each its own socket where the
         // kernel spreads connections, else a second descriptor for the
-        // first loop's socket.
+        // first loop's socket. A socket systemd passed is always shared:
+        // it was bound without SO_REUSEPORT, so no other socket can join it.
         let mut listeners_by_loop = vec![listeners];
         for _ in 1..loop_count {
             let mut mine = Vec::with_capacity(local_addrs.len());
@@ -395,7 +424,7 @@ impl Server {
                     listen: listened_from[i].clone(),
                     source,
                 };
-                mine.push(if own_listeners {
+                mine.push(if own_listeners && i >= inherited_listeners {
                     listen(addr, true).map_err(failed)?
                 } else {
                     share_listener(&listeners_by_loop[0][i]).map_err(failed)?
@@ -466,6 +495,7 @@ impl Server {
                 tls_config: reloaded.tls_config.clone(),
                 token: reloaded.token.clone(),
                 reloads_seen: 0,
+                notifier: None,
                 listened_from: listened_from.clone(),
                 memory: MemoryPressure::new(process.memory.clone()),
                 lifts_seen: 0,
@@ -500,6 +530,7 @@ impl Server {
             local_addrs,
             listened_from,
             auth: config.auth_file.is_some(),
+            inherited_listeners,
         })
     }
 
@@ -537,12 +568,24 @@ impl Server {
         Ok(())
     }
 
+    /// Tell systemd, through `notifier`, when the server is ready
+    /// (`READY=1`, once every listener is announced), when it stops
+    /// (`STOPPING=1`), and how many connections it holds (`STATUS=`).
+    /// Loop 0 does it for the whole process.
+    pub fn notify_systemd(&mut self, notifier: Notifier) {
+        self.loops[0].notifier = Some(notifier);
+    }
+
     /// Runs every loop until a graceful shutdown has finished: loop 0 on
     /// this thread, the others on threads of their own. A loop that fails
     /// (or panics) shuts the others down gracefully: no loop may close its
     /// listeners alone while the others accept (see `begin_shutdown`).
-    pub fn run(self) -> Result<(), RunError> {
+    pub fn run(mut self) -> Result<(), RunError> {
         self.announce();
+        let first = &mut self.loops[0];
+        if let Some(notifier) = first.notifier.as_mut() {
+            notifier.ready(first.now, first.stats.connections());
+        }
         let Server { loops, process, .. } = self;
         let mut loops = loops.into_iter();
         let Some(first) = loops.next() else {
@@ -601,9 +644,13 @@ impl Server {
             };
             info!("{loops} event loops, one thread each, {how}");
         }
-        for (local, listen_addr) in self.local_addrs.iter().zip(&self.listened_from) {
+        for (index, (local, listen_addr)) in
+            self.local_addrs.iter().zip(&self.listened_from).enumerate()
+        {
             let options = listen_addr.options();
-            if options.is_empty() {
+            if index < self.inherited_listeners {
+                info!("listening on {local} (from systemd)");
+            } else if options.is_empty() {
                 info!("listening on {local}");
             } else {
                 info!("listening on {local} ({})", options.join(", "));
@@ -676,6 +723,9 @@ impl EventLoop {
             self.bound_lingering();
             self.wake_paused();
             self.process.summaries.log_due(self.now);
+            if let Some(notifier) = self.notifier.as_mut() {
+                notifier.connections_now(self.now, self.stats.connections());
+            }
 
             if self.stop_at_once {
                 info!(
@@ -749,6 +799,14 @@ impl EventLoop {
             self.shutdown_deadline,
             self.accept_paused_until,
             self.process.summaries.next_due(),
+            // A changed connection count waits for its status line. With
+            // several loops, the others change it without waking this one:
+            // look again within the status interval.
+            self.notifier.as_ref().and_then(|n| {
+                n.status_due(self.stats.connections())
+                    .or((self.process.loops() > 1)
+                        .then(|| self.now + crate::systemd::STATUS_INTERVAL))
+            }),
         ]
         .into_iter()
         .flatten()
@@ -1315,6 +1373,9 @@ impl EventLoop {
             );
         }
         self.shutdown_deadline = Some(self.now + self.config.shutdown_timeout);
+        if let Some(notifier) = self.notifier.as_mut() {
+            notifier.stopping(self.now, self.stats.connections());
+        }
         self.accept_paused_until = None;
         for mut listener in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut listener);
@@ -1411,6 +1472,15 @@ fn listen(addr: SocketAddr, spread: bool) -> io::Result<TcpListener> {
 fn share_listener(listener: &TcpListener) -> io::Result<TcpListener> {
     let socket = socket2::SockRef::from(listener).try_clone()?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Takes a listening socket the process was given (already checked and
+/// non-blocking: `systemd::take_passed_listeners`), with its address.
+fn adopt_listener(listener: std::net::TcpListener) -> io::Result<(TcpListener, SocketAddr)> {
+    // mio requires it; done here too for a socket passed in by an embedding program.
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    Ok((TcpListener::from_std(listener), local))
 }
 
 /// Raises the soft limit on open files to the hard limit, and warns when
