@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Instant;
 
+use crate::summaries::Kind;
+
 /// Counters since the server started. Field names are the `key`s of the
 /// `STATS` reply.
 #[derive(Debug, Clone)]
@@ -39,6 +41,27 @@ pub struct Stats {
     /// `connections` per client address; an address with none has no entry,
     /// so the map never holds more entries than there are clients.
     per_address: HashMap<IpAddr, u64>,
+    /// Turned away because `--max-connections` were open (or the server
+    /// held its whole budget of sockets). Like the six below, one reason
+    /// of the metrics' limit hits; `rejected` sums the first three.
+    pub turned_away_busy: u64,
+    /// Turned away by `--max-connections-per-ip`.
+    pub turned_away_per_address: u64,
+    /// Turned away because the process had no descriptor left.
+    pub turned_away_out_of_descriptors: u64,
+    /// Closed: a request line passed `--max-line`.
+    pub closed_line_too_long: u64,
+    /// Closed: `--idle-timeout`.
+    pub closed_idle_timeout: u64,
+    /// Closed: `--write-timeout`.
+    pub closed_write_timeout: u64,
+    /// Closed: `--handshake-timeout`.
+    pub closed_handshake_timeout: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed (an error, or the peer left during it;
+    /// a timeout counts in `closed_handshake_timeout` instead).
+    pub tls_handshake_failures: u64,
 }
 
 impl Stats {
@@ -56,7 +79,32 @@ impl Stats {
             paused: 0,
             auth_failures: 0,
             per_address: HashMap::new(),
+            turned_away_busy: 0,
+            turned_away_per_address: 0,
+            turned_away_out_of_descriptors: 0,
+            closed_line_too_long: 0,
+            closed_idle_timeout: 0,
+            closed_write_timeout: 0,
+            closed_handshake_timeout: 0,
+            tls_handshakes: 0,
+            tls_handshake_failures: 0,
         }
+    }
+
+    /// A client was turned away or closed by a limit: counts it under its
+    /// reason. Called wherever the loop notes the same event for the log
+    /// summaries.
+    pub fn count_limit_hit(&mut self, kind: Kind) {
+        let counter = match kind {
+            Kind::Busy => &mut self.turned_away_busy,
+            Kind::TooManyFromAddress => &mut self.turned_away_per_address,
+            Kind::OutOfDescriptors => &mut self.turned_away_out_of_descriptors,
+            Kind::LineTooLong => &mut self.closed_line_too_long,
+            Kind::IdleTimeout => &mut self.closed_idle_timeout,
+            Kind::WriteTimeout => &mut self.closed_write_timeout,
+            Kind::HandshakeTimeout => &mut self.closed_handshake_timeout,
+        };
+        *counter += 1;
     }
 
     /// A client connection from `ip` was admitted: it counts as open.
