@@ -23,6 +23,11 @@
 //! * [`server`]: the event loop: `Poll`, listeners, the slab of
 //!   connections keyed by `Token`, timers, signals, admission, the socket
 //!   budget, shutdown. Knows nothing of commands.
+//! * [`metrics`]: beside `connection`, under `server`: the
+//!   `--metrics-listen` endpoint, its HTTP/1.1 connections (request heads,
+//!   answers, their own deadlines) and the Prometheus text rendering of
+//!   [`stats`]. The loop hands it the events of its tokens; it reads the
+//!   counters, never the clients' slab.
 //! * [`connection`]: one client's socket, buffers and state machine (Open,
 //!   Paused, Draining, Closing, Lingering, Closed): read, frame, answer,
 //!   write, backpressure, the memory bounds, the careful close.
@@ -49,6 +54,7 @@
 pub mod config;
 pub mod connection;
 pub mod framing;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod stats;

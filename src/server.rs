@@ -46,6 +46,7 @@ use crate::config::{read_token_file, show_duration, Config, ListenAddr, TokenFil
 use crate::connection::{
     CloseReason, Connection, FirstLine, Limits, MemoryPressure, Next, Refusal, Shared, State,
 };
+use crate::metrics::{self, MetricsEndpoint, MetricsError};
 use crate::protocol::{self, AuthToken};
 use crate::stats::Stats;
 use crate::summaries::{Kind, Summaries};
@@ -148,6 +149,8 @@ pub enum StartError {
         path: PathBuf,
         source: TokenFileError,
     },
+    /// The `--metrics-listen` address could not be resolved or bound.
+    Metrics(MetricsError),
 }
 
 impl std::fmt::Display for StartError {
@@ -176,6 +179,7 @@ impl std::fmt::Display for StartError {
             StartError::TokenFile { path, source } => {
                 write!(f, "cannot use --auth-file {}: {source}", path.display())
             }
+            StartError::Metrics(e) => write!(f, "{e}"),
         }
     }
 }
@@ -190,6 +194,7 @@ impl std::error::Error for StartError {
             | StartError::Listen { source, .. }
             | StartError::Setup { source, .. } => Some(source),
             StartError::TokenFile { source, .. } => Some(source),
+            StartError::Metrics(e) => Some(e),
         }
     }
 }
@@ -267,6 +272,8 @@ pub struct Server {
     /// The `--auth-file` token (SIGHUP reads it again), `None` when
     /// authentication is off.
     token: Option<AuthToken>,
+    /// The `--metrics-listen` endpoint and its HTTP connections, if asked for.
+    metrics: Option<MetricsEndpoint>,
 }
 
 impl Server {
@@ -358,14 +365,24 @@ impl Server {
             warn!("skipped {skip}");
         }
         let now = Instant::now();
+        let metrics = match &config.metrics_listen {
+            Some(listen) => Some(
+                MetricsEndpoint::bind(listen, metrics_settings(&config), poll.registry(), now)
+                    .map_err(StartError::Metrics)?,
+            ),
+            None => None,
+        };
+        // The metrics endpoint's descriptors are its own: out of the clients' budget.
+        let metrics_descriptors = metrics.as_ref().map_or(0, MetricsEndpoint::descriptors);
         let socket_budget = descriptor_limit
-            .saturating_sub(RESERVED_DESCRIPTORS + listeners.len() as u64)
+            .saturating_sub(RESERVED_DESCRIPTORS + listeners.len() as u64 + metrics_descriptors)
             .max(1);
         Ok(Server {
             #[cfg(feature = "tls")]
             tls_config,
             listened_from,
             token,
+            metrics,
             memory: MemoryPressure::default(),
             lingering: VecDeque::new(),
             socket_budget: usize::try_from(socket_budget).unwrap_or(usize::MAX),
@@ -460,6 +477,7 @@ impl Server {
                         self.begin_shutdown()
                     }
                     WAKER => {}
+                    token if metrics::owns(token) => self.on_metrics_event(token),
                     Token(t) if t >= LISTENER_BASE => self.accept_within_budget(t - LISTENER_BASE),
                     Token(key) => {
                         // Closed and error flags are hints: a read tells for
@@ -477,6 +495,7 @@ impl Server {
             }
             self.run_ready();
             self.fire_timers();
+            self.run_metrics_due();
             self.reap();
             self.run_accept_again();
             self.resume_accepting();
@@ -512,6 +531,20 @@ impl Server {
         }
     }
 
+    /// A readiness event for the metrics listener or one of its connections.
+    fn on_metrics_event(&mut self, token: Token) {
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.on_event(token, self.poll.registry(), &self.stats, self.now);
+        }
+    }
+
+    /// The metrics endpoint's deadlines, and its accepting left for later.
+    fn run_metrics_due(&mut self) {
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.run_due(self.poll.registry(), self.now);
+        }
+    }
+
     /// Closes and removes every connection now.
     fn close_all_now(&mut self) {
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
@@ -541,17 +574,38 @@ impl Server {
                 }
             }
         }
+        // Never worded `listening on`: whoever reads those lines finds
+        // only protocol listeners.
+        if let Some(metrics) = &self.metrics {
+            let local = metrics.local_addr();
+            info!("metrics on {local}");
+            if !local.ip().is_loopback() {
+                warn!(
+                    "{local} is not a loopback address: anyone on the network can read the metrics"
+                );
+            }
+        }
     }
 
     /// How long `poll` may sleep: not at all when a connection has work
     /// left (or a closed one still holds its socket), else until the
     /// nearest deadline, else forever.
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() || !self.closing.is_empty() || self.accept_again.contains(&true) {
+        if !self.ready.is_empty()
+            || !self.closing.is_empty()
+            || self.accept_again.contains(&true)
+            || self
+                .metrics
+                .as_ref()
+                .is_some_and(MetricsEndpoint::wants_to_run)
+        {
             return Some(Duration::ZERO);
         }
         let deadline = [
             self.timers.next_deadline(),
+            self.metrics
+                .as_ref()
+                .and_then(MetricsEndpoint::next_deadline),
             self.shutdown_deadline,
             self.accept_paused_until,
             self.summaries.next_due(),
@@ -733,6 +787,7 @@ impl Server {
                 _ => None,
             };
             if let Some(kind) = kind {
+                self.stats.count_limit_hit(kind);
                 self.summaries.note(kind, self.now);
             }
             if log::log_enabled!(log::Level::Debug) {
@@ -851,6 +906,7 @@ impl Server {
                 Refusal::Busy => Kind::Busy,
                 Refusal::TooManyFromAddress => Kind::TooManyFromAddress,
             };
+            self.stats.count_limit_hit(kind);
             self.summaries.note(kind, self.now);
             if out_of_sockets || self.lingering.len() >= MAX_LINGERING {
                 // No descriptor to spare for a lingering close: say why and
@@ -940,6 +996,7 @@ impl Server {
             match accepted {
                 Ok((mut stream, peer)) => {
                     self.stats.rejected += 1;
+                    self.stats.count_limit_hit(Kind::OutOfDescriptors);
                     self.summaries.note(Kind::OutOfDescriptors, self.now);
                     // A TLS client could not read a line outside the session:
                     // it only sees the close.
@@ -1079,6 +1136,9 @@ impl Server {
         for mut listener in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.shut_down(self.poll.registry(), self.now);
+        }
         let keys: Vec<(usize, u64)> = self.conns.iter().map(|(key, c)| (key, c.id())).collect();
         for (key, id) in keys {
             let (conns, mut shared) = self.parts();
@@ -1100,6 +1160,21 @@ fn tls_files(config: &Config) -> Option<crate::tls::TlsFiles> {
         key: config.tls_key.clone()?,
         client_ca: config.tls_client_ca.clone(),
     })
+}
+
+/// What the metrics endpoint takes from the configuration. Its head
+/// timeout is `--handshake-timeout`: the same "finish your opening in
+/// time" bound as a TLS client's (a fixed one when that is 0).
+fn metrics_settings(config: &Config) -> metrics::Settings {
+    metrics::Settings {
+        max_connections: config.max_connections,
+        max_memory: config.max_memory,
+        head_timeout: if config.handshake_timeout.is_zero() {
+            metrics::HEAD_TIMEOUT_WHEN_OFF
+        } else {
+            config.handshake_timeout
+        },
+    }
 }
 
 /// Reads the `--auth-file` token, and warns when others may read the file.
