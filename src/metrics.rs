@@ -389,9 +389,8 @@ impl MetricsEndpoint {
             self.conns.insert(conn);
             // The first head is due within the head timeout of the accept.
             self.conns[key].set_deadline(key, now + self.settings.head_timeout, &mut self.timers);
+            // Bytes already waiting are reported by the registration itself.
             debug!("metrics: accepted {peer}");
-            // Bytes may be waiting already; the registration reports them
-            // too, but reading now costs nothing and saves a turn.
         }
         // Budget spent: more may be queued, and the listener will not say so again.
         self.accept_again = true;
@@ -489,7 +488,9 @@ impl HttpConnection {
             if self.answer_one(key, answer, timers, now) {
                 continue;
             }
-            // No complete head in hand: read more, up to one byte past the limit.
+            // No complete head in hand: read more, up to one byte past the
+            // limit. `answer_one` answered 431 to anything longer, so `held`
+            // is at most MAX_HEAD and the read has room: a 0 means EOF.
             let held = self.input.len();
             let room = (MAX_HEAD + 1).saturating_sub(held).min(4096);
             self.input.resize(held + room, 0);
