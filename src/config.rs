@@ -36,7 +36,7 @@ the log shows the real one.
 
 Logging goes to stderr. RUST_LOG sets the level: error, warn, info (the \
 default), debug or trace. Once every listener is bound, the server logs one \
-line 'listening on ADDR' for each.
+line 'listening on ADDR' for each, then 'metrics on ADDR' for --metrics-listen.
 
 Exit status: 0 after a graceful shutdown; 1 for a failure at start (an \
 address in use, a host name that does not resolve, an --auth-file that \
@@ -173,6 +173,25 @@ pub struct Config {
     #[arg(long, env = "LOOPLINE_THREADS", value_name = "N", default_value_t = 1,
           value_parser = bounds::THREADS.parser())]
     pub threads: u64,
+
+    /// Serve Prometheus metrics over HTTP/1.1 on this HOST:PORT (GET
+    /// /metrics), in the same event loop; off unless given. One address,
+    /// no listener options; a host name uses its first address that binds.
+    #[arg(long, value_name = "HOST:PORT", env = "LOOPLINE_METRICS_LISTEN",
+          value_parser = parse_metrics_listen)]
+    pub metrics_listen: Option<ListenAddr>,
+}
+
+/// A `--metrics-listen` value: a `--listen` address without options (the
+/// metrics endpoint speaks plain HTTP, and no listener option applies).
+fn parse_metrics_listen(text: &str) -> Result<ListenAddr, String> {
+    let addr: ListenAddr = text.parse().map_err(|e: ListenAddrError| e.to_string())?;
+    if !addr.options().is_empty() {
+        return Err(format!(
+            "{text:?}: --metrics-listen takes an address only, no listener options"
+        ));
+    }
+    Ok(addr)
 }
 
 impl Default for Config {
@@ -1043,6 +1062,18 @@ mod tests {
             assert!(message.contains(&format!("{text:?}")), "{message}");
             assert!(message.contains("HOST:PORT"), "{message}");
             assert!(message.contains("[::1]:9000"), "{message}");
+        }
+    }
+
+    #[test]
+    fn metrics_listen_takes_one_address_and_no_listener_option() {
+        let c = Config::try_parse_from(["loopline", "--metrics-listen", "[::1]:9100"]).unwrap();
+        assert_eq!(c.metrics_listen, Some("[::1]:9100".parse().unwrap()));
+        assert_eq!(Config::default().metrics_listen, None);
+        for bad in ["127.0.0.1", "127.0.0.1:9100,tls"] {
+            let err = Config::try_parse_from(["loopline", "--metrics-listen", bad]).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+            assert!(err.to_string().contains("--metrics-listen"), "{err}");
         }
     }
 

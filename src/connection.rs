@@ -516,11 +516,15 @@ impl Connection {
             .transport
             .advance_handshake(&mut self.stream, &mut wire);
         self.count_wire(wire, shared);
+        if done.is_err() {
+            shared.stats.count_tls_handshake(false);
+        }
         match done {
             // The session may have records to send (its ServerHello...):
             // flush_and_advance writes them.
             Ok(false) => Next::Wait,
             Ok(true) => {
+                shared.stats.count_tls_handshake(true);
                 let next = self.greet(first, shared);
                 if self.state == State::Open {
                     self.read_requests(shared)

@@ -1,5 +1,7 @@
 //! loopline: a TCP server for a small line protocol (READY, PING, ECHO,
-//! QUIT, HELP, STATS), on a hand-rolled, single-threaded mio event loop.
+//! QUIT, HELP, STATS, AUTH), on a hand-rolled, single-threaded mio event
+//! loop: one per thread with `--threads N`, sharing only counters and
+//! limits.
 //!
 //! The contract (protocol bytes, limits, command line, exit codes) is
 //! docs/protocol.md; the rest of `docs/` explains the design. Embedding it:
@@ -20,9 +22,18 @@
 //!
 //! * [`config`]: the command line (clap), validated (`Config::validate`),
 //!   and the [`connection::Limits`] derived from it.
-//! * [`server`]: the event loop: `Poll`, listeners, the slab of
-//!   connections keyed by `Token`, timers, signals, admission, the socket
-//!   budget, shutdown. Knows nothing of commands.
+//! * [`server`]: the event loops: each a `Poll` on its own thread, its
+//!   listeners, the slab of connections keyed by `Token`, timers,
+//!   admission, the socket budget, shutdown; loop 0 also takes the signals.
+//!   Knows nothing of commands.
+//! * [`process`]: beside `server`, what its loops share: the counters and
+//!   admission limits, the `--max-memory` cap, the socket budget, the
+//!   summary lines, reloads and the shutdown request.
+//! * [`metrics`]: beside `connection`, under `server`: the
+//!   `--metrics-listen` endpoint, its HTTP/1.1 connections (request heads,
+//!   answers, their own deadlines) and the Prometheus text rendering of
+//!   [`stats`]. The loop hands it the events of its tokens; it reads the
+//!   counters, never the clients' slab.
 //! * [`connection`]: one client's socket, buffers and state machine (Open,
 //!   Paused, Draining, Closing, Lingering, Closed): read, frame, answer,
 //!   write, backpressure, the memory bounds, the careful close.
@@ -36,8 +47,9 @@
 //! reports), [`summaries`] (rate-limited log lines for refusals and limit
 //! closes), [`sys`] (the few calls that differ between Linux, macOS and
 //! FreeBSD), [`systemd`] (sockets passed by systemd, readiness
-//! notification, journal priorities), [`transport`] (plain TCP or a TLS session under a
-//! connection), [`tls`] (loading certificates and keys; the `tls` feature).
+//! notification, journal priorities), [`transport`] (plain TCP or a TLS
+//! session under a connection), [`tls`] (loading certificates and keys;
+//! the `tls` feature).
 //!
 //! Around the crate, in the repository: `src/main.rs` is the thin binary;
 //! `tests/` runs the real binary on loopback, one file per concern, with
@@ -50,6 +62,7 @@
 pub mod config;
 pub mod connection;
 pub mod framing;
+pub mod metrics;
 pub mod process;
 pub mod protocol;
 pub mod server;

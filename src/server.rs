@@ -45,6 +45,7 @@ use crate::config::{read_token_file, show_duration, Config, ListenAddr, TokenFil
 use crate::connection::{
     CloseReason, Connection, FirstLine, Limits, MemoryPressure, Next, Refusal, Shared, State,
 };
+use crate::metrics::{self, MetricsEndpoint, MetricsError};
 use crate::process::{Process, Reloadable};
 use crate::protocol::{self, AuthToken};
 use crate::stats::{Counters, Full, Stats};
@@ -155,6 +156,8 @@ pub enum StartError {
         path: PathBuf,
         source: TokenFileError,
     },
+    /// The `--metrics-listen` address could not be resolved or bound.
+    Metrics(MetricsError),
 }
 
 impl std::fmt::Display for StartError {
@@ -183,6 +186,7 @@ impl std::fmt::Display for StartError {
             StartError::TokenFile { path, source } => {
                 write!(f, "cannot use --auth-file {}: {source}", path.display())
             }
+            StartError::Metrics(e) => write!(f, "{e}"),
         }
     }
 }
@@ -197,6 +201,7 @@ impl std::error::Error for StartError {
             | StartError::Listen { source, .. }
             | StartError::Setup { source, .. } => Some(source),
             StartError::TokenFile { source, .. } => Some(source),
+            StartError::Metrics(e) => Some(e),
         }
     }
 }
@@ -236,6 +241,8 @@ pub struct Server {
     /// The first this many listeners were passed in (by systemd), not
     /// bound from `--listen`: the log says so.
     inherited_listeners: usize,
+    /// Where the metrics endpoint listens, if it does.
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// One event loop: a `Poll` on one thread, its listeners, its connections
@@ -300,6 +307,9 @@ struct EventLoop {
     /// Tells systemd the server is ready, stopping, and how many
     /// connections it holds (loop 0 only: `Server::notify_systemd`).
     notifier: Option<Notifier>,
+    /// The `--metrics-listen` endpoint and its HTTP connections (loop 0
+    /// only: the process has one endpoint, reporting every loop's counters).
+    metrics: Option<MetricsEndpoint>,
 }
 
 impl Server {
@@ -455,12 +465,26 @@ impl Server {
         }
 
         let now = Instant::now();
+        // The metrics endpoint, served by loop 0 for the whole process.
+        let mut metrics = match &config.metrics_listen {
+            Some(listen) => Some(
+                MetricsEndpoint::bind(listen, metrics_settings(&config), polls[0].registry(), now)
+                    .map_err(StartError::Metrics)?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics.as_ref().map(MetricsEndpoint::local_addr);
         // Besides one descriptor per socket: the reserve, every listener
-        // descriptor, and per extra loop its poller, waker and spare.
+        // descriptor, per extra loop its poller, waker and spare, and the
+        // metrics endpoint's own (out of the clients' budget).
         let listener_descriptors = (local_addrs.len() * loop_count) as u64;
+        let metrics_descriptors = metrics.as_ref().map_or(0, MetricsEndpoint::descriptors);
         let socket_budget = descriptor_limit
             .saturating_sub(
-                RESERVED_DESCRIPTORS + listener_descriptors + 3 * (loop_count as u64 - 1),
+                RESERVED_DESCRIPTORS
+                    + listener_descriptors
+                    + 3 * (loop_count as u64 - 1)
+                    + metrics_descriptors,
             )
             .max(1);
         let counters = Counters::new(now, loop_count);
@@ -496,6 +520,7 @@ impl Server {
                 token: reloaded.token.clone(),
                 reloads_seen: 0,
                 notifier: None,
+                metrics: if index == 0 { metrics.take() } else { None },
                 listened_from: listened_from.clone(),
                 memory: MemoryPressure::new(process.memory.clone()),
                 lifts_seen: 0,
@@ -531,6 +556,7 @@ impl Server {
             listened_from,
             auth: config.auth_file.is_some(),
             inherited_listeners,
+            metrics_addr,
         })
     }
 
@@ -662,6 +688,16 @@ impl Server {
                 }
             }
         }
+        // Never worded `listening on`: whoever reads those lines finds
+        // only protocol listeners.
+        if let Some(local) = self.metrics_addr {
+            info!("metrics on {local}");
+            if !local.ip().is_loopback() {
+                warn!(
+                    "{local} is not a loopback address: anyone on the network can read the metrics"
+                );
+            }
+        }
     }
 }
 
@@ -700,6 +736,7 @@ impl EventLoop {
                 match event.token() {
                     SIGNAL => self.on_signal(),
                     WAKER => self.on_wake(),
+                    token if metrics::owns(token) => self.on_metrics_event(token),
                     Token(t) if t >= LISTENER_BASE => self.accept_within_budget(t - LISTENER_BASE),
                     Token(key) => {
                         // Closed and error flags are hints: a read tells for
@@ -717,6 +754,7 @@ impl EventLoop {
             }
             self.run_ready();
             self.fire_timers();
+            self.run_metrics_due();
             self.reap();
             self.run_accept_again();
             self.resume_accepting();
@@ -778,6 +816,20 @@ impl EventLoop {
         }
     }
 
+    /// A readiness event for the metrics listener or one of its connections.
+    fn on_metrics_event(&mut self, token: Token) {
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.on_event(token, self.poll.registry(), &self.stats, self.now);
+        }
+    }
+
+    /// The metrics endpoint's deadlines, and its accepting left for later.
+    fn run_metrics_due(&mut self) {
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.run_due(self.poll.registry(), self.now);
+        }
+    }
+
     /// Closes and removes every connection now.
     fn close_all_now(&mut self) {
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
@@ -791,11 +843,21 @@ impl EventLoop {
     /// left (or a closed one still holds its socket), else until the
     /// nearest deadline, else forever.
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() || !self.closing.is_empty() || self.accept_again.contains(&true) {
+        if !self.ready.is_empty()
+            || !self.closing.is_empty()
+            || self.accept_again.contains(&true)
+            || self
+                .metrics
+                .as_ref()
+                .is_some_and(MetricsEndpoint::wants_to_run)
+        {
             return Some(Duration::ZERO);
         }
         let deadline = [
             self.timers.next_deadline(),
+            self.metrics
+                .as_ref()
+                .and_then(MetricsEndpoint::next_deadline),
             self.shutdown_deadline,
             self.accept_paused_until,
             self.process.summaries.next_due(),
@@ -993,6 +1055,7 @@ impl EventLoop {
                 _ => None,
             };
             if let Some(kind) = kind {
+                self.stats.count_limit_hit(kind);
                 self.process.summaries.note(kind, self.now);
             }
             if log::log_enabled!(log::Level::Debug) {
@@ -1118,6 +1181,7 @@ impl EventLoop {
                 Refusal::Busy => Kind::Busy,
                 Refusal::TooManyFromAddress => Kind::TooManyFromAddress,
             };
+            self.stats.count_limit_hit(kind);
             self.process.summaries.note(kind, self.now);
             if out_of_sockets || self.lingering.len() >= MAX_LINGERING {
                 // No descriptor to spare for a lingering close: say why and
@@ -1209,6 +1273,7 @@ impl EventLoop {
             match accepted {
                 Ok((mut stream, peer)) => {
                     self.stats.count_rejected();
+                    self.stats.count_limit_hit(Kind::OutOfDescriptors);
                     self.process
                         .summaries
                         .note(Kind::OutOfDescriptors, self.now);
@@ -1380,6 +1445,9 @@ impl EventLoop {
         for mut listener in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.shut_down(self.poll.registry(), self.now);
+        }
         let keys: Vec<(usize, u64)> = self.conns.iter().map(|(key, c)| (key, c.id())).collect();
         for (key, id) in keys {
             let (conns, mut shared) = self.parts();
@@ -1416,6 +1484,21 @@ fn tls_files(config: &Config) -> Option<crate::tls::TlsFiles> {
         key: config.tls_key.clone()?,
         client_ca: config.tls_client_ca.clone(),
     })
+}
+
+/// What the metrics endpoint takes from the configuration. Its head
+/// timeout is `--handshake-timeout`: the same "finish your opening in
+/// time" bound as a TLS client's (a fixed one when that is 0).
+fn metrics_settings(config: &Config) -> metrics::Settings {
+    metrics::Settings {
+        max_connections: config.max_connections,
+        max_memory: config.max_memory,
+        head_timeout: if config.handshake_timeout.is_zero() {
+            metrics::HEAD_TIMEOUT_WHEN_OFF
+        } else {
+            config.handshake_timeout
+        },
+    }
 }
 
 /// Reads the `--auth-file` token, and warns when others may read the file.

@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::summaries::{Kind, KINDS};
+
 /// The counters at one moment, summed over the loops. Field names are the
 /// `key`s of the `STATS` reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +67,10 @@ struct LoopCounters {
     buffered: AtomicU64,
     paused: AtomicU64,
     auth_failures: AtomicU64,
+    /// Clients turned away or closed by a limit, by [`Kind`].
+    limit_hits: [AtomicU64; KINDS],
+    tls_handshakes: AtomicU64,
+    tls_handshake_failures: AtomicU64,
 }
 
 /// Adds to a counter that only this thread writes: a load and a store, no
@@ -79,6 +85,26 @@ fn add(counter: &AtomicU64, n: u64) {
 #[inline(always)]
 fn sub(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed).wrapping_sub(n), Relaxed);
+}
+
+/// What became of connections, beyond `STATS`: for the metrics endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Outcomes {
+    /// Clients turned away or closed by a limit or a timer, indexed by
+    /// [`Kind::index`]: the events the summary log lines count.
+    pub limit_hits: [u64; KINDS],
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed (an error, or the peer left during it;
+    /// a timeout counts as a `HandshakeTimeout` limit hit instead).
+    pub tls_handshake_failures: u64,
+}
+
+impl Outcomes {
+    /// The limit hits of `kind`.
+    pub fn limit_hits(&self, kind: Kind) -> u64 {
+        self.limit_hits[kind.index()]
+    }
 }
 
 /// Every counter of the process: one set per loop, and the admission counts.
@@ -140,6 +166,19 @@ impl Counters {
             s.auth_failures += l.auth_failures.load(Relaxed);
         }
         s
+    }
+
+    /// What became of connections, summed over the loops.
+    pub fn outcomes(&self) -> Outcomes {
+        let mut o = Outcomes::default();
+        for l in self.loops.iter() {
+            for (sum, hits) in o.limit_hits.iter_mut().zip(&l.limit_hits) {
+                *sum += hits.load(Relaxed);
+            }
+            o.tls_handshakes += l.tls_handshakes.load(Relaxed);
+            o.tls_handshake_failures += l.tls_handshake_failures.load(Relaxed);
+        }
+        o
     }
 
     /// When the server started.
@@ -277,6 +316,28 @@ impl Stats {
     /// A connection was turned away.
     pub fn count_rejected(&self) {
         add(&self.mine().rejected, 1);
+    }
+
+    /// A client was turned away or closed by a limit: counts it under its
+    /// reason. Called wherever the loop notes the same event for the
+    /// summary log lines.
+    pub fn count_limit_hit(&self, kind: Kind) {
+        add(&self.mine().limit_hits[kind.index()], 1);
+    }
+
+    /// A TLS handshake completed (`true`) or failed.
+    pub fn count_tls_handshake(&self, completed: bool) {
+        let counter = if completed {
+            &self.mine().tls_handshakes
+        } else {
+            &self.mine().tls_handshake_failures
+        };
+        add(counter, 1);
+    }
+
+    /// What became of connections in the whole process.
+    pub fn outcomes(&self) -> Outcomes {
+        self.all.outcomes()
     }
 
     /// Admits a client from `ip` if both limits allow it (0 turns the

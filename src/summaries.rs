@@ -36,10 +36,12 @@ pub enum Kind {
     HandshakeTimeout,
 }
 
-const KINDS: usize = 7;
+/// How many kinds there are.
+pub const KINDS: usize = 7;
 
 impl Kind {
-    fn index(self) -> usize {
+    /// Its place among the kinds, from 0 to `KINDS - 1`.
+    pub fn index(self) -> usize {
         self as usize
     }
 
