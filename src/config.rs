@@ -45,6 +45,8 @@ every response already due, then 'ERR server shutting down', close); a second \
 one hurries it, closing every connection at once. SIGHUP reloads, and never \
 stops the server: it reads the --auth-file token again.
 
+The listener option 'proxy' (--listen 0.0.0.0:9001,proxy, or ...,tls,proxy) is for a listener behind a load balancer (HAProxy, nginx): each connection must start with a PROXY protocol header, version 1 or 2, before anything else (before TLS too). The address it carries is the client's, for the log and --max-connections-per-ip. A connection without a valid header within --handshake-timeout is closed without a line.
+
 With --auth-file, a client must send 'AUTH <token>' before PING, ECHO or \
 STATS; the token is the file's first line. Keep the file readable by the \
 server's user only: the server warns otherwise.
@@ -85,7 +87,7 @@ pub struct Config {
     #[arg(long, value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// Close a TLS connection whose handshake has not finished in this long, without a line; 0 turns it off.
+    /// Close a connection whose TLS handshake or PROXY header has not finished in this long, without a line; 0 turns it off.
     #[arg(long, value_name = "DUR", default_value = "10s",
           value_parser = bounds::HANDSHAKE_TIMEOUT.parser())]
     pub handshake_timeout: Duration,
@@ -432,14 +434,15 @@ pub fn show_duration(d: Duration) -> String {
 }
 
 /// The options a listener may carry after its address, comma-separated
-/// (`0.0.0.0:9443,tls`): adding one is adding its name here, and the code
-/// that honours it asks [`ListenAddr::has_option`]. `tls` needs the `tls`
-/// feature (on by default).
+/// (`0.0.0.0:9443,tls,proxy`): adding one is adding its name here, and the
+/// code that honours it asks [`ListenAddr::has_option`]. `tls` needs the
+/// `tls` feature (on by default); `proxy` (a PROXY protocol header first,
+/// from a load balancer) is always there.
 #[cfg(feature = "tls")]
-pub const LISTENER_OPTIONS: &[&str] = &["tls"];
-/// See above: a build without the `tls` feature has no listener option.
+pub const LISTENER_OPTIONS: &[&str] = &["tls", "proxy"];
+/// See above: a build without the `tls` feature has `proxy` only.
 #[cfg(not(feature = "tls"))]
-pub const LISTENER_OPTIONS: &[&str] = &[];
+pub const LISTENER_OPTIONS: &[&str] = &["proxy"];
 
 /// One `--listen` value: `HOST:PORT`, then listener options if any.
 /// `"127.0.0.1:9000".parse()` and `SocketAddr::into()` both make one.

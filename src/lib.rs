@@ -36,7 +36,9 @@
 //! reports), [`summaries`] (rate-limited log lines for refusals and limit
 //! closes), [`sys`] (the few calls that differ between Linux, macOS and
 //! FreeBSD), [`transport`] (plain TCP or a TLS session under a
-//! connection), [`tls`] (loading certificates and keys; the `tls` feature).
+//! connection), [`tls`] (loading certificates and keys; the `tls` feature),
+//! [`proxy`] (where a PROXY protocol header ends and the client address it
+//! carries, for `proxy` listeners).
 //!
 //! Around the crate, in the repository: `src/main.rs` is the thin binary;
 //! `tests/` runs the real binary on loopback, one file per concern, with
@@ -50,6 +52,7 @@ pub mod config;
 pub mod connection;
 pub mod framing;
 pub mod protocol;
+pub mod proxy;
 pub mod server;
 pub mod stats;
 pub mod summaries;

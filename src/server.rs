@@ -592,6 +592,11 @@ impl Server {
         }
         let id = conn.id();
         let next = conn.drive(readable, hangup, &mut shared);
+        // Only a readable event completes a PROXY header.
+        if matches!(conn.state(), State::Admitting(_)) {
+            self.admit_proxied(key, id);
+            return;
+        }
         self.act_on(key, id, next);
     }
 
@@ -838,20 +843,19 @@ impl Server {
             && self.evict_lingering(1) == 0;
         let busy = out_of_sockets || self.stats.connections >= self.config.max_connections;
         let per_ip = self.config.max_connections_per_ip;
+        // Behind a balancer, `peer` is the balancer: the client's address,
+        // and so the per-address check, come with the PROXY header.
+        let proxied = self.is_proxy(listener);
         let refusal = if busy {
             Some(Refusal::Busy)
-        } else if per_ip > 0 && self.stats.connections_from(peer.ip()) >= per_ip {
+        } else if per_ip > 0 && !proxied && self.stats.connections_from(peer.ip()) >= per_ip {
             Some(Refusal::TooManyFromAddress)
         } else {
             None
         };
         if let Some(refusal) = refusal {
             self.stats.rejected += 1;
-            let kind = match refusal {
-                Refusal::Busy => Kind::Busy,
-                Refusal::TooManyFromAddress => Kind::TooManyFromAddress,
-            };
-            self.summaries.note(kind, self.now);
+            self.summaries.note(refusal_kind(refusal), self.now);
             if out_of_sockets || self.lingering.len() >= MAX_LINGERING {
                 // No descriptor to spare for a lingering close: say why and
                 // close at once (a short write on a fresh socket cannot block).
@@ -865,9 +869,11 @@ impl Server {
                 return;
             }
         } else {
-            self.stats.accepted += 1;
-            // Counts it in `connections` and against its address.
-            self.stats.client_opened(peer.ip());
+            if !proxied {
+                self.stats.accepted += 1;
+                // Counts it in `connections` and against its address.
+                self.stats.client_opened(peer.ip());
+            }
             // Dead peers: let the kernel probe an idle connection, so one
             // that vanished (power loss, cable) ends as a reset would.
             if let Some(idle) = self.limits.tcp_keepalive {
@@ -890,9 +896,16 @@ impl Server {
             None => FirstLine::Ready,
         };
         let (conns, mut shared) = self.parts();
-        let (conn, next) = Connection::start(stream, transport, peer, key, id, first, &mut shared);
+        let (conn, next) = if proxied {
+            Connection::start_proxied(stream, transport, peer, key, id, first, &mut shared)
+        } else {
+            Connection::start(stream, transport, peer, key, id, first, &mut shared)
+        };
         conns.insert(conn);
         match refusal {
+            None if proxied => {
+                debug!("accepted {peer} (proxy listener: waiting for its PROXY header)")
+            }
             None => debug!("accepted {peer}"),
             Some(Refusal::Busy) => debug!("accepted {peer} (busy: turned away)"),
             Some(Refusal::TooManyFromAddress) => {
@@ -915,6 +928,61 @@ impl Server {
                 self.close(key);
             }
         }
+    }
+
+    /// A connection on a `proxy` listener has read its PROXY header: it is
+    /// admitted now, under the client's address. It did not count as a
+    /// client while the header was on its way, so `--max-connections` is
+    /// checked again here (it was checked at accept too, where a busy
+    /// server already chose `ERR server busy` for it, counted then), then
+    /// `--max-connections-per-ip`. Admitted, it counts (`accepted`,
+    /// `connections`, its address) from here to `client_left`, with the
+    /// same address: `peer` no longer changes.
+    fn admit_proxied(&mut self, key: usize, id: u64) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let State::Admitting(first) = conn.state() else {
+            return;
+        };
+        let (client, via) = (conn.peer(), conn.via());
+        let refusal = match first {
+            FirstLine::Refused(refusal) => Some(refusal),
+            FirstLine::Ready => {
+                let per_ip = self.config.max_connections_per_ip;
+                let refusal = if self.stats.connections >= self.config.max_connections {
+                    Some(Refusal::Busy)
+                } else if per_ip > 0 && self.stats.connections_from(client.ip()) >= per_ip {
+                    Some(Refusal::TooManyFromAddress)
+                } else {
+                    None
+                };
+                match refusal {
+                    Some(refusal) => {
+                        self.stats.rejected += 1;
+                        self.summaries.note(refusal_kind(refusal), self.now);
+                    }
+                    None => {
+                        self.stats.accepted += 1;
+                        self.stats.client_opened(client.ip());
+                    }
+                }
+                refusal
+            }
+        };
+        let turned_away = match refusal {
+            None => "",
+            Some(Refusal::Busy) => " (busy: turned away)",
+            Some(Refusal::TooManyFromAddress) => " (too many from its address: turned away)",
+        };
+        match via {
+            Some(balancer) => debug!("proxied {client} via {balancer}{turned_away}"),
+            None => debug!("proxied {client} (LOCAL or UNKNOWN: the balancer itself){turned_away}"),
+        }
+        let first = refusal.map_or(FirstLine::Ready, FirstLine::Refused);
+        let (conns, mut shared) = self.parts();
+        let next = conns[key].proxy_admitted(first, &mut shared);
+        self.act_on(key, id, next);
     }
 
     /// Out of descriptors, with no lingering socket to free: `accept`
@@ -1052,6 +1120,14 @@ impl Server {
         self.listened_from.get(index).is_some_and(listener_encrypts)
     }
 
+    /// Whether listener `index` has the `proxy` option: its connections
+    /// start with a PROXY header.
+    fn is_proxy(&self, index: usize) -> bool {
+        self.listened_from
+            .get(index)
+            .is_some_and(|l| l.has_option("proxy"))
+    }
+
     /// The transport for a connection accepted on listener `index`.
     fn transport_for(&self, index: usize) -> Result<Transport, TlsFailed> {
         #[cfg(feature = "tls")]
@@ -1125,6 +1201,14 @@ fn listener_encrypts(listen_addr: &ListenAddr) -> bool {
     }
     let _ = listen_addr;
     false
+}
+
+/// The summary line a refusal is counted in.
+fn refusal_kind(refusal: Refusal) -> Kind {
+    match refusal {
+        Refusal::Busy => Kind::Busy,
+        Refusal::TooManyFromAddress => Kind::TooManyFromAddress,
+    }
 }
 
 /// Binds a listener with a real backlog (std and mio fix it at 128).
