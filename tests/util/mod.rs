@@ -10,6 +10,7 @@
 //! [`Server::start_over`], and [`both_transports!`] makes one test of each.
 #![allow(dead_code)]
 
+pub mod haproxy;
 #[cfg(feature = "tls")]
 pub mod tls;
 
