@@ -69,7 +69,7 @@ impl Haproxy {
             let config_path = dir.join("haproxy.cfg");
             std::fs::write(&config_path, &config).expect("write the HAProxy config");
             let stderr = std::fs::File::create(dir.join("stderr.log")).expect("log file");
-            let child = Command::new("haproxy")
+            let child = Command::new(program())
                 .arg("-f")
                 .arg(&config_path)
                 .arg("-db")
@@ -177,6 +177,17 @@ impl Drop for Haproxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The haproxy binary: on the PATH, or where Debian puts it (/usr/sbin,
+/// which a non-root PATH may lack).
+fn program() -> &'static str {
+    const SBIN: &str = "/usr/sbin/haproxy";
+    if std::path::Path::new(SBIN).exists() {
+        SBIN
+    } else {
+        "haproxy"
     }
 }
 
