@@ -661,12 +661,6 @@ impl fmt::Display for ListenAddrError {
                 write!(f, "the IPv6 address in {value:?} must be in brackets")?
             }
             ListenAddrProblem::BadHostName => write!(f, "{value:?} holds no valid host name")?,
-            ListenAddrProblem::UnknownOption(name) if LISTENER_OPTIONS.is_empty() => {
-                return write!(
-                    f,
-                    "unknown listener option {name:?} in {value:?}: this version has none"
-                );
-            }
             ListenAddrProblem::UnknownOption(name) => {
                 return write!(
                     f,

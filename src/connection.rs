@@ -525,7 +525,6 @@ impl Connection {
     /// deadline then bounds a TLS handshake after it). It does not count as
     /// a client until the loop admits it under the header's address.
     /// `first` is `Refused(Busy)` if the server was busy at accept.
-    #[allow(clippy::too_many_arguments)]
     pub fn start_proxied(
         stream: TcpStream,
         transport: Transport,

@@ -11,7 +11,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -227,7 +227,7 @@ impl Client {
         header: &[u8],
         config: std::sync::Arc<rustls::ClientConfig>,
     ) -> std::io::Result<Client> {
-        let stream = TcpStream::connect_timeout(&addr, PATIENCE)?;
+        let stream = std::net::TcpStream::connect_timeout(&addr, PATIENCE)?;
         stream.set_nodelay(true)?;
         let mut client = Client::from_stream(stream);
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("a valid name");
