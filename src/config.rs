@@ -45,7 +45,12 @@ every response already due, then 'ERR server shutting down', close); a second \
 one hurries it, closing every connection at once. SIGHUP reloads, and never \
 stops the server: it reads the --auth-file token again.
 
-The listener option 'proxy' (--listen 0.0.0.0:9001,proxy, or ...,tls,proxy) is for a listener behind a load balancer (HAProxy, nginx): each connection must start with a PROXY protocol header, version 1 or 2, before anything else (before TLS too). The address it carries is the client's, for the log and --max-connections-per-ip. A connection without a valid header within --handshake-timeout is closed without a line.
+The listener option 'proxy' (--listen 0.0.0.0:9001,proxy, or ...,tls,proxy) \
+is for a listener behind a load balancer (HAProxy, nginx): each connection \
+must start with a PROXY protocol header, version 1 or 2, before anything \
+else (before TLS too). The address it carries is the client's, for the log \
+and --max-connections-per-ip. A connection without a valid header within \
+--handshake-timeout is closed without a line.
 
 With --auth-file, a client must send 'AUTH <token>' before PING, ECHO or \
 STATS; the token is the file's first line. Keep the file readable by the \
@@ -902,9 +907,14 @@ mod tests {
     #[test]
     fn unknown_listener_options_are_rejected() {
         let unknown: &[&str] = if cfg!(feature = "tls") {
-            &["0.0.0.0:9443,tls,proxy", "127.0.0.1:0,", "127.0.0.1:0,TLS"]
+            &[
+                "0.0.0.0:9443,tls,proxyy",
+                "127.0.0.1:0,",
+                "127.0.0.1:0,TLS",
+                "127.0.0.1:0,PROXY",
+            ]
         } else {
-            &["0.0.0.0:9443,tls", "127.0.0.1:0,"]
+            &["0.0.0.0:9443,tls", "127.0.0.1:0,", "127.0.0.1:0,PROXY"]
         };
         for &text in unknown {
             let err = text.parse::<ListenAddr>().unwrap_err();
@@ -1147,6 +1157,24 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_proxy_option_is_parsed_alone_or_with_tls() {
+        let listen: ListenAddr = "127.0.0.1:9001,proxy".parse().unwrap();
+        assert!(listen.has_option("proxy"));
+        assert_eq!(listen.to_string(), "127.0.0.1:9001,proxy");
+        let twice = "127.0.0.1:9001,proxy,proxy".parse::<ListenAddr>();
+        assert!(matches!(
+            twice.unwrap_err().problem,
+            ListenAddrProblem::RepeatedOption("proxy")
+        ));
+        #[cfg(feature = "tls")]
+        {
+            let both: ListenAddr = "0.0.0.0:9443,tls,proxy".parse().unwrap();
+            assert!(both.has_option("tls") && both.has_option("proxy"));
+            assert_eq!(both.options(), ["tls", "proxy"]);
+        }
+    }
+
     #[cfg(feature = "tls")]
     #[test]
     fn a_tls_listener_is_parsed_and_needs_a_certificate_and_a_key() {
@@ -1182,7 +1210,7 @@ mod tests {
             &["loopline", "--max-connections-per-ip", "1000001"],
             &["loopline", "--max-connections-per-ip", "-1"],
             &["loopline", "--listen", "localhost"],
-            &["loopline", "--listen", "127.0.0.1:0,proxy"],
+            &["loopline", "--listen", "127.0.0.1:0,proxyy"],
             &["loopline", "--nope"],
         ] {
             let err = Config::try_parse_from(args).unwrap_err();
