@@ -209,6 +209,20 @@ mod tests {
     }
 
     #[test]
+    fn a_v1_prefix_that_ppp_alone_would_refuse_is_only_incomplete() {
+        // Ends on a space: the destination port is still empty. Asked
+        // about this prefix, ppp says "invalid port", not "partial"; which
+        // is why it only ever sees whole lines.
+        let prefix = b"PROXY TCP4 1.2.3.4 5.6.7.8 1 ";
+        let ppp_alone = ppp::v1::Header::try_from(&prefix[..]);
+        assert!(
+            ppp_alone.is_complete() && ppp_alone.is_err(),
+            "{ppp_alone:?}"
+        );
+        assert_eq!(parse(prefix), Ok(Parsed::Incomplete));
+    }
+
+    #[test]
     fn v1_tcp6_and_unknown() {
         let tcp6 = b"PROXY TCP6 2001:db8::1 2001:db8::2 5 6\r\n";
         assert_eq!(
