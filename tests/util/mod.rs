@@ -5,6 +5,9 @@
 //! Memory and CPU figures come from the library's own reader,
 //! [`loopline::sys`].
 //!
+//! Behind a load balancer: [`haproxy`] starts a real HAProxy in front of the
+//! server and reads its stats socket.
+//!
 //! A test about the protocol or the limits runs over both transports, plain
 //! TCP and TLS: its body takes a [`Transport`], starts its server with
 //! [`Server::start_over`], and [`both_transports!`] makes one test of each.
