@@ -338,7 +338,7 @@ fn local_and_unknown_mean_the_socket_peer() {
 
 #[cfg(feature = "tls")]
 #[test]
-fn a_client_hello_in_the_same_write_as_the_header_is_kept() {
+fn a_client_hello_in_the_same_write_as_the_header_is_kept_and_refusals_travel_inside_tls() {
     use util::tls::{path, Pki};
     let pki = Pki::new();
     let (cert, key) = (path(&pki.cert), path(&pki.key));
@@ -350,6 +350,8 @@ fn a_client_hello_in_the_same_write_as_the_header_is_kept() {
             &cert,
             "--tls-key",
             &key,
+            "--max-connections-per-ip",
+            "1",
         ],
         "debug",
     );
@@ -359,6 +361,13 @@ fn a_client_hello_in_the_same_write_as_the_header_is_kept() {
     c.expect_line("READY");
     serves_ping_and_echo(&mut c, "tls");
     server.wait_for_log("proxied 198.51.100.7:4242 via 127.0.0.1:");
+    // A second client from the same address hears why, inside TLS.
+    let same_address = v1("198.51.100.7:4343".parse().unwrap());
+    let mut second =
+        Client::connect_tls_behind_header(server.addr, &same_address, pki.client_config(None))
+            .expect("the handshake of a client turned away");
+    second.expect_line("ERR too many connections from your address");
+    second.expect_eof();
     // No header at all: the ClientHello is not one, so no handshake.
     let refused = Client::connect_tls(server.addr, pki.client_config(None));
     assert!(refused.is_err(), "a TLS client without header was served");
