@@ -455,6 +455,28 @@ fn an_unfinished_header_is_closed_at_the_handshake_timeout() {
 }
 
 #[test]
+fn a_graceful_shutdown_closes_a_connection_still_waiting_for_its_header() {
+    let mut server = proxy_server(&["--handshake-timeout", "60s"]);
+    let mut served = proxied_client(&server, &v1("192.0.2.20:20".parse().unwrap()));
+    let mut waiting = raw_client(&server);
+    waiting.send(b"PROXY TCP4 192.0.2.21 ");
+    // Seen by the server before the signal: it is past the accept.
+    wait_logged(
+        &server,
+        &format!(
+            "accepted 127.0.0.1:{} (proxy listener: waiting",
+            local_port(&waiting)
+        ),
+    );
+    server.signal("TERM");
+    served.expect_line("ERR server shutting down");
+    served.expect_eof();
+    // No line for it: there is no client yet to tell.
+    waiting.expect_eof_or_reset();
+    assert!(server.wait_exit().success());
+}
+
+#[test]
 fn a_busy_proxy_listener_reads_the_header_then_says_busy() {
     let server = proxy_server(&["--max-connections", "1"]);
     let mut first = proxied_client(&server, &v1("192.0.2.10:10".parse().unwrap()));
