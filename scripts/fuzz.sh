@@ -6,7 +6,7 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
 # SECONDS per target (default 60); TARGETs default to all of them:
-# framing protocol session connection (see fuzz/fuzz_targets/). Each run
+# framing protocol session connection proxy_header (see fuzz/fuzz_targets/). Each run
 # starts from the committed seeds in fuzz/corpus/TARGET and grows a working
 # corpus in fuzz/work/TARGET (not committed); its log is fuzz/work/TARGET.log.
 # A crash, or an input that runs over 10 s (a hang), leaves its input in
@@ -22,7 +22,7 @@ if ! [[ $secs =~ ^[0-9]+$ ]] || [ "$secs" -eq 0 ]; then
 fi
 [ $# -gt 0 ] && shift
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(framing protocol session connection)
+[ ${#targets[@]} -eq 0 ] && targets=(framing protocol session connection proxy_header)
 
 # What a fresh machine lacks: cargo-fuzz from crates.io, and a C++ compiler
 # for libFuzzer itself (libfuzzer-sys builds it from source).

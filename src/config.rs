@@ -50,6 +50,13 @@ every response already due, then 'ERR server shutting down', close); a second \
 one hurries it, closing every connection at once. SIGHUP reloads, and never \
 stops the server: it reads the --auth-file token again.
 
+The listener option 'proxy' (--listen 0.0.0.0:9001,proxy, or ...,tls,proxy) \
+is for a listener behind a load balancer (HAProxy, nginx): each connection \
+must start with a PROXY protocol header, version 1 or 2, before anything \
+else (before TLS too). The address it carries is the client's, for the log \
+and --max-connections-per-ip. A connection without a valid header within \
+--handshake-timeout is closed without a line.
+
 Environment: every option can also be set as LOOPLINE_ and its name in \
 capitals with _ for - (LOOPLINE_MAX_CONNECTIONS=500); the command line wins. \
 LOOPLINE_LISTEN holds one or more listeners separated by spaces. A bad value \
@@ -109,7 +116,7 @@ pub struct Config {
     #[arg(long, env = "LOOPLINE_TLS_CLIENT_CA", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// Close a TLS connection whose handshake has not finished in this long, without a line; 0 turns it off.
+    /// Close a connection whose TLS handshake or PROXY header has not finished in this long, without a line; 0 turns it off.
     #[arg(long, env = "LOOPLINE_HANDSHAKE_TIMEOUT", value_name = "DUR", default_value = "10s",
           value_parser = bounds::HANDSHAKE_TIMEOUT.parser())]
     pub handshake_timeout: Duration,
@@ -595,14 +602,15 @@ pub fn show_duration(d: Duration) -> String {
 }
 
 /// The options a listener may carry after its address, comma-separated
-/// (`0.0.0.0:9443,tls`): adding one is adding its name here, and the code
-/// that honours it asks [`ListenAddr::has_option`]. `tls` needs the `tls`
-/// feature (on by default).
+/// (`0.0.0.0:9443,tls,proxy`): adding one is adding its name here, and the
+/// code that honours it asks [`ListenAddr::has_option`]. `tls` needs the
+/// `tls` feature (on by default); `proxy` (a PROXY protocol header first,
+/// from a load balancer) is always there.
 #[cfg(feature = "tls")]
-pub const LISTENER_OPTIONS: &[&str] = &["tls"];
-/// See above: a build without the `tls` feature has no listener option.
+pub const LISTENER_OPTIONS: &[&str] = &["tls", "proxy"];
+/// See above: a build without the `tls` feature has `proxy` only.
 #[cfg(not(feature = "tls"))]
-pub const LISTENER_OPTIONS: &[&str] = &[];
+pub const LISTENER_OPTIONS: &[&str] = &["proxy"];
 
 /// One `--listen` value: `HOST:PORT`, then listener options if any.
 /// `"127.0.0.1:9000".parse()` and `SocketAddr::into()` both make one.
@@ -821,12 +829,6 @@ impl fmt::Display for ListenAddrError {
                 write!(f, "the IPv6 address in {value:?} must be in brackets")?
             }
             ListenAddrProblem::BadHostName => write!(f, "{value:?} holds no valid host name")?,
-            ListenAddrProblem::UnknownOption(name) if LISTENER_OPTIONS.is_empty() => {
-                return write!(
-                    f,
-                    "unknown listener option {name:?} in {value:?}: this version has none"
-                );
-            }
             ListenAddrProblem::UnknownOption(name) => {
                 return write!(
                     f,
@@ -1080,9 +1082,14 @@ mod tests {
     #[test]
     fn unknown_listener_options_are_rejected() {
         let unknown: &[&str] = if cfg!(feature = "tls") {
-            &["0.0.0.0:9443,tls,proxy", "127.0.0.1:0,", "127.0.0.1:0,TLS"]
+            &[
+                "0.0.0.0:9443,tls,proxyy",
+                "127.0.0.1:0,",
+                "127.0.0.1:0,TLS",
+                "127.0.0.1:0,PROXY",
+            ]
         } else {
-            &["0.0.0.0:9443,tls", "127.0.0.1:0,"]
+            &["0.0.0.0:9443,tls", "127.0.0.1:0,", "127.0.0.1:0,PROXY"]
         };
         for &text in unknown {
             let err = text.parse::<ListenAddr>().unwrap_err();
@@ -1332,6 +1339,24 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_proxy_option_is_parsed_alone_or_with_tls() {
+        let listen: ListenAddr = "127.0.0.1:9001,proxy".parse().unwrap();
+        assert!(listen.has_option("proxy"));
+        assert_eq!(listen.to_string(), "127.0.0.1:9001,proxy");
+        let twice = "127.0.0.1:9001,proxy,proxy".parse::<ListenAddr>();
+        assert!(matches!(
+            twice.unwrap_err().problem,
+            ListenAddrProblem::RepeatedOption("proxy")
+        ));
+        #[cfg(feature = "tls")]
+        {
+            let both: ListenAddr = "0.0.0.0:9443,tls,proxy".parse().unwrap();
+            assert!(both.has_option("tls") && both.has_option("proxy"));
+            assert_eq!(both.options(), ["tls", "proxy"]);
+        }
+    }
+
     #[cfg(feature = "tls")]
     #[test]
     fn a_tls_listener_is_parsed_and_needs_a_certificate_and_a_key() {
@@ -1367,7 +1392,7 @@ mod tests {
             &["loopline", "--max-connections-per-ip", "1000001"],
             &["loopline", "--max-connections-per-ip", "-1"],
             &["loopline", "--listen", "localhost"],
-            &["loopline", "--listen", "127.0.0.1:0,proxy"],
+            &["loopline", "--listen", "127.0.0.1:0,proxyy"],
             &["loopline", "--nope"],
         ] {
             let err = Config::try_parse_from(args).unwrap_err();

@@ -9,6 +9,12 @@
 //! Life of a connection:
 //!
 //! ```text
+//!  accept ──(proxy)──► ProxyHeader ──(timeout, no valid header)──► Closed
+//!    │                       │ header read
+//!    │                       ▼
+//!    │                   Admitting: the loop admits it (or not) under the
+//!    │                       │ client's address; then as below, TLS or plain
+//!    │                       ▼
 //!  accept ──(TLS)──► Handshaking ──(timeout, failure)──► Closed
 //!    │                   │ handshake done: READY, or the refusal's line
 //!    │ (plain TCP)       ▼
@@ -65,6 +71,7 @@ use mio::net::TcpStream;
 
 use crate::framing::{self, Cut};
 use crate::protocol::{self, After, AuthToken, Session};
+use crate::proxy::{self, HeaderError, Parsed};
 use crate::stats::Stats;
 use crate::sys;
 use crate::timer::{Timer, TimerKind, Timers};
@@ -240,6 +247,17 @@ struct ReplyBudget {
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// A `proxy` listener waits for the PROXY header, before anything else
+    /// (the TLS handshake included). The header stays in the socket until
+    /// it is whole, and only its own bytes are then read: what follows is
+    /// read as ever. `FirstLine` is `Refused(Busy)` when the server was
+    /// busy at accept, else `Ready` until the loop decides under the
+    /// client's address.
+    ProxyHeader(FirstLine),
+    /// Its PROXY header is read and `peer` is the client's address: the
+    /// loop decides at once, before its next event, whether to admit it
+    /// under that address, and tells it with [`Connection::proxy_admitted`].
+    Admitting(FirstLine),
     /// A TLS handshake is going on: nothing is read as requests yet. When it
     /// finishes, the connection gets its first line (`READY`, or the
     /// busy line for a connection turned away) and goes on from there.
@@ -302,6 +320,8 @@ pub enum CloseReason {
     /// The TLS session failed: garbage instead of a ClientHello, a failed
     /// handshake, bad records.
     TlsFailed,
+    /// A `proxy` listener got no valid PROXY header.
+    ProxyHeader(HeaderError),
     /// A socket error: reset, broken pipe, keepalive timeout...
     Io(io::ErrorKind),
 }
@@ -321,6 +341,7 @@ impl fmt::Display for CloseReason {
             CloseReason::LingerCutShort => f.write_str("lingering close cut short"),
             CloseReason::HandshakeTimeout => f.write_str("handshake timeout"),
             CloseReason::TlsFailed => f.write_str("TLS failed"),
+            CloseReason::ProxyHeader(e) => write!(f, "{e}"),
             CloseReason::Io(kind) => write!(f, "socket error: {kind}"),
         }
     }
@@ -386,6 +407,9 @@ pub struct Connection {
     /// Plain TCP, or a TLS session around the same socket.
     transport: Transport,
     peer: SocketAddr,
+    /// Behind a balancer: the socket's own peer (the balancer), once the
+    /// PROXY header has named the client, which is then `peer`.
+    via: Option<SocketAddr>,
     /// Slab key; also its `Token`.
     key: usize,
     /// Serial number, unique for the server's life (slab keys are reused).
@@ -543,6 +567,116 @@ impl Connection {
         }
     }
 
+    /// A newly accepted connection on a `proxy` listener: it reads nothing
+    /// but its PROXY header, within `--handshake-timeout` (the same
+    /// deadline then bounds a TLS handshake after it). It does not count as
+    /// a client until the loop admits it under the header's address.
+    /// `first` is `Refused(Busy)` if the server was busy at accept.
+    pub fn start_proxied(
+        stream: TcpStream,
+        transport: Transport,
+        balancer: SocketAddr,
+        key: usize,
+        id: u64,
+        first: FirstLine,
+        shared: &mut Shared,
+    ) -> (Connection, Next) {
+        let mut conn = Connection::new(stream, transport, balancer, key, id, false, shared);
+        conn.state = State::ProxyHeader(first);
+        if let Some(limit) = shared.limits.handshake_timeout {
+            conn.schedule(shared, TimerKind::Handshake, shared.now + limit);
+        }
+        // The balancer speaks first: the readable event that brings the
+        // header runs `read_proxy_header`.
+        (conn, Next::Wait)
+    }
+
+    /// Looks at what the socket holds without taking it (MSG_PEEK): once a
+    /// whole header is there, reads exactly its bytes and no more, so what
+    /// follows (the first request, or the TLS ClientHello) stays in the
+    /// socket for the code that reads it next. Nothing is buffered here: an
+    /// unfinished header waits in the kernel, at most `proxy::HEADER_MAX`
+    /// bytes of it matter, and each new segment raises a new readable edge.
+    fn read_proxy_header(&mut self, shared: &mut Shared) -> Next {
+        let window = proxy::HEADER_MAX.min(shared.read_buf.len());
+        let seen = loop {
+            match self.stream.peek(&mut shared.read_buf[..window]) {
+                Ok(0) => return self.fail(CloseReason::PeerClosed),
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Wait,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.fail(CloseReason::Io(e.kind())),
+            }
+        };
+        match proxy::parse(&shared.read_buf[..seen]) {
+            // A peer that has sent its EOF (the event said so) can never
+            // finish it; others have until the handshake deadline.
+            Ok(Parsed::Incomplete) if self.hangup_hinted => self.fail(CloseReason::PeerClosed),
+            Ok(Parsed::Incomplete) => Next::Wait,
+            Ok(Parsed::Header { len, client }) => {
+                // The bytes are in the socket (we just saw them): this read
+                // takes them, and only them.
+                let mut taken = 0;
+                while taken < len {
+                    match self.stream.read(&mut shared.read_buf[taken..len]) {
+                        Ok(0) => return self.fail(CloseReason::PeerClosed),
+                        Ok(n) => taken += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return self.fail(CloseReason::Io(e.kind())),
+                    }
+                }
+                self.count_wire(
+                    Wire {
+                        read: len as u64,
+                        written: 0,
+                    },
+                    shared,
+                );
+                if let Some(client) = client {
+                    self.via = Some(self.peer);
+                    self.peer = client;
+                }
+                if let State::ProxyHeader(first) = self.state {
+                    self.state = State::Admitting(first);
+                }
+                Next::Wait
+            }
+            Err(e) => {
+                log::debug!("{} sent no valid PROXY header: {e}", self.peer);
+                // Take the bytes we looked at: closing with them unread
+                // would make the kernel answer with a reset, not an EOF.
+                let _ = self.stream.read(&mut shared.read_buf[..seen]);
+                self.fail(CloseReason::ProxyHeader(e))
+            }
+        }
+    }
+
+    /// The loop has decided, under the client's address: `Ready` (it now
+    /// counts as a client) or a refusal. Goes on as a fresh connection of
+    /// its transport would; the readable edge that brought the header may
+    /// have brought what follows too, so that is read now, not on an event.
+    pub fn proxy_admitted(&mut self, first: FirstLine, shared: &mut Shared) -> Next {
+        if !matches!(self.state, State::Admitting(_)) {
+            return Next::Wait;
+        }
+        self.is_client = first == FirstLine::Ready;
+        self.with_reply_buffer(shared, |conn, shared| {
+            let next = if conn.transport.is_handshaking() {
+                // Its deadline is the one set at accept.
+                conn.state = State::Handshaking(first);
+                conn.advance_handshake(shared)
+            } else {
+                let next = conn.greet(first, shared);
+                if conn.state == State::Open {
+                    conn.read_requests(shared)
+                } else {
+                    next
+                }
+            };
+            conn.flush_and_advance(next, shared)
+        })
+    }
+
     /// Adds what crossed the socket to the server's and the connection's
     /// counters; bytes written are the peer's progress.
     fn count_wire(&mut self, wire: Wire, shared: &mut Shared) {
@@ -569,6 +703,7 @@ impl Connection {
             stream,
             transport,
             peer,
+            via: None,
             key,
             id,
             state: State::Open,
@@ -602,9 +737,15 @@ impl Connection {
         &mut self.stream
     }
 
-    /// The peer's address.
+    /// The peer's address: the client's, as its PROXY header gave it on a
+    /// `proxy` listener.
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The balancer's address, when a PROXY header named another client.
+    pub fn via(&self) -> Option<SocketAddr> {
+        self.via
     }
 
     /// The serial number, unique for the life of the server.
@@ -695,6 +836,7 @@ impl Connection {
     pub fn drive(&mut self, readable: bool, hangup: bool, shared: &mut Shared) -> Next {
         self.hangup_hinted |= hangup;
         self.with_reply_buffer(shared, |conn, shared| match conn.state {
+            State::ProxyHeader(_) => conn.read_proxy_header(shared),
             State::Handshaking(_) => {
                 let next = conn.advance_handshake(shared);
                 conn.flush_and_advance(next, shared)
@@ -706,7 +848,8 @@ impl Connection {
             // Whatever the event, a closing connection only flushes.
             State::Closing => conn.flush_and_advance(Next::Wait, shared),
             State::Lingering if readable => conn.discard_input(shared),
-            State::Lingering | State::Closed => Next::Wait,
+            // Admitted by the loop before any further event.
+            State::Lingering | State::Closed | State::Admitting(_) => Next::Wait,
         })
     }
 
@@ -721,7 +864,12 @@ impl Connection {
             TimerKind::Linger => Next::Wait,
             // A handshake not finished in time: closed without a line (there
             // is no session to carry one).
-            TimerKind::Handshake if matches!(self.state, State::Handshaking(_)) => {
+            TimerKind::Handshake
+                if matches!(
+                    self.state,
+                    State::Handshaking(_) | State::ProxyHeader(_) | State::Admitting(_)
+                ) =>
+            {
                 self.fail(CloseReason::HandshakeTimeout)
             }
             TimerKind::Handshake => Next::Wait,
@@ -736,7 +884,9 @@ impl Connection {
     pub fn shut_down(&mut self, shared: &mut Shared) -> Next {
         match self.state {
             // No session yet to carry a line: just close.
-            State::Handshaking(_) => self.fail(CloseReason::Shutdown),
+            State::Handshaking(_) | State::ProxyHeader(_) | State::Admitting(_) => {
+                self.fail(CloseReason::Shutdown)
+            }
             State::Open => self.with_reply_buffer(shared, |conn, shared| {
                 conn.close_after(protocol::SHUTTING_DOWN, CloseReason::Shutdown, shared)
             }),

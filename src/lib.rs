@@ -49,7 +49,8 @@
 //! FreeBSD), [`systemd`] (sockets passed by systemd, readiness
 //! notification, journal priorities), [`transport`] (plain TCP or a TLS
 //! session under a connection), [`tls`] (loading certificates and keys;
-//! the `tls` feature).
+//! the `tls` feature), [`proxy`] (where a PROXY protocol header ends and
+//! the client address it carries, for `proxy` listeners).
 //!
 //! Around the crate, in the repository: `src/main.rs` is the thin binary;
 //! `tests/` runs the real binary on loopback, one file per concern, with
@@ -65,6 +66,7 @@ pub mod framing;
 pub mod metrics;
 pub mod process;
 pub mod protocol;
+pub mod proxy;
 pub mod server;
 pub mod stats;
 pub mod summaries;

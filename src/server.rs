@@ -906,6 +906,11 @@ impl EventLoop {
         }
         let id = conn.id();
         let next = conn.drive(readable, hangup, &mut shared);
+        // Only a readable event completes a PROXY header.
+        if matches!(conn.state(), State::Admitting(_)) {
+            self.admit_proxied(key, id);
+            return;
+        }
         self.act_on(key, id, next);
     }
 
@@ -1160,10 +1165,16 @@ impl EventLoop {
         // Sockets count for the whole process; only this loop's own
         // lingering sockets can be cut short to make room.
         let out_of_sockets = self.process.out_of_sockets() && self.evict_lingering(1) == 0;
+        // Behind a balancer, `peer` is the balancer: the client's address,
+        // and so its count, come with the PROXY header (`admit_proxied`).
+        // Until then only a full server turns it away.
+        let proxied = self.is_proxy(listener);
         // Both limits count the whole process: the check and the count are
         // one step, so two loops cannot both take the last place.
         let refusal = if out_of_sockets {
             Some(Refusal::Busy)
+        } else if proxied {
+            (self.stats.connections() >= self.config.max_connections).then_some(Refusal::Busy)
         } else {
             match self.stats.try_open_client(
                 peer.ip(),
@@ -1177,10 +1188,7 @@ impl EventLoop {
         };
         if let Some(refusal) = refusal {
             self.stats.count_rejected();
-            let kind = match refusal {
-                Refusal::Busy => Kind::Busy,
-                Refusal::TooManyFromAddress => Kind::TooManyFromAddress,
-            };
+            let kind = refusal_kind(refusal);
             self.stats.count_limit_hit(kind);
             self.process.summaries.note(kind, self.now);
             if out_of_sockets || self.lingering.len() >= MAX_LINGERING {
@@ -1196,7 +1204,8 @@ impl EventLoop {
                 return;
             }
         } else {
-            // Counted in `connections` and against its address already.
+            // Counted in `connections` and against its address already
+            // (not yet, behind a balancer: see `admit_proxied`).
             // Dead peers: let the kernel probe an idle connection, so one
             // that vanished (power loss, cable) ends as a reset would.
             if let Some(idle) = self.limits.tcp_keepalive {
@@ -1219,10 +1228,18 @@ impl EventLoop {
             None => FirstLine::Ready,
         };
         let (conns, mut shared) = self.parts();
-        let (conn, next) = Connection::start(stream, transport, peer, key, id, first, &mut shared);
+        let (conn, next) = if proxied {
+            Connection::start_proxied(stream, transport, peer, key, id, first, &mut shared)
+        } else {
+            Connection::start(stream, transport, peer, key, id, first, &mut shared)
+        };
         conns.insert(conn);
         self.process.socket_taken();
         match refusal {
+            None if proxied => debug!(
+                "accepted {peer}{} (proxy listener: waiting for its PROXY header)",
+                self.which_loop()
+            ),
             None => debug!("accepted {peer}{}", self.which_loop()),
             Some(Refusal::Busy) => {
                 debug!("accepted {peer}{} (busy: turned away)", self.which_loop())
@@ -1248,6 +1265,59 @@ impl EventLoop {
                 self.close(key);
             }
         }
+    }
+
+    /// A connection on a `proxy` listener has read its PROXY header: it is
+    /// admitted now, under the client's address. It did not count as a
+    /// client while the header was on its way, so `--max-connections` is
+    /// checked again here (it was checked at accept too, where a busy
+    /// server already chose `ERR server busy` for it, counted then), then
+    /// `--max-connections-per-ip`. Admitted, it counts (`accepted`,
+    /// `connections`, its address) from here to `client_left`, with the
+    /// same address: `peer` no longer changes.
+    fn admit_proxied(&mut self, key: usize, id: u64) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let State::Admitting(first) = conn.state() else {
+            return;
+        };
+        let (client, via) = (conn.peer(), conn.via());
+        let refusal = match first {
+            FirstLine::Refused(refusal) => Some(refusal),
+            FirstLine::Ready => {
+                // Check and count in one step, as in `admit`.
+                let refusal = match self.stats.try_open_client(
+                    client.ip(),
+                    self.config.max_connections,
+                    self.config.max_connections_per_ip,
+                ) {
+                    Ok(()) => None,
+                    Err(Full::Server) => Some(Refusal::Busy),
+                    Err(Full::Address) => Some(Refusal::TooManyFromAddress),
+                };
+                if let Some(refusal) = refusal {
+                    self.stats.count_rejected();
+                    let kind = refusal_kind(refusal);
+                    self.stats.count_limit_hit(kind);
+                    self.process.summaries.note(kind, self.now);
+                }
+                refusal
+            }
+        };
+        let turned_away = match refusal {
+            None => "",
+            Some(Refusal::Busy) => " (busy: turned away)",
+            Some(Refusal::TooManyFromAddress) => " (too many from its address: turned away)",
+        };
+        match via {
+            Some(balancer) => debug!("proxied {client} via {balancer}{turned_away}"),
+            None => debug!("proxied {client} (LOCAL or UNKNOWN: the balancer itself){turned_away}"),
+        }
+        let first = refusal.map_or(FirstLine::Ready, FirstLine::Refused);
+        let (conns, mut shared) = self.parts();
+        let next = conns[key].proxy_admitted(first, &mut shared);
+        self.act_on(key, id, next);
     }
 
     /// Out of descriptors, with no lingering socket to free: `accept`
@@ -1406,6 +1476,14 @@ impl EventLoop {
         self.listened_from.get(index).is_some_and(listener_encrypts)
     }
 
+    /// Whether listener `index` has the `proxy` option: its connections
+    /// start with a PROXY header.
+    fn is_proxy(&self, index: usize) -> bool {
+        self.listened_from
+            .get(index)
+            .is_some_and(|l| l.has_option("proxy"))
+    }
+
     /// The transport for a connection accepted on listener `index`.
     fn transport_for(&self, index: usize) -> Result<Transport, TlsFailed> {
         #[cfg(feature = "tls")]
@@ -1524,6 +1602,14 @@ fn listener_encrypts(listen_addr: &ListenAddr) -> bool {
     }
     let _ = listen_addr;
     false
+}
+
+/// The summary line a refusal is counted in.
+fn refusal_kind(refusal: Refusal) -> Kind {
+    match refusal {
+        Refusal::Busy => Kind::Busy,
+        Refusal::TooManyFromAddress => Kind::TooManyFromAddress,
+    }
 }
 
 /// Binds a listener with a real backlog (std and mio fix it at 128).

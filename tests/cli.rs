@@ -169,8 +169,8 @@ fn a_malformed_listen_value_exits_2_showing_the_forms() {
 #[test]
 fn unknown_listener_options_are_usage_errors() {
     for value in [
-        "127.0.0.1:0,proxy",
-        "0.0.0.0:9443,tls,proxy",
+        "127.0.0.1:0,proxyy",
+        "0.0.0.0:9443,tls,proxyy",
         "127.0.0.1:0,tlss",
     ] {
         let out = run_loopline(&["--listen", value], "info");

@@ -5,6 +5,9 @@
 //! Memory and CPU figures come from the library's own reader,
 //! [`loopline::sys`].
 //!
+//! Behind a load balancer: [`haproxy`] starts a real HAProxy in front of the
+//! server and reads its stats socket.
+//!
 //! A test about the protocol or the limits runs over both transports, plain
 //! TCP and TLS, and with one event loop and with two (`--threads 2`): its
 //! body takes a [`Transport`], starts its server with
@@ -13,6 +16,7 @@
 //! transport.
 #![allow(dead_code)]
 
+pub mod haproxy;
 #[cfg(feature = "tls")]
 pub mod tls;
 
