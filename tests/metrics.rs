@@ -19,7 +19,6 @@ util::one_and_two_loops!(
     answers_have_exact_bytes_and_the_counters_move,
     a_live_scrape_passes_promtool,
     metrics_connections_are_not_clients,
-    tls_handshakes_are_counted_completed_and_failed,
 );
 
 /// Starts `loopline --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 ARGS...`
@@ -340,6 +339,7 @@ fn a_stalled_head_is_closed_after_the_head_timeout_and_the_log_tells_the_listene
 }
 
 #[cfg(feature = "tls")]
+#[test]
 fn tls_handshakes_are_counted_completed_and_failed() {
     let mut server = Server::start_over(util::Transport::Tls, &["--metrics-listen", "127.0.0.1:0"]);
     let metrics = metrics_addr(&mut server);
