@@ -115,6 +115,10 @@ pub struct Limits {
 /// How long a closing connection reads and discards input after its last line.
 pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a `proxy` listener waits for a PROXY header when
+/// `--handshake-timeout` is 0 (off): the header has a deadline whatever.
+pub const PROXY_HEADER_TIMEOUT_WHEN_OFF: Duration = Duration::from_secs(10);
+
 /// The longest response line, in bytes, for a given `--max-line`: `OK `, an
 /// echoed line and its LF, or an `ERR usage: NAME ...` line; STATS and the
 /// fixed lines are far shorter than the floor of 512.
@@ -583,9 +587,14 @@ impl Connection {
     ) -> (Connection, Next) {
         let mut conn = Connection::new(stream, transport, balancer, key, id, false, shared);
         conn.state = State::ProxyHeader(first);
-        if let Some(limit) = shared.limits.handshake_timeout {
-            conn.schedule(shared, TimerKind::Handshake, shared.now + limit);
-        }
+        // The header always has a deadline: it holds a socket and counts
+        // nowhere else, so `--handshake-timeout 0` cannot mean "for ever"
+        // here (it still does for a TLS handshake, which counts as a client).
+        let limit = shared
+            .limits
+            .handshake_timeout
+            .unwrap_or(PROXY_HEADER_TIMEOUT_WHEN_OFF);
+        conn.schedule(shared, TimerKind::Handshake, shared.now + limit);
         // The balancer speaks first: the readable event that brings the
         // header runs `read_proxy_header`.
         (conn, Next::Wait)

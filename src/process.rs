@@ -123,6 +123,14 @@ pub struct Process {
     /// How many reloads were published: a loop whose count differs picks
     /// up `reloadable` at its next turn.
     reloads: AtomicU64,
+    /// Loops still running. Loop 0 holds the signal handlers (and the
+    /// metrics endpoint, and systemd's notifier): during a shutdown it is
+    /// the last to leave, so a second signal is heard until the end.
+    loops_running: AtomicUsize,
+    /// Connections on `proxy` listeners still waiting for their header:
+    /// they are not clients yet, so they are capped here (at
+    /// `--max-connections`), not by the client limits.
+    headers_pending: AtomicU64,
 }
 
 impl Process {
@@ -145,6 +153,8 @@ impl Process {
             stop_at_once: AtomicBool::new(false),
             reloadable: Mutex::new(reloadable),
             reloads: AtomicU64::new(0),
+            loops_running: AtomicUsize::new(0),
+            headers_pending: AtomicU64::new(0),
         }
     }
 
@@ -193,6 +203,41 @@ impl Process {
                 let _ = waker.wake();
             }
         }
+    }
+
+    /// A loop starts running.
+    pub fn loop_started(&self) {
+        self.loops_running.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A loop has stopped: loop 0, which waits for the others before it
+    /// leaves, is woken to look.
+    pub fn loop_stopped(&self) {
+        self.loops_running.fetch_sub(1, Ordering::SeqCst);
+        if let Some(first) = self.wakers.first() {
+            let _ = first.wake();
+        }
+    }
+
+    /// Loops still running.
+    pub fn loops_running(&self) -> usize {
+        self.loops_running.load(Ordering::SeqCst)
+    }
+
+    /// A connection on a `proxy` listener may wait for its header if fewer
+    /// than `max` do; it is counted as waiting then.
+    pub fn try_await_header(&self, max: u64) -> bool {
+        self.headers_pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |pending| {
+                (pending < max).then_some(pending + 1)
+            })
+            .is_ok()
+    }
+
+    /// A connection no longer waits for its header (it came, or the
+    /// connection closed).
+    pub fn header_awaited(&self) {
+        self.headers_pending.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Sockets held by every loop now.

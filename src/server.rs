@@ -393,7 +393,12 @@ impl Server {
                     listen: listen_addr.clone(),
                     source,
                 };
-                let listener = match listen(addr, own_listeners) {
+                let bound = if own_listeners {
+                    refuse_if_taken(addr).and_then(|()| listen(addr, true))
+                } else {
+                    listen(addr, false)
+                };
+                let listener = match bound {
                     Ok(listener) => listener,
                     // A host name may name an address this machine lacks
                     // (::1 in /etc/hosts with IPv6 turned off, as in many
@@ -606,15 +611,16 @@ impl Server {
     /// this thread, the others on threads of their own. A loop that fails
     /// (or panics) shuts the others down gracefully: no loop may close its
     /// listeners alone while the others accept (see `begin_shutdown`).
-    pub fn run(mut self) -> Result<(), RunError> {
+    pub fn run(self) -> Result<(), RunError> {
         self.announce();
-        let first = &mut self.loops[0];
-        if let Some(notifier) = first.notifier.as_mut() {
-            notifier.ready(first.now, first.stats.connections());
-        }
         let Server { loops, process, .. } = self;
+        // Counted before any starts: loop 0 must never see itself alone
+        // while another has yet to begin.
+        for _ in &loops {
+            process.loop_started();
+        }
         let mut loops = loops.into_iter();
-        let Some(first) = loops.next() else {
+        let Some(mut first) = loops.next() else {
             return Ok(());
         };
         let mut others = Vec::new();
@@ -635,6 +641,11 @@ impl Server {
                     return Err(RunError::Thread(e));
                 }
             }
+        }
+        // Ready only once every loop runs: a thread that cannot start
+        // fails the start before systemd hears READY=1.
+        if let Some(notifier) = first.notifier.as_mut() {
+            notifier.ready(first.now, first.stats.connections());
         }
         let mut result = first.run_guarded();
         for handle in others {
@@ -713,6 +724,7 @@ impl EventLoop {
         if result.is_err() && !process.stop_at_once() {
             process.request_shutdown();
         }
+        process.loop_stopped();
         result
     }
 
@@ -774,7 +786,11 @@ impl EventLoop {
                 return Err(RunError::StoppedAtOnce);
             }
             if let Some(deadline) = self.shutdown_deadline {
-                if self.conns.is_empty() {
+                // Loop 0 holds the signal handlers, the metrics endpoint and
+                // systemd's notifier: it leaves last, so that a second
+                // signal is heard while any loop still drains.
+                let others_done = self.index != 0 || self.process.loops_running() <= 1;
+                if self.conns.is_empty() && others_done {
                     debug!("loop {}: every connection finished", self.index);
                     return Ok(());
                 }
@@ -1035,6 +1051,10 @@ impl EventLoop {
     fn close(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key) {
             if conn.state() != State::Closed {
+                if matches!(conn.state(), State::ProxyHeader(_) | State::Admitting(_)) {
+                    // It never got its header (or not its admission).
+                    self.process.header_awaited();
+                }
                 conn.mark_closed(&self.stats);
                 self.process.socket_given_back();
                 self.closing.push(key);
@@ -1169,6 +1189,17 @@ impl EventLoop {
         // and so its count, come with the PROXY header (`admit_proxied`).
         // Until then only a full server turns it away.
         let proxied = self.is_proxy(listener);
+        // A connection waiting for its PROXY header is no client yet, and
+        // all of them come from the balancer's address: they are capped on
+        // their own, at --max-connections. Past that, a newcomer is closed
+        // at once, without a line: nothing may be said before the header.
+        if proxied && !self.process.try_await_header(self.config.max_connections) {
+            self.stats.count_rejected();
+            self.stats.count_limit_hit(Kind::Busy);
+            self.process.summaries.note(Kind::Busy, self.now);
+            debug!("turned away {peer}: too many connections waiting for their PROXY header");
+            return;
+        }
         // Both limits count the whole process: the check and the count are
         // one step, so two loops cannot both take the last place.
         let refusal = if out_of_sockets {
@@ -1197,7 +1228,10 @@ impl EventLoop {
                 // A TLS client could not read a line outside the session:
                 // it only sees the close.
                 debug!("turned away {peer}: {} (no linger)", refusal.reason());
-                if !self.is_tls(listener) {
+                if proxied {
+                    // Closed before it could send its header.
+                    self.process.header_awaited();
+                } else if !self.is_tls(listener) {
                     let mut stream = stream;
                     let _ = stream.write(refusal.line());
                 }
@@ -1282,6 +1316,8 @@ impl EventLoop {
         let State::Admitting(first) = conn.state() else {
             return;
         };
+        // Its header came: it no longer waits for one.
+        self.process.header_awaited();
         let (client, via) = (conn.peer(), conn.via());
         let refusal = match first {
             FirstLine::Refused(refusal) => Some(refusal),
@@ -1631,6 +1667,25 @@ fn listen(addr: SocketAddr, spread: bool) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// With `SO_REUSEPORT`, binding an address another process of the same
+/// user listens on with it succeeds, and the kernel then splits the
+/// connections between the two processes. A second loopline started by
+/// mistake must fail instead, as it does with one loop: a probe socket
+/// without `SO_REUSEPORT` cannot bind where any socket listens.
+fn refuse_if_taken(addr: SocketAddr) -> io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        // The kernel picks a free port for the first loop's bind.
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    probe.bind(&addr.into())
 }
 
 /// A second descriptor for a listening socket, for another loop to accept

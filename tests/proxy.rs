@@ -511,3 +511,27 @@ fn a_listener_without_proxy_takes_a_proxy_line_as_a_request() {
     server.wait_for_log(&format!("accepted 127.0.0.1:{}", local_port(&c)));
     server.assert_no_panic();
 }
+
+/// Regression guard for connections that wait for a header forever: they
+/// are no clients yet, and all come from the balancer's address, so no
+/// client limit holds them. They are capped at `--max-connections` on
+/// their own: past that, a newcomer is closed at once, without a line.
+#[test]
+fn connections_waiting_for_their_header_are_capped_at_max_connections() {
+    let server = proxy_server(&["--max-connections", "2"]);
+    let mut first = raw_client(&server);
+    let _second = raw_client(&server);
+    let mut third = raw_client(&server);
+    third.expect_eof();
+    // A header that comes frees its place among the waiting.
+    first.send(&v1("192.0.2.30:30".parse().unwrap()));
+    first.expect_line("READY");
+    let mut fourth = raw_client(&server);
+    fourth.send(&v1("192.0.2.31:31".parse().unwrap()));
+    fourth.expect_line("READY");
+    first.send(b"STATS\n");
+    let stats = Stats(first.read_line());
+    assert_eq!(stats.get("rejected"), 1, "{}", stats.0);
+    assert_eq!(stats.get("connections"), 2, "{}", stats.0);
+    wait_logged(&server, "too many connections waiting for their PROXY header");
+}

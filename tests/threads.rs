@@ -160,3 +160,59 @@ fn threads_out_of_range_is_a_usage_error() {
         assert!(stderr.contains("--threads"), "--threads {bad}: {stderr}");
     }
 }
+
+/// Regression guard: with two loops, loop 0 (which holds the signal
+/// handlers) left as soon as its own connections were gone, while loop 1
+/// still drained; a second SIGTERM was then caught and ignored, and the
+/// server waited out the whole `--shutdown-timeout`. Here only loop 1 holds
+/// a connection (a client that does not read), and the second signal must
+/// stop the server at once, with status 1.
+#[test]
+fn a_second_signal_is_heard_while_only_another_loop_drains() {
+    let mut server = Server::start(&["--threads", "2", "--shutdown-timeout", "60s"]);
+    // Clients until one lands on loop 1; the others leave.
+    let deadline = Instant::now() + PATIENCE;
+    let mut on_loop_1 = loop {
+        let c = server.client();
+        let port = c.stream.local_addr().unwrap().port();
+        let accepted = server.wait_for_log(&format!("accepted 127.0.0.1:{port} on loop"));
+        if accepted.contains("on loop 1") {
+            break c;
+        }
+        drop(c);
+        assert!(Instant::now() < deadline, "no connection landed on loop 1");
+    };
+    on_loop_1.flood_until_blocked();
+    server.wait_for_connections(2);
+    server.signal("TERM");
+    server.wait_for_log("shutting down");
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    server.signal("TERM");
+    let status = server.wait_exit();
+    assert_eq!(status.code(), Some(1), "not stopped at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "waited out the shutdown timeout"
+    );
+}
+
+/// With several loops every listener socket has `SO_REUSEPORT`, which would
+/// let a second server of the same user bind the same port and take half
+/// the connections. It must fail as it does with one loop: exit 1 naming
+/// the address.
+#[test]
+fn a_second_server_on_the_same_port_fails_with_several_loops_too() {
+    let server = Server::start(&["--threads", "2"]);
+    let addr = server.addr.to_string();
+    let run = util::run_loopline(&["--listen", &addr, "--threads", "2"], "info");
+    assert_eq!(run.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    let mut c = server.client();
+    c.send(b"PING\n");
+    c.expect_line("PONG");
+}
