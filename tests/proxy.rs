@@ -533,5 +533,8 @@ fn connections_waiting_for_their_header_are_capped_at_max_connections() {
     let stats = Stats(first.read_line());
     assert_eq!(stats.get("rejected"), 1, "{}", stats.0);
     assert_eq!(stats.get("connections"), 2, "{}", stats.0);
-    wait_logged(&server, "too many connections waiting for their PROXY header");
+    wait_logged(
+        &server,
+        "too many connections waiting for their PROXY header",
+    );
 }
