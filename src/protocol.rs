@@ -494,14 +494,8 @@ mod tests {
             now,
             crate::stats::Snapshot {
                 connections: 3,
-                accepted: 0,
                 rejected: 2,
-                commands: 0,
-                bytes_in: 0,
-                bytes_out: 0,
-                buffered: 0,
-                paused: 0,
-                auth_failures: 0,
+                ..Default::default()
             },
         );
         let mut out = Vec::new();

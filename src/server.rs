@@ -1194,34 +1194,19 @@ impl EventLoop {
         // their own, at --max-connections. Past that, a newcomer is closed
         // at once, without a line: nothing may be said before the header.
         if proxied && !self.process.try_await_header(self.config.max_connections) {
-            self.stats.count_rejected();
-            self.stats.count_limit_hit(Kind::Busy);
-            self.process.summaries.note(Kind::Busy, self.now);
+            self.count_refusal(Refusal::Busy);
             debug!("turned away {peer}: too many connections waiting for their PROXY header");
             return;
         }
-        // Both limits count the whole process: the check and the count are
-        // one step, so two loops cannot both take the last place.
         let refusal = if out_of_sockets {
             Some(Refusal::Busy)
         } else if proxied {
             (self.stats.connections() >= self.config.max_connections).then_some(Refusal::Busy)
         } else {
-            match self.stats.try_open_client(
-                peer.ip(),
-                self.config.max_connections,
-                self.config.max_connections_per_ip,
-            ) {
-                Ok(()) => None,
-                Err(Full::Server) => Some(Refusal::Busy),
-                Err(Full::Address) => Some(Refusal::TooManyFromAddress),
-            }
+            self.open_client(peer.ip())
         };
         if let Some(refusal) = refusal {
-            self.stats.count_rejected();
-            let kind = refusal_kind(refusal);
-            self.stats.count_limit_hit(kind);
-            self.process.summaries.note(kind, self.now);
+            self.count_refusal(refusal);
             if out_of_sockets || self.lingering.len() >= MAX_LINGERING {
                 // No descriptor to spare for a lingering close: say why and
                 // close at once (a short write on a fresh socket cannot block).
@@ -1301,6 +1286,31 @@ impl EventLoop {
         }
     }
 
+    /// Counts a client from `ip` as open, if `--max-connections` and
+    /// `--max-connections-per-ip` allow it; else says which refusal it
+    /// gets. Both limits count the whole process: the check and the count
+    /// are one step, so two loops cannot both take the last place.
+    fn open_client(&mut self, ip: std::net::IpAddr) -> Option<Refusal> {
+        let limits = (
+            self.config.max_connections,
+            self.config.max_connections_per_ip,
+        );
+        match self.stats.try_open_client(ip, limits.0, limits.1) {
+            Ok(()) => None,
+            Err(Full::Server) => Some(Refusal::Busy),
+            Err(Full::Address) => Some(Refusal::TooManyFromAddress),
+        }
+    }
+
+    /// A connection is turned away: counted in `rejected`, in the metrics
+    /// by reason, and in the summary lines.
+    fn count_refusal(&mut self, refusal: Refusal) {
+        let kind = refusal_kind(refusal);
+        self.stats.count_rejected();
+        self.stats.count_limit_hit(kind);
+        self.process.summaries.note(kind, self.now);
+    }
+
     /// A connection on a `proxy` listener has read its PROXY header: it is
     /// admitted now, under the client's address. It did not count as a
     /// client while the header was on its way, so `--max-connections` is
@@ -1322,21 +1332,9 @@ impl EventLoop {
         let refusal = match first {
             FirstLine::Refused(refusal) => Some(refusal),
             FirstLine::Ready => {
-                // Check and count in one step, as in `admit`.
-                let refusal = match self.stats.try_open_client(
-                    client.ip(),
-                    self.config.max_connections,
-                    self.config.max_connections_per_ip,
-                ) {
-                    Ok(()) => None,
-                    Err(Full::Server) => Some(Refusal::Busy),
-                    Err(Full::Address) => Some(Refusal::TooManyFromAddress),
-                };
+                let refusal = self.open_client(client.ip());
                 if let Some(refusal) = refusal {
-                    self.stats.count_rejected();
-                    let kind = refusal_kind(refusal);
-                    self.stats.count_limit_hit(kind);
-                    self.process.summaries.note(kind, self.now);
+                    self.count_refusal(refusal);
                 }
                 refusal
             }

@@ -28,7 +28,7 @@ use crate::summaries::{Kind, KINDS};
 
 /// The counters at one moment, summed over the loops. Field names are the
 /// `key`s of the `STATS` reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Snapshot {
     /// Client connections open now (admitted and not yet fully closed).
     pub connections: u64,
@@ -146,14 +146,7 @@ impl Counters {
     pub fn snapshot(&self) -> Snapshot {
         let mut s = Snapshot {
             connections: self.connections.load(Relaxed),
-            accepted: 0,
-            rejected: 0,
-            commands: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            buffered: 0,
-            paused: 0,
-            auth_failures: 0,
+            ..Snapshot::default()
         };
         for l in self.loops.iter() {
             s.accepted += l.accepted.load(Relaxed);

@@ -1037,7 +1037,7 @@ proptest! {
         let [connections, accepted, rejected, commands, bytes_in, bytes_out] = counters;
         let stats = Stats::holding(started, loopline::stats::Snapshot {
             connections, accepted, rejected, commands, bytes_in, bytes_out,
-            buffered: 0, paused: 0, auth_failures: 0,
+            ..Default::default()
         });
         let now = started + Duration::from_secs(up_s);
         let mut out = before.clone();

@@ -30,6 +30,22 @@ fn proxy_server(args: &[&str]) -> Server {
     Server::start_raw(&all, "debug")
 }
 
+/// A server with one `tls,proxy` listener on `pki`'s certificate, and `args`.
+#[cfg(feature = "tls")]
+fn tls_proxy_server(pki: &util::tls::Pki, args: &[&str]) -> Server {
+    let (cert, key) = (util::tls::path(&pki.cert), util::tls::path(&pki.key));
+    let mut all = vec![
+        "--listen",
+        "127.0.0.1:0,tls,proxy",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ];
+    all.extend_from_slice(args);
+    Server::start_raw(&all, "debug")
+}
+
 /// A v1 header naming `client` (to the server's own address).
 fn v1(client: SocketAddr) -> Vec<u8> {
     let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
@@ -164,20 +180,8 @@ backend loopline_v2
 #[cfg(feature = "tls")]
 #[test]
 fn haproxy_passes_tls_through_to_a_tls_proxy_listener() {
-    use util::tls::{path, Pki};
-    let pki = Pki::new();
-    let (cert, key) = (path(&pki.cert), path(&pki.key));
-    let mut server = Server::start_raw(
-        &[
-            "--listen",
-            "127.0.0.1:0,tls,proxy",
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-        ],
-        "debug",
-    );
+    let pki = util::tls::Pki::new();
+    let mut server = tls_proxy_server(&pki, &[]);
     let backend = server.addr;
     // mode tcp: HAProxy sends the header, then passes the TLS bytes as
     // they are; the session is between the client and loopline.
@@ -345,22 +349,8 @@ fn local_and_unknown_mean_the_socket_peer() {
 #[cfg(feature = "tls")]
 #[test]
 fn a_client_hello_in_the_same_write_as_the_header_is_kept_and_refusals_travel_inside_tls() {
-    use util::tls::{path, Pki};
-    let pki = Pki::new();
-    let (cert, key) = (path(&pki.cert), path(&pki.key));
-    let mut server = Server::start_raw(
-        &[
-            "--listen",
-            "127.0.0.1:0,tls,proxy",
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--max-connections-per-ip",
-            "1",
-        ],
-        "debug",
-    );
+    let pki = util::tls::Pki::new();
+    let mut server = tls_proxy_server(&pki, &["--max-connections-per-ip", "1"]);
     let header = v1("198.51.100.7:4242".parse().unwrap());
     let mut c = Client::connect_tls_behind_header(server.addr, &header, pki.client_config(None))
         .expect("the handshake behind the header");

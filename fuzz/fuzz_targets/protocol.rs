@@ -30,9 +30,7 @@ fuzz_target!(|data: &[u8]| {
             commands: c.rotate_left(24),
             bytes_in: c.rotate_left(32),
             bytes_out: !c,
-            buffered: 0,
-            paused: 0,
-            auth_failures: 0,
+            ..Default::default()
         },
     );
     let now = started + Duration::from_secs(c >> 40);
