@@ -115,9 +115,20 @@ pub struct Limits {
 /// How long a closing connection reads and discards input after its last line.
 pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long a `proxy` listener waits for a PROXY header when
-/// `--handshake-timeout` is 0 (off): the header has a deadline whatever.
-pub const PROXY_HEADER_TIMEOUT_WHEN_OFF: Duration = Duration::from_secs(10);
+/// The deadline of an opening that must come before anything else (a
+/// PROXY header; a metrics request head) when `--handshake-timeout` is 0.
+/// Such an opening holds a socket and counts nowhere else, so it always
+/// has a deadline: 0 turns off only the TLS handshake's (a TLS connection
+/// counts as a client, under the client limits).
+pub const OPENING_TIMEOUT_WHEN_OFF: Duration = Duration::from_secs(10);
+
+impl Limits {
+    /// How long an opening may take: `--handshake-timeout`, or
+    /// [`OPENING_TIMEOUT_WHEN_OFF`] when that is 0.
+    pub fn opening_timeout(&self) -> Duration {
+        self.handshake_timeout.unwrap_or(OPENING_TIMEOUT_WHEN_OFF)
+    }
+}
 
 /// The longest response line, in bytes, for a given `--max-line`: `OK `, an
 /// echoed line and its LF, or an `ERR usage: NAME ...` line; STATS and the
@@ -587,13 +598,8 @@ impl Connection {
     ) -> (Connection, Next) {
         let mut conn = Connection::new(stream, transport, balancer, key, id, false, shared);
         conn.state = State::ProxyHeader(first);
-        // The header always has a deadline: it holds a socket and counts
-        // nowhere else, so `--handshake-timeout 0` cannot mean "for ever"
-        // here (it still does for a TLS handshake, which counts as a client).
-        let limit = shared
-            .limits
-            .handshake_timeout
-            .unwrap_or(PROXY_HEADER_TIMEOUT_WHEN_OFF);
+        // The header always has a deadline (see `Limits::opening_timeout`).
+        let limit = shared.limits.opening_timeout();
         conn.schedule(shared, TimerKind::Handshake, shared.now + limit);
         // The balancer speaks first: the readable event that brings the
         // header runs `read_proxy_header`.
@@ -1347,7 +1353,6 @@ impl Connection {
         self.flush_and_advance(Next::Wait, shared)
     }
 
-    /// The one close-after-reply flag: nothing more is read or executed.
     /// The client's last line is answered: from its side the connection is
     /// over, so it no longer counts as open, nor against --max-connections
     /// or its address. Done before that line is written: a client that
@@ -1360,6 +1365,7 @@ impl Connection {
         }
     }
 
+    /// The one close-after-reply flag: nothing more is read or executed.
     fn start_closing(&mut self, reason: CloseReason) {
         if matches!(self.state, State::Open | State::Paused | State::Draining) {
             self.state = State::Closing;
@@ -1374,6 +1380,8 @@ impl Connection {
         if next == Next::Close {
             return next;
         }
+        // A closing connection's last line is queued: it stops counting as
+        // a client before the write below can deliver that line.
         if self.state == State::Closing {
             self.stop_counting_as_client(shared);
         }
@@ -1412,10 +1420,10 @@ impl Connection {
     /// the kernel answer with a reset, which can wipe our last line from the
     /// peer's receive buffer before it reads it.
     fn linger(&mut self, shared: &mut Shared) -> Next {
-        // Its descriptor still counts against the process's budget: the
-        // loop keeps the number of lingering sockets bounded through
-        // `shared.lingering`.
-        self.stop_counting_as_client(shared);
+        // It stopped counting as a client before its last line was written
+        // (`flush_and_advance`). Its descriptor still counts against the
+        // process's budget: the loop keeps the number of lingering sockets
+        // bounded through `shared.lingering`.
         let _ = self.stream.shutdown(Shutdown::Write);
         if self.peer_eof {
             // The peer already closed its side: nothing more can arrive.

@@ -19,7 +19,7 @@
 //!   once the previous answer is written, so a client that sends without
 //!   reading holds one answer and at most [`MAX_HEAD`] bytes of input.
 //! * A head must be complete within the head timeout (`--handshake-timeout`,
-//!   or [`HEAD_TIMEOUT_WHEN_OFF`] when that is 0), counted from its first
+//!   or [`crate::connection::OPENING_TIMEOUT_WHEN_OFF`] when that is 0), counted from its first
 //!   byte (from the accept, for the first); a connection with nothing to do
 //!   is closed after [`KEEP_ALIVE_IDLE`]; an answer the peer does not read
 //!   is bounded by the same idle time.
@@ -57,10 +57,6 @@ pub const MAX_METRICS_CONNECTIONS: usize = 64;
 /// A metrics connection with no request under way is closed after this long.
 /// Prometheus scrapes every 15 s to 1 min and reconnects when it must.
 pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
-
-/// The head timeout when `--handshake-timeout` is 0: a metrics connection
-/// is always bounded in time.
-pub const HEAD_TIMEOUT_WHEN_OFF: Duration = Duration::from_secs(10);
 
 /// The most headers a head may carry; more answers `431`.
 const MAX_HEADERS: usize = 64;

@@ -1,5 +1,8 @@
-//! The event loop: one `mio::Poll`, its listeners, the connection slab and
-//! the timers. It knows nothing of commands; [`Connection`] does the work.
+//! The event loop (`EventLoop`): one `mio::Poll`, its listeners, the
+//! connection slab and the timers. It knows nothing of commands;
+//! [`Connection`] does the work. [`Server`] binds and runs one loop per
+//! `--threads`, each on its own thread, sharing only
+//! [`crate::process::Process`].
 //!
 //! One turn of the loop:
 //!
@@ -470,11 +473,17 @@ impl Server {
         }
 
         let now = Instant::now();
+        let limits = Limits::from_config(&config);
         // The metrics endpoint, served by loop 0 for the whole process.
         let mut metrics = match &config.metrics_listen {
             Some(listen) => Some(
-                MetricsEndpoint::bind(listen, metrics_settings(&config), polls[0].registry(), now)
-                    .map_err(StartError::Metrics)?,
+                MetricsEndpoint::bind(
+                    listen,
+                    metrics_settings(&config, &limits),
+                    polls[0].registry(),
+                    now,
+                )
+                .map_err(StartError::Metrics)?,
             ),
             None => None,
         };
@@ -513,7 +522,6 @@ impl Server {
             },
         ));
         let reloaded = process.reloadable();
-        let limits = Limits::from_config(&config);
         let loops = polls
             .into_iter()
             .zip(listeners_by_loop)
@@ -1599,17 +1607,13 @@ fn tls_files(config: &Config) -> Option<crate::tls::TlsFiles> {
 }
 
 /// What the metrics endpoint takes from the configuration. Its head
-/// timeout is `--handshake-timeout`: the same "finish your opening in
-/// time" bound as a TLS client's (a fixed one when that is 0).
-fn metrics_settings(config: &Config) -> metrics::Settings {
+/// timeout is the opening timeout: the same "finish your opening in time"
+/// bound as a PROXY header's (`Limits::opening_timeout`).
+fn metrics_settings(config: &Config, limits: &Limits) -> metrics::Settings {
     metrics::Settings {
         max_connections: config.max_connections,
         max_memory: config.max_memory,
-        head_timeout: if config.handshake_timeout.is_zero() {
-            metrics::HEAD_TIMEOUT_WHEN_OFF
-        } else {
-            config.handshake_timeout
-        },
+        head_timeout: limits.opening_timeout(),
     }
 }
 
@@ -1646,20 +1650,26 @@ fn refusal_kind(refusal: Refusal) -> Kind {
     }
 }
 
-/// Binds a listener with a real backlog (std and mio fix it at 128).
-/// `spread`: it is one of several, one per loop, on the same address, and
-/// the kernel spreads new connections over them (`sys::spread_accepts`).
-fn listen(addr: SocketAddr, spread: bool) -> io::Result<TcpListener> {
+/// A TCP socket for `addr`, with the options every listener has.
+fn listener_socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // Restart without waiting for the old socket's TIME_WAIT to pass.
     socket.set_reuse_address(true)?;
-    if spread {
-        sys::spread_accepts(&socket)?;
-    }
     if addr.is_ipv6() {
         // [::]:port means IPv6 only; listen on 0.0.0.0 too for IPv4.
         socket.set_only_v6(true)?;
+    }
+    Ok(socket)
+}
+
+/// Binds a listener with a real backlog (std and mio fix it at 128).
+/// `spread`: it is one of several, one per loop, on the same address, and
+/// the kernel spreads new connections over them (`sys::spread_accepts`).
+fn listen(addr: SocketAddr, spread: bool) -> io::Result<TcpListener> {
+    let socket = listener_socket(addr)?;
+    if spread {
+        sys::spread_accepts(&socket)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
@@ -1673,17 +1683,12 @@ fn listen(addr: SocketAddr, spread: bool) -> io::Result<TcpListener> {
 /// mistake must fail instead, as it does with one loop: a probe socket
 /// without `SO_REUSEPORT` cannot bind where any socket listens.
 fn refuse_if_taken(addr: SocketAddr) -> io::Result<()> {
-    use socket2::{Domain, Protocol, Socket, Type};
     if addr.port() == 0 {
         // The kernel picks a free port for the first loop's bind.
         return Ok(());
     }
-    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    probe.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        probe.set_only_v6(true)?;
-    }
-    probe.bind(&addr.into())
+    // Bound, never listening, and closed on return.
+    listener_socket(addr)?.bind(&addr.into())
 }
 
 /// A second descriptor for a listening socket, for another loop to accept
