@@ -8,8 +8,7 @@
 //! same ranges: each is defined once, in [`bounds`], and used by both.
 
 use std::fmt;
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -21,7 +20,8 @@ use clap::error::{ContextKind, ContextValue};
 use clap::parser::ValueSource;
 use clap::{Command, CommandFactory, FromArgMatches, Parser};
 
-use crate::connection::{Limits, LINGER_TIMEOUT};
+use crate::files::{self, FileError};
+use crate::limits::{Limits, LINGER_TIMEOUT};
 use crate::protocol::AuthToken;
 
 /// What the end of `--help` says: the forms of a DUR, logging, exit codes,
@@ -337,7 +337,7 @@ impl Config {
         bounds::TCP_KEEPALIVE.check(self.tcp_keepalive)?;
         bounds::HANDSHAKE_TIMEOUT.check(self.handshake_timeout)?;
         #[cfg(feature = "tls")]
-        if self.listen.iter().any(|l| l.has_option("tls")) {
+        if self.listen.iter().any(|l| l.has(ListenerOption::Tls)) {
             if self.tls_cert.is_none() {
                 return Err(ConfigError::TlsNeeds("--tls-cert"));
             }
@@ -601,16 +601,54 @@ pub fn show_duration(d: Duration) -> String {
     }
 }
 
-/// The options a listener may carry after its address, comma-separated
-/// (`0.0.0.0:9443,tls,proxy`): adding one is adding its name here, and the
-/// code that honours it asks [`ListenAddr::has_option`]. `tls` needs the
-/// `tls` feature (on by default); `proxy` (a PROXY protocol header first,
-/// from a load balancer) is always there.
-#[cfg(feature = "tls")]
-pub const LISTENER_OPTIONS: &[&str] = &["tls", "proxy"];
-/// See above: a build without the `tls` feature has `proxy` only.
-#[cfg(not(feature = "tls"))]
-pub const LISTENER_OPTIONS: &[&str] = &["proxy"];
+/// An option a listener may carry after its address, comma-separated
+/// (`0.0.0.0:9443,tls,proxy`). Adding one is adding a variant here; the
+/// code that honours it asks [`ListenAddr::has`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerOption {
+    /// TLS (needs `--tls-cert` and `--tls-key`, and the `tls` feature, on
+    /// by default).
+    Tls,
+    /// A PROXY protocol header first, from a load balancer.
+    Proxy,
+}
+
+impl ListenerOption {
+    /// The options this build knows: `tls` needs the `tls` feature.
+    #[cfg(feature = "tls")]
+    pub const ALL: &'static [ListenerOption] = &[ListenerOption::Tls, ListenerOption::Proxy];
+    /// See above: a build without the `tls` feature has `proxy` only.
+    #[cfg(not(feature = "tls"))]
+    pub const ALL: &'static [ListenerOption] = &[ListenerOption::Proxy];
+
+    /// Its name, as written after the address.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerOption::Tls => "tls",
+            ListenerOption::Proxy => "proxy",
+        }
+    }
+
+    /// The option named `name`, if this build knows it.
+    pub fn from_name(name: &str) -> Option<ListenerOption> {
+        ListenerOption::ALL
+            .iter()
+            .copied()
+            .find(|option| option.name() == name)
+    }
+
+    /// Every name this build knows, for messages: `tls, proxy`.
+    fn known() -> String {
+        let names: Vec<&str> = ListenerOption::ALL.iter().map(|o| o.name()).collect();
+        names.join(", ")
+    }
+}
+
+impl fmt::Display for ListenerOption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// One `--listen` value: `HOST:PORT`, then listener options if any.
 /// `"127.0.0.1:9000".parse()` and `SocketAddr::into()` both make one.
@@ -618,9 +656,9 @@ pub const LISTENER_OPTIONS: &[&str] = &["proxy"];
 pub struct ListenAddr {
     pub host: Host,
     pub port: u16,
-    /// Names from [`LISTENER_OPTIONS`], each at most once, in the order
-    /// given. Private, so that only parsing (which checks them) sets it.
-    options: Vec<&'static str>,
+    /// Each at most once, in the order given. Private, so that only
+    /// parsing (which checks them) sets it.
+    options: Vec<ListenerOption>,
 }
 
 /// The HOST of a [`ListenAddr`].
@@ -633,17 +671,13 @@ pub enum Host {
 
 impl ListenAddr {
     /// The listener options given, in order.
-    pub fn options(&self) -> &[&'static str] {
+    pub fn options(&self) -> &[ListenerOption] {
         &self.options
     }
 
-    /// Whether the listener option `name` was given.
-    pub fn has_option(&self, name: &str) -> bool {
-        debug_assert!(
-            LISTENER_OPTIONS.contains(&name),
-            "no listener option {name:?}"
-        );
-        self.options.contains(&name)
+    /// Whether the listener option `option` was given.
+    pub fn has(&self, option: ListenerOption) -> bool {
+        self.options.contains(&option)
     }
 
     /// Every socket address this names, without duplicates, in the
@@ -714,7 +748,7 @@ impl FromStr for ListenAddr {
         let (host, port) = parse_host_port(address).map_err(fail)?;
         let mut options = Vec::new();
         for name in parts {
-            let Some(&option) = LISTENER_OPTIONS.iter().find(|known| **known == name) else {
+            let Some(option) = ListenerOption::from_name(name) else {
                 return Err(fail(ListenAddrProblem::UnknownOption(name.to_string())));
             };
             if options.contains(&option) {
@@ -806,7 +840,7 @@ pub enum ListenAddrProblem {
     UnbracketedIpv6,
     BadHostName,
     UnknownOption(String),
-    RepeatedOption(&'static str),
+    RepeatedOption(ListenerOption),
 }
 
 impl fmt::Display for ListenAddrError {
@@ -833,11 +867,15 @@ impl fmt::Display for ListenAddrError {
                 return write!(
                     f,
                     "unknown listener option {name:?} in {value:?} (known: {})",
-                    LISTENER_OPTIONS.join(", ")
+                    ListenerOption::known()
                 );
             }
-            ListenAddrProblem::RepeatedOption(name) => {
-                return write!(f, "listener option {name:?} is given twice in {value:?}");
+            ListenAddrProblem::RepeatedOption(option) => {
+                return write!(
+                    f,
+                    "listener option {:?} is given twice in {value:?}",
+                    option.name()
+                );
             }
         }
         // A malformed address: show every form that works.
@@ -864,8 +902,8 @@ pub struct TokenFile {
 /// (the caller does) nor, ever, any byte of its content.
 #[derive(Debug)]
 pub enum TokenFileError {
-    /// It could not be opened or read.
-    Io(io::Error),
+    /// It could not be read, or is not a regular file.
+    File(FileError),
     /// Its first line is empty.
     Empty,
 }
@@ -873,7 +911,7 @@ pub enum TokenFileError {
 impl fmt::Display for TokenFileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TokenFileError::Io(e) => write!(f, "{e}"),
+            TokenFileError::File(e) => write!(f, "{e}"),
             TokenFileError::Empty => f.write_str("its first line is empty: no token"),
         }
     }
@@ -888,32 +926,21 @@ const TOKEN_FILE_MAX_LINE: u64 = 64 * 1024;
 
 /// Reads the token of `--auth-file`: the file's first line, without its
 /// LF or CRLF. At start (an error stops the server) and on SIGHUP (an error
-/// keeps the old token).
+/// keeps the old token). Only a regular file is read, and without blocking
+/// (see [`crate::files`]): a FIFO fails the read at once.
 pub fn read_token_file(path: &Path) -> Result<TokenFile, TokenFileError> {
-    let file = File::open(path).map_err(TokenFileError::Io)?;
-    let readable_by_others = readable_by_others(&file).map_err(TokenFileError::Io)?;
-    let mut line = Vec::new();
-    BufReader::new(file.take(TOKEN_FILE_MAX_LINE))
-        .read_until(b'\n', &mut line)
-        .map_err(TokenFileError::Io)?;
-    let line = line.strip_suffix(b"\n").unwrap_or(&line);
+    let contents = files::read_regular(path, TOKEN_FILE_MAX_LINE).map_err(TokenFileError::File)?;
+    let first = &contents.bytes;
+    let line = match memchr::memchr(b'\n', first) {
+        Some(lf) => &first[..lf],
+        None => &first[..],
+    };
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let token = AuthToken::new(line).ok_or(TokenFileError::Empty)?;
     Ok(TokenFile {
         token,
-        readable_by_others,
+        readable_by_others: files::readable_by_others(&contents.metadata),
     })
-}
-
-#[cfg(unix)]
-fn readable_by_others(file: &File) -> io::Result<bool> {
-    use std::os::unix::fs::PermissionsExt;
-    Ok(file.metadata()?.permissions().mode() & 0o044 != 0)
-}
-
-#[cfg(not(unix))]
-fn readable_by_others(_: &File) -> io::Result<bool> {
-    Ok(false)
 }
 
 /// The config layer derives the limits; the connection layer, which
@@ -1197,7 +1224,10 @@ mod tests {
             );
         }
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(read_token_file(&path), Err(TokenFileError::Io(_))));
+        assert!(matches!(
+            read_token_file(&path),
+            Err(TokenFileError::File(_))
+        ));
         assert_eq!(
             bounds::MAX_CONNECTIONS_PER_IP.to_string(),
             "--max-connections-per-ip must be 0 (off) or between 1 and 1000000"
@@ -1342,18 +1372,18 @@ mod tests {
     #[test]
     fn the_proxy_option_is_parsed_alone_or_with_tls() {
         let listen: ListenAddr = "127.0.0.1:9001,proxy".parse().unwrap();
-        assert!(listen.has_option("proxy"));
+        assert!(listen.has(ListenerOption::Proxy));
         assert_eq!(listen.to_string(), "127.0.0.1:9001,proxy");
         let twice = "127.0.0.1:9001,proxy,proxy".parse::<ListenAddr>();
         assert!(matches!(
             twice.unwrap_err().problem,
-            ListenAddrProblem::RepeatedOption("proxy")
+            ListenAddrProblem::RepeatedOption(ListenerOption::Proxy)
         ));
         #[cfg(feature = "tls")]
         {
             let both: ListenAddr = "0.0.0.0:9443,tls,proxy".parse().unwrap();
-            assert!(both.has_option("tls") && both.has_option("proxy"));
-            assert_eq!(both.options(), ["tls", "proxy"]);
+            assert!(both.has(ListenerOption::Tls) && both.has(ListenerOption::Proxy));
+            assert_eq!(both.options(), [ListenerOption::Tls, ListenerOption::Proxy]);
         }
     }
 
@@ -1361,7 +1391,7 @@ mod tests {
     #[test]
     fn a_tls_listener_is_parsed_and_needs_a_certificate_and_a_key() {
         let listen: ListenAddr = "127.0.0.1:9443,tls".parse().unwrap();
-        assert!(listen.has_option("tls"));
+        assert!(listen.has(ListenerOption::Tls));
         assert_eq!(listen.to_string(), "127.0.0.1:9443,tls");
         let config = Config {
             listen: vec![listen],

@@ -51,6 +51,33 @@ pub fn unfinished_too_long(len: usize, last: Option<u8>, max_line: usize) -> boo
     len > max_line + 1 || (len == max_line + 1 && last != Some(b'\r'))
 }
 
+/// How one read continues a line left unfinished by earlier reads (the
+/// connection holds its first `held` bytes).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Continued {
+    /// The line ends in this read: its first `used` bytes, up to and
+    /// including the LF, complete it. (Whether the whole line is too long
+    /// is [`cut_line`]'s to say, once it is put together.)
+    Ends { used: usize },
+    /// No LF yet, and the line may still fit: keep all of the read too.
+    Unfinished,
+    /// No LF yet, and the line can no longer fit.
+    TooLong,
+}
+
+/// Says how `data`, a new read, continues an unfinished line of `held`
+/// bytes: without copying anything, so that the connection copies only
+/// what it must keep.
+pub fn continue_line(held: usize, data: &[u8], max_line: usize) -> Continued {
+    match memchr(b'\n', data) {
+        Some(lf) => Continued::Ends { used: lf + 1 },
+        None if unfinished_too_long(held + data.len(), data.last().copied(), max_line) => {
+            Continued::TooLong
+        }
+        None => Continued::Unfinished,
+    }
+}
+
 /// The final line of a stream that ended without an LF (the client shut its
 /// writing side): it is answered like any other line. A trailing CR is
 /// removed as if the LF had followed it.
@@ -119,6 +146,19 @@ mod tests {
                 used: 6
             }
         );
+    }
+
+    #[test]
+    fn a_continued_line_ends_at_the_lf_or_is_refused_once_it_cannot_fit() {
+        assert_eq!(
+            continue_line(3, b"G\nPING\n", 8),
+            Continued::Ends { used: 2 }
+        );
+        assert_eq!(continue_line(3, b"GGG", 8), Continued::Unfinished);
+        // 8 bytes and a CR may still be a line of 8 ended by CRLF...
+        assert_eq!(continue_line(7, b"G\r", 8), Continued::Unfinished);
+        // ...8 and another byte may not.
+        assert_eq!(continue_line(7, b"GG", 8), Continued::TooLong);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! loopline: a TCP server for a small line protocol (READY, PING, ECHO,
-//! QUIT, HELP, STATS, AUTH), on a hand-rolled, single-threaded mio event
-//! loop: one per thread with `--threads N`, sharing only counters and
-//! limits.
+//! QUIT, HELP, STATS, AUTH), on a hand-rolled, edge-triggered mio event
+//! loop: one by default, or one per thread with `--threads N`, sharing only
+//! counters and limits. Plain TCP or TLS, behind a load balancer (PROXY
+//! protocol) or not, with Prometheus metrics.
 //!
 //! The contract (protocol bytes, limits, command line, exit codes) is
 //! docs/protocol.md; the rest of `docs/` explains the design. Embedding it:
@@ -21,52 +22,58 @@
 //! The layers, top to bottom; a module imports only from layers below it.
 //!
 //! * [`config`]: the command line (clap), validated (`Config::validate`),
-//!   and the [`connection::Limits`] derived from it.
-//! * [`server`]: the event loops: each a `Poll` on its own thread, its
-//!   listeners, the slab of connections keyed by `Token`, timers,
-//!   admission, the socket budget, shutdown; loop 0 also takes the signals.
+//!   and the [`limits::Limits`] derived from it.
+//! * [`server`]: binding (`bind`), the event loops (`event_loop`: each a
+//!   `Poll` on its own thread, the slab of every socket it holds keyed by
+//!   `Token`, their deadlines, the ready list), admission and the caps on
+//!   each kind of socket (`admission`), signals and reloads (`reload`).
 //!   Knows nothing of commands.
 //! * [`process`]: beside `server`, what its loops share: the counters and
 //!   admission limits, the `--max-memory` cap, the socket budget, the
 //!   summary lines, reloads and the shutdown request.
-//! * [`metrics`]: beside `connection`, under `server`: the
-//!   `--metrics-listen` endpoint, its HTTP/1.1 connections (request heads,
-//!   answers, their own deadlines) and the Prometheus text rendering of
-//!   [`stats`]. The loop hands it the events of its tokens; it reads the
-//!   counters, never the clients' slab.
-//! * [`connection`]: one client's socket, buffers and state machine (Open,
-//!   Paused, Draining, Closing, Lingering, Closed): read, frame, answer,
-//!   write, backpressure, the memory bounds, the careful close.
+//! * [`connection`]: one socket the loop holds, whatever it serves (a
+//!   client, one being turned away, one waiting for its PROXY header or TLS
+//!   handshake, a lingering one, a metrics connection): its opening, input,
+//!   output and closing, each a module; the memory bounds; the careful
+//!   close.
 //! * [`framing`]: cuts request lines out of a byte stream; knows nothing
 //!   else. Partial lines wait, CR is stripped, the line limit is enforced.
 //! * [`protocol`]: maps one request line to one response line; knows
-//!   nothing of sockets.
+//!   nothing of sockets. [`metrics`]: what an HTTP request head to the
+//!   metrics endpoint is answered, and the Prometheus text of [`stats`].
 //!
-//! Beside them, leaves that any layer may use: [`timer`] (the deadline
-//! heap that sets the `Poll` timeout), [`stats`] (the counters `STATS`
-//! reports), [`summaries`] (rate-limited log lines for refusals and limit
-//! closes), [`sys`] (the few calls that differ between Linux, macOS and
-//! FreeBSD), [`systemd`] (sockets passed by systemd, readiness
-//! notification, journal priorities), [`transport`] (plain TCP or a TLS
-//! session under a connection), [`tls`] (loading certificates and keys;
-//! the `tls` feature), [`proxy`] (where a PROXY protocol header ends and
-//! the client address it carries, for `proxy` listeners).
+//! Beside them, leaves that any layer may use: [`limits`] (every bound,
+//! and the process-wide memory cap), [`timer`] (one deadline per socket,
+//! in the heap that sets the `Poll` timeout), [`queue`] (sockets of a
+//! capped kind, oldest first), [`stats`] (the counters `STATS` reports),
+//! [`summaries`] (rate-limited log lines for refusals and limit closes),
+//! [`files`] (reading configured files without blocking), [`sys`] (the few
+//! calls that differ between Linux, macOS and FreeBSD), [`systemd`]
+//! (sockets passed by systemd, readiness notification, journal
+//! priorities), [`transport`] (plain TCP or a TLS session under a
+//! connection), [`tls`] (loading certificates and keys; the `tls`
+//! feature), [`proxy`] (where a PROXY protocol header ends and the client
+//! address it carries, for `proxy` listeners).
 //!
 //! Around the crate, in the repository: `src/main.rs` is the thin binary;
 //! `tests/` runs the real binary on loopback, one file per concern, with
 //! the shared harness in `tests/util/`; `examples/` is the tutorial's
 //! ladder, from a blocking server to this loop; `benches/` holds criterion
 //! micro-benchmarks; `fuzz/` the cargo-fuzz targets; `tools/` the load
-//! generator and the soak driver (workspace members of their own);
-//! `scripts/` every script; `docs/` the contract and the design.
+//! generator, the soak driver and the `/proc` readers they and the tests
+//! share (workspace members of their own); `scripts/` every script;
+//! `docs/` the contract and the design.
 
 pub mod config;
 pub mod connection;
+pub mod files;
 pub mod framing;
+pub mod limits;
 pub mod metrics;
 pub mod process;
 pub mod protocol;
 pub mod proxy;
+pub mod queue;
 pub mod server;
 pub mod stats;
 pub mod summaries;

@@ -1,87 +1,54 @@
-//! Prometheus metrics over HTTP/1.1 (`--metrics-listen ADDR`), served by
-//! the same event loop as the protocol: one more listener, and a small slab
-//! of HTTP connections beside the clients' one. Edge-triggered like every
-//! other socket: each handler reads or writes until the kernel says
-//! `WouldBlock`, and nothing here blocks or starts a thread.
+//! Prometheus metrics over HTTP/1.1 (`--metrics-listen ADDR`): what a
+//! request head means and what it is answered. The connections themselves
+//! are the loop's like any other ([`crate::connection`], `Role::Metrics`):
+//! the same read budget, output buffer, write-stall clock, deadlines and
+//! careful close. This module does no I/O.
 //!
 //! What a metrics connection may do, and its bounds:
 //!
 //! * `GET /metrics` answers `200` with the Prometheus text format
 //!   ([`render`]); another path `404`; another method, on any path, `405`
-//!   with `Allow: GET`. A head over [`MAX_HEAD`] bytes answers `431`, a
+//!   with `Allow: GET`. A head over [`MAX_HTTP_HEAD`] bytes answers `431`, a
 //!   malformed one `400`; both then close. Requests carry no body: a `GET`
 //!   with one (a `Content-Length` other than 0, or any `Transfer-Encoding`)
 //!   answers `400` and closes, and a `405` to a request with a body closes
 //!   too, since where its body ends is not read.
 //! * Keep-alive as HTTP/1.1 has it by default (`Connection: close` is
 //!   honoured; HTTP/1.0 closes unless it asks for `keep-alive`). Pipelined
-//!   requests are answered one at a time, in order: the next is parsed only
-//!   once the previous answer is written, so a client that sends without
-//!   reading holds one answer and at most [`MAX_HEAD`] bytes of input.
-//! * A head must be complete within the head timeout (`--handshake-timeout`,
-//!   or [`crate::connection::OPENING_TIMEOUT_WHEN_OFF`] when that is 0), counted from its first
-//!   byte (from the accept, for the first); a connection with nothing to do
-//!   is closed after [`KEEP_ALIVE_IDLE`]; an answer the peer does not read
-//!   is bounded by the same idle time.
-//! * At most [`MAX_METRICS_CONNECTIONS`] at once: past that, a newcomer is
-//!   closed at once. They are not clients: they never count in
-//!   `connections`, nor against `--max-connections`.
+//!   requests are answered one at a time, in order, one per loop turn: the
+//!   next is parsed only once the previous answer is written, so a client
+//!   that sends without reading holds one answer and at most
+//!   [`MAX_HTTP_HEAD`] bytes of input, and a client that pipelines as fast
+//!   as it can holds the loop for one answer at a time.
+//! * A head must be complete within the opening timeout
+//!   (`--handshake-timeout`, or 10 s when that is 0), counted from its
+//!   first byte (from the accept, for the first); a connection with nothing
+//!   to do is closed after [`METRICS_KEEP_ALIVE`]; an answer the peer does
+//!   not read, after `--write-timeout` (or the keep-alive time when that is
+//!   0) without progress.
+//! * At most [`MAX_METRICS_CONNECTIONS`] at once: past that, a newcomer
+//!   takes the place of the idle keep-alive connection active least
+//!   recently (a scraper always gets its answer, even while another peer
+//!   holds every slot open), or is closed at once if none is idle. They are
+//!   not clients: they never count in `connections`, nor against
+//!   `--max-connections`.
 //!
 //! Rendering reads the counters of [`Stats`], kept as events happen: a
 //! scrape costs the same with ten clients or ten thousand, and never walks
 //! the clients' slab.
 
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use log::debug;
-use mio::net::{TcpListener, TcpStream};
-use mio::{Interest, Registry, Token};
-use slab::Slab;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::ListenAddr;
+pub use crate::limits::{MAX_HTTP_HEAD, MAX_METRICS_CONNECTIONS, METRICS_KEEP_ALIVE};
 use crate::stats::Stats;
 use crate::summaries::Kind;
-use crate::timer::{Timer, TimerKind, Timers};
-
-/// The longest request head (request line and headers, up to the blank
-/// line) a metrics connection may send; a longer one answers `431`.
-pub const MAX_HEAD: usize = 8 * 1024;
-
-/// Metrics connections open at once; a newcomer past them is closed at once.
-/// Each holds a descriptor, so the loop counts them out of its socket budget.
-pub const MAX_METRICS_CONNECTIONS: usize = 64;
-
-/// A metrics connection with no request under way is closed after this long.
-/// Prometheus scrapes every 15 s to 1 min and reconnects when it must.
-pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
 
 /// The most headers a head may carry; more answers `431`.
 const MAX_HEADERS: usize = 64;
-
-/// Connections accepted per listener event before the loop serves the
-/// others (a connect flood on the metrics port must not hold the loop).
-const ACCEPTS_PER_TURN: usize = 16;
-
-/// After an accept error other than "nothing queued", wait this long.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Bytes of unread input thrown away after the last answer, waiting for the
-/// peer's close, before closing anyway (see [`Phase::Draining`]).
-const DRAIN_LIMIT: usize = 64 * 1024;
-
-/// Tokens: the listener is `TOKEN_BASE`, connection `key` is
-/// `TOKEN_BASE + 1 + key`. The range sits between the clients' slab keys
-/// (far below) and the protocol listeners' tokens (from `usize::MAX / 2`).
-const TOKEN_BASE: usize = usize::MAX / 4;
-const LISTENER: Token = Token(TOKEN_BASE);
-
-/// Whether `token` names the metrics listener or one of its connections.
-pub fn owns(token: Token) -> bool {
-    (TOKEN_BASE..=TOKEN_BASE + MAX_METRICS_CONNECTIONS).contains(&token.0)
-}
 
 /// Why `--metrics-listen` could not be served.
 #[derive(Debug)]
@@ -123,461 +90,82 @@ pub struct Settings {
     pub max_connections: u64,
     /// `--max-memory`.
     pub max_memory: u64,
-    /// How long a request head may take (see the module doc).
-    pub head_timeout: Duration,
 }
 
-/// The metrics listener and its connections.
-pub struct MetricsEndpoint {
-    /// `None` once a graceful shutdown has closed it.
-    listener: Option<TcpListener>,
-    local_addr: SocketAddr,
-    conns: Slab<HttpConnection>,
-    /// The connections' deadlines (their own heap: the clients' timers and
-    /// slab keys stay the clients').
-    timers: Timers,
-    next_id: u64,
+/// What answering needs beyond the request: the settings, the start time,
+/// and the body of the last scrape (kept for its capacity). One per
+/// process, held by the loop that serves the endpoint and lent to its
+/// metrics connections.
+#[derive(Debug)]
+pub struct Page {
     settings: Settings,
     /// When the server started, as Unix time in seconds.
     start_time: f64,
-    /// The accept budget ran out with connections maybe still queued.
-    accept_again: bool,
-    /// Accepting failed (say, out of descriptors): try again then.
-    accept_retry_at: Option<Instant>,
-    /// A graceful shutdown is under way: every answer closes.
-    shutting_down: bool,
-    /// The body of the last scrape, kept for its capacity.
     body: String,
+    /// A graceful shutdown is under way: every answer closes.
+    pub shutting_down: bool,
 }
 
-/// Where a metrics connection is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Reading heads and answering them.
-    Serving,
-    /// Its last answer is queued: write it, then send our FIN.
-    Closing,
-    /// Our FIN is sent: throw away what the peer still sends until it
-    /// closes too, so that unread input does not make the kernel reset the
-    /// connection (a reset can discard the answer before the peer reads it).
-    Draining,
-}
-
-/// What the endpoint does with a connection after driving it.
-#[derive(Debug, PartialEq, Eq)]
-enum Step {
-    Keep,
-    Close,
-}
-
-struct HttpConnection {
-    stream: TcpStream,
-    peer: SocketAddr,
-    /// Serial number: a timer entry names it with its key, as slots are reused.
-    id: u64,
-    /// Bytes read and not yet parsed: at most one head (and [`MAX_HEAD`] + 1).
-    input: Vec<u8>,
-    /// The answer being written, and how much of it is out.
-    output: Vec<u8>,
-    written: usize,
-    phase: Phase,
-    /// When the connection is closed unless something moves it on.
-    deadline: Instant,
-    /// The due time of its entry in the timer heap, if one is there.
-    armed: Option<Instant>,
-    /// Bytes thrown away while draining.
-    drained: usize,
-}
-
-impl MetricsEndpoint {
-    /// Binds `listen` (its first address that binds, for a host name) and
-    /// registers it with the loop.
-    pub fn bind(
-        listen: &ListenAddr,
-        settings: Settings,
-        registry: &Registry,
-        started: Instant,
-    ) -> Result<MetricsEndpoint, MetricsError> {
-        let failed = |addr, source| MetricsError {
-            listen: listen.clone(),
-            addr,
-            source,
-        };
-        let addrs = listen.resolve().map_err(|e| failed(None, e))?;
-        // mio's own bind: address reuse on, and its backlog (128) is far
-        // more than `MAX_METRICS_CONNECTIONS` scrapers need.
-        let mut bound = Err(failed(
-            None,
-            io::Error::new(io::ErrorKind::NotFound, "the name has no address"),
-        ));
-        for addr in addrs {
-            bound = TcpListener::bind(addr)
-                .map(|listener| (addr, listener))
-                .map_err(|e| failed(Some(addr), e));
-            if bound.is_ok() {
-                break;
-            }
-        }
-        let (addr, mut listener) = bound?;
-        let local_addr = listener.local_addr().map_err(|e| failed(Some(addr), e))?;
-        registry
-            .register(&mut listener, LISTENER, Interest::READABLE)
-            .map_err(|e| failed(Some(addr), e))?;
+impl Page {
+    /// The page of a server that started at `started`.
+    pub fn new(settings: Settings, started: Instant) -> Page {
         // Unix time of the start: now, less the time since `started`.
         let since_start = Instant::now().saturating_duration_since(started);
         let start_time = SystemTime::now()
             .checked_sub(since_start)
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0.0, |d| d.as_secs_f64());
-        Ok(MetricsEndpoint {
-            listener: Some(listener),
-            local_addr,
-            conns: Slab::with_capacity(MAX_METRICS_CONNECTIONS),
-            timers: Timers::new(),
-            next_id: 0,
+        Page {
             settings,
             start_time,
-            accept_again: false,
-            accept_retry_at: None,
-            shutting_down: false,
             body: String::new(),
-        })
-    }
-
-    /// The bound address, with its real port.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Descriptors the endpoint may hold at once: its listener and its
-    /// connections.
-    pub fn descriptors(&self) -> u64 {
-        1 + MAX_METRICS_CONNECTIONS as u64
-    }
-
-    /// Metrics connections open now.
-    pub fn connections(&self) -> usize {
-        self.conns.len()
-    }
-
-    /// Whether the loop must not sleep: accepting has budget left to use.
-    pub fn wants_to_run(&self) -> bool {
-        self.accept_again
-    }
-
-    /// The nearest deadline, for the loop's `poll` timeout.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        match (self.timers.next_deadline(), self.accept_retry_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// An event for one of our tokens (see [`owns`]).
-    pub fn on_event(&mut self, token: Token, registry: &Registry, stats: &Stats, now: Instant) {
-        if token == LISTENER {
-            self.accept_within_budget(registry, now);
-            return;
-        }
-        let key = token.0 - TOKEN_BASE - 1;
-        // Closed connections leave the slab at once, so an event later in
-        // the same batch may name a slot that a newcomer took since: it
-        // only makes that one try a read or write that finds nothing.
-        self.drive(key, registry, stats, now);
-    }
-
-    /// Once per loop turn, after the events: due deadlines, and accepting
-    /// that ran out of budget or was paused.
-    pub fn run_due(&mut self, registry: &Registry, now: Instant) {
-        while let Some(timer) = self.timers.pop_due(now) {
-            let Some(conn) = self.conns.get_mut(timer.key) else {
-                continue;
-            };
-            // An entry of a connection gone, or one the connection replaced
-            // by an earlier one: not its live deadline.
-            if conn.id != timer.conn_id || conn.armed != Some(timer.at) {
-                continue;
-            }
-            conn.armed = None;
-            if conn.deadline <= now {
-                debug!("metrics: closed {}: timed out", conn.peer);
-                self.close(timer.key, registry);
-            } else {
-                let deadline = conn.deadline;
-                conn.arm(timer.key, deadline, &mut self.timers);
-            }
-        }
-        if self.accept_retry_at.is_some_and(|at| at <= now) {
-            self.accept_retry_at = None;
-            self.accept_again = true;
-        }
-        if std::mem::take(&mut self.accept_again) {
-            self.accept_within_budget(registry, now);
-        }
-    }
-
-    /// Graceful shutdown: the listener closes; an answer being written is
-    /// finished (it is small), then that connection closes; the others
-    /// close now.
-    pub fn shut_down(&mut self, registry: &Registry, now: Instant) {
-        self.shutting_down = true;
-        if let Some(mut listener) = self.listener.take() {
-            let _ = registry.deregister(&mut listener);
-        }
-        self.accept_again = false;
-        self.accept_retry_at = None;
-        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            let conn = &mut self.conns[key];
-            if conn.output.len() > conn.written {
-                conn.phase = Phase::Closing;
-                conn.input.clear();
-                conn.set_deadline(key, now + self.settings.head_timeout, &mut self.timers);
-            } else {
-                self.close(key, registry);
-            }
-        }
-    }
-
-    fn accept_within_budget(&mut self, registry: &Registry, now: Instant) {
-        for _ in 0..ACCEPTS_PER_TURN {
-            let Some(listener) = &self.listener else {
-                return;
-            };
-            let (mut stream, peer) = match listener.accept() {
-                Ok(accepted) => accepted,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if crate::sys::is_per_connection_accept_error(&e) => continue,
-                Err(e) => {
-                    // Out of descriptors, most likely: the listener stays
-                    // readable, and retrying at once would spin.
-                    debug!("metrics: accept failed: {e}; retrying shortly");
-                    self.accept_retry_at = Some(now + ACCEPT_BACKOFF);
-                    return;
-                }
-            };
-            if self.conns.len() >= MAX_METRICS_CONNECTIONS {
-                debug!("metrics: turned away {peer}: {MAX_METRICS_CONNECTIONS} metrics connections are open");
-                continue; // Dropping the stream closes it.
-            }
-            // Answers are single small writes; do not let Nagle hold one.
-            let _ = stream.set_nodelay(true);
-            let key = self.conns.vacant_key();
-            let token = Token(TOKEN_BASE + 1 + key);
-            if let Err(e) =
-                registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
-            {
-                debug!("metrics: cannot register {peer}: {e}");
-                continue;
-            }
-            self.next_id += 1;
-            let conn = HttpConnection {
-                stream,
-                peer,
-                id: self.next_id,
-                input: Vec::new(),
-                output: Vec::new(),
-                written: 0,
-                phase: Phase::Serving,
-                deadline: now,
-                armed: None,
-                drained: 0,
-            };
-            self.conns.insert(conn);
-            // The first head is due within the head timeout of the accept.
-            self.conns[key].set_deadline(key, now + self.settings.head_timeout, &mut self.timers);
-            // Bytes already waiting are reported by the registration itself.
-            debug!("metrics: accepted {peer}");
-        }
-        // Budget spent: more may be queued, and the listener will not say so again.
-        self.accept_again = true;
-    }
-
-    fn drive(&mut self, key: usize, registry: &Registry, stats: &Stats, now: Instant) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let mut answer = Answerer {
-            stats,
-            settings: &self.settings,
-            start_time: self.start_time,
-            shutting_down: self.shutting_down,
-            body: &mut self.body,
-        };
-        let step = conn.drive(key, &mut answer, &mut self.timers, now);
-        if step == Step::Close {
-            self.close(key, registry);
-        }
-    }
-
-    fn close(&mut self, key: usize, registry: &Registry) {
-        if let Some(mut conn) = self.conns.try_remove(key) {
-            let _ = registry.deregister(&mut conn.stream);
-            debug!("metrics: closed {}", conn.peer);
+            shutting_down: false,
         }
     }
 }
 
-/// What answering a request needs from the endpoint.
-struct Answerer<'a> {
-    stats: &'a Stats,
-    settings: &'a Settings,
-    start_time: f64,
-    shutting_down: bool,
-    body: &'a mut String,
+/// What [`answer`] made of the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadAnswer {
+    /// No whole head yet, and what there is may still become one.
+    Incomplete,
+    /// The head at the front, its first `used` bytes, was answered.
+    Answered {
+        used: usize,
+        /// The connection stays open for another request.
+        keep_alive: bool,
+        /// It was refused as malformed or too large (`400`, `431`).
+        bad: bool,
+    },
 }
 
-impl HttpConnection {
-    /// Moves the deadline; the heap gets a new entry only when the new one
-    /// is earlier than the entry there (a later one is found when that
-    /// entry comes due, and pushed again: see `run_due`).
-    fn set_deadline(&mut self, key: usize, at: Instant, timers: &mut Timers) {
-        self.deadline = at;
-        if self.armed.is_none_or(|armed| armed > at) {
-            self.arm(key, at, timers);
+/// Answers the request head at the front of `input`, if it is whole (or
+/// can never be: too long, malformed), appending the whole answer, head
+/// and body, to `out`.
+pub fn answer(input: &[u8], page: &mut Page, stats: &Stats, out: &mut Vec<u8>) -> HeadAnswer {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let parsed = request.parse(input);
+    let (status, used, keep_alive) = match parsed {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HTTP_HEAD => {
+            let (status, keep_alive) = judge(&request);
+            (status, len, keep_alive)
         }
-    }
-
-    fn arm(&mut self, key: usize, at: Instant, timers: &mut Timers) {
-        self.armed = Some(at);
-        timers.schedule(Timer {
-            at,
-            conn_id: self.id,
-            key,
-            // One kind of deadline here; the kind is not looked at.
-            kind: TimerKind::Idle,
-        });
-    }
-
-    /// Writes, reads and answers until the socket would block (edge-triggered:
-    /// no event comes again for bytes already waiting), or the connection is done.
-    fn drive(
-        &mut self,
-        key: usize,
-        answer: &mut Answerer,
-        timers: &mut Timers,
-        now: Instant,
-    ) -> Step {
-        let head_timeout = answer.settings.head_timeout;
-        loop {
-            // The answer in hand goes out first: the next request waits for it.
-            while self.written < self.output.len() {
-                match self.stream.write(&self.output[self.written..]) {
-                    Ok(0) => return Step::Close,
-                    Ok(n) => self.written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Keep,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return Step::Close,
-                }
-            }
-            self.output.clear();
-            self.written = 0;
-            match self.phase {
-                Phase::Serving => {}
-                Phase::Closing => {
-                    let _ = self.stream.shutdown(Shutdown::Write);
-                    self.phase = Phase::Draining;
-                    self.set_deadline(key, now + head_timeout, timers);
-                    continue;
-                }
-                Phase::Draining => return self.drain(),
-            }
-            if self.answer_one(key, answer, timers, now) {
-                continue;
-            }
-            // No complete head in hand: read more, up to one byte past the
-            // limit. `answer_one` answered 431 to anything longer, so `held`
-            // is at most MAX_HEAD and the read has room: a 0 means EOF.
-            let held = self.input.len();
-            let room = (MAX_HEAD + 1).saturating_sub(held).min(4096);
-            self.input.resize(held + room, 0);
-            let read = self.stream.read(&mut self.input[held..]);
-            self.input.truncate(held + *read.as_ref().unwrap_or(&0));
-            match read {
-                // The peer closed its side: complete heads were answered;
-                // half a head never will be.
-                Ok(0) => return Step::Close,
-                Ok(_) => {
-                    if held == 0 {
-                        // A new head begins: it has the head timeout to complete.
-                        self.set_deadline(key, now + head_timeout, timers);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Keep,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Step::Close,
-            }
+        Ok(httparse::Status::Complete(_)) => (Status::HeadTooLarge, input.len(), false),
+        Ok(httparse::Status::Partial) if input.len() > MAX_HTTP_HEAD => {
+            (Status::HeadTooLarge, input.len(), false)
         }
-    }
-
-    /// Answers the head at the front of the input, if it is complete (or
-    /// can never be: too long, malformed). Returns whether an answer was queued.
-    fn answer_one(
-        &mut self,
-        key: usize,
-        answer: &mut Answerer,
-        timers: &mut Timers,
-        now: Instant,
-    ) -> bool {
-        if self.input.is_empty() {
-            return false;
-        }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        let parsed = request.parse(&self.input);
-        let (status, head_len, keep_alive) = match parsed {
-            Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => {
-                let (status, keep_alive) = judge(&request);
-                (status, len, keep_alive)
-            }
-            Ok(httparse::Status::Complete(_)) => (Status::HeadTooLarge, 0, false),
-            Ok(httparse::Status::Partial) if self.input.len() > MAX_HEAD => {
-                (Status::HeadTooLarge, 0, false)
-            }
-            Ok(httparse::Status::Partial) => return false,
-            Err(httparse::Error::TooManyHeaders) => (Status::HeadTooLarge, 0, false),
-            Err(_) => (Status::BadRequest, 0, false),
-        };
-        let keep_alive = keep_alive && !answer.shutting_down;
-        let http_1_0 = request.version == Some(0);
-        write_response(&mut self.output, status, keep_alive, http_1_0, answer);
-        if keep_alive {
-            self.input.drain(..head_len);
-            // Pipelined bytes of the next head have the head timeout; with
-            // none, the connection may wait for the next scrape.
-            let wait = if self.input.is_empty() {
-                KEEP_ALIVE_IDLE
-            } else {
-                answer.settings.head_timeout
-            };
-            self.set_deadline(key, now + wait, timers);
-        } else {
-            // Nothing after this head is read as a request.
-            self.input.clear();
-            self.phase = Phase::Closing;
-            self.set_deadline(key, now + answer.settings.head_timeout, timers);
-        }
-        true
-    }
-
-    /// Throws away what the peer sends after our last answer, until it
-    /// closes (or sends too much, or its time is up: see `run_due`).
-    fn drain(&mut self) -> Step {
-        let mut scratch = [0u8; 4096];
-        loop {
-            match self.stream.read(&mut scratch) {
-                Ok(0) => return Step::Close,
-                Ok(n) => {
-                    self.drained += n;
-                    if self.drained > DRAIN_LIMIT {
-                        return Step::Close;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Keep,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Step::Close,
-            }
-        }
+        Ok(httparse::Status::Partial) => return HeadAnswer::Incomplete,
+        Err(httparse::Error::TooManyHeaders) => (Status::HeadTooLarge, input.len(), false),
+        Err(_) => (Status::BadRequest, input.len(), false),
+    };
+    let keep_alive = keep_alive && !page.shutting_down;
+    let http_1_0 = request.version == Some(0);
+    write_response(out, status, keep_alive, http_1_0, page, stats);
+    HeadAnswer::Answered {
+        used,
+        keep_alive,
+        bad: matches!(status, Status::BadRequest | Status::HeadTooLarge),
     }
 }
 
@@ -660,17 +248,13 @@ fn write_response(
     status: Status,
     keep_alive: bool,
     http_1_0: bool,
-    answer: &mut Answerer,
+    page: &mut Page,
+    stats: &Stats,
 ) {
     let (content_type, body) = if status == Status::Metrics {
-        answer.body.clear();
-        render(
-            answer.stats,
-            answer.settings,
-            answer.start_time,
-            answer.body,
-        );
-        ("text/plain; version=0.0.4", answer.body.as_str())
+        page.body.clear();
+        render(stats, &page.settings, page.start_time, &mut page.body);
+        ("text/plain; version=0.0.4", page.body.as_str())
     } else {
         ("text/plain; charset=utf-8", status.reason())
     };
@@ -886,7 +470,6 @@ mod tests {
         let settings = Settings {
             max_connections: 10,
             max_memory: 20,
-            head_timeout: Duration::from_secs(1),
         };
         let mut out = String::new();
         render(&stats, &settings, 1.5, &mut out);
@@ -903,12 +486,84 @@ mod tests {
         assert!(out.contains("loopline_limit_hits_total{reason=\"busy\"} 0\n"));
     }
 
+    /// Regression: a family rendered from the wrong counter (bytes out
+    /// from bytes in) passed every test, as every counter was 0 or equal to
+    /// another. Here every counter holds a different value, and each family
+    /// must show its own.
     #[test]
-    fn tokens_of_the_endpoint_are_told_apart_from_the_others() {
-        assert!(owns(LISTENER));
-        assert!(owns(Token(TOKEN_BASE + MAX_METRICS_CONNECTIONS)));
-        assert!(!owns(Token(TOKEN_BASE + MAX_METRICS_CONNECTIONS + 1)));
-        assert!(!owns(Token(0)));
-        assert!(!owns(Token(usize::MAX / 2)));
+    fn every_family_shows_its_own_counter() {
+        let values = crate::stats::Snapshot {
+            connections: 11,
+            accepted: 12,
+            rejected: 13,
+            commands: 14,
+            bytes_in: 15,
+            bytes_out: 16,
+            buffered: 17,
+            paused: 18,
+            auth_failures: 19,
+        };
+        let stats = Stats::holding(Instant::now(), values);
+        let settings = Settings {
+            max_connections: 21,
+            max_memory: 22,
+        };
+        let mut out = String::new();
+        render(&stats, &settings, 1.5, &mut out);
+        let sample = |name: &str| -> u64 {
+            let prefix = format!("{name} ");
+            out.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no sample of {name}"))
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(sample("loopline_connections"), 11);
+        assert_eq!(sample("loopline_accepted_total"), 12);
+        assert_eq!(sample("loopline_rejected_total"), 13);
+        assert_eq!(sample("loopline_commands_total"), 14);
+        assert_eq!(sample("loopline_bytes_in_total"), 15);
+        assert_eq!(sample("loopline_bytes_out_total"), 16);
+        assert_eq!(sample("loopline_buffered_bytes"), 17);
+        assert_eq!(sample("loopline_paused_connections"), 18);
+        assert_eq!(sample("loopline_auth_failures_total"), 19);
+        assert_eq!(sample("loopline_max_connections"), 21);
+        assert_eq!(sample("loopline_max_memory_bytes"), 22);
+    }
+
+    #[test]
+    fn a_head_is_answered_once_whole_and_a_huge_one_is_refused() {
+        let stats = Stats::new(Instant::now());
+        let settings = Settings {
+            max_connections: 1,
+            max_memory: 1024,
+        };
+        let mut page = Page::new(settings, Instant::now());
+        let mut out = Vec::new();
+        let head = b"GET /x HTTP/1.1\r\n\r\nGET";
+        assert_eq!(
+            answer(&head[..10], &mut page, &stats, &mut out),
+            HeadAnswer::Incomplete
+        );
+        assert!(out.is_empty());
+        assert_eq!(
+            answer(head, &mut page, &stats, &mut out),
+            HeadAnswer::Answered {
+                used: 19,
+                keep_alive: true,
+                bad: false
+            }
+        );
+        assert!(out.starts_with(b"HTTP/1.1 404 Not Found\r\n"));
+        out.clear();
+        let huge = [b'a'; MAX_HTTP_HEAD + 1];
+        assert!(matches!(
+            answer(&huge, &mut page, &stats, &mut out),
+            HeadAnswer::Answered {
+                bad: true,
+                keep_alive: false,
+                ..
+            }
+        ));
     }
 }

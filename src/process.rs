@@ -25,7 +25,7 @@ use std::time::Instant;
 use log::error;
 use mio::Waker;
 
-use crate::connection::MemoryCap;
+use crate::limits::MemoryCap;
 use crate::protocol::AuthToken;
 use crate::stats::Counters;
 use crate::summaries::{Kind, Summaries};
@@ -107,8 +107,9 @@ pub struct Process {
     pub memory: Arc<MemoryCap>,
     /// The summary lines.
     pub summaries: SharedSummaries,
-    /// Sockets held by every loop together (clients, closing, lingering,
-    /// rejects): a loop admits one more only below `socket_budget`.
+    /// Sockets held by every loop together (clients, openings, refusals,
+    /// lingering ones; not metrics connections, which have descriptors of
+    /// their own): a loop admits one more only below `socket_budget`.
     sockets: AtomicUsize,
     /// The open file limit less what the process needs besides sockets.
     pub socket_budget: usize,
@@ -127,10 +128,6 @@ pub struct Process {
     /// metrics endpoint, and systemd's notifier): during a shutdown it is
     /// the last to leave, so a second signal is heard until the end.
     loops_running: AtomicUsize,
-    /// Connections on `proxy` listeners still waiting for their header:
-    /// they are not clients yet, so they are capped here (at
-    /// `--max-connections`), not by the client limits.
-    headers_pending: AtomicU64,
 }
 
 impl Process {
@@ -154,7 +151,6 @@ impl Process {
             reloadable: Mutex::new(reloadable),
             reloads: AtomicU64::new(0),
             loops_running: AtomicUsize::new(0),
-            headers_pending: AtomicU64::new(0),
         }
     }
 
@@ -222,22 +218,6 @@ impl Process {
     /// Loops still running.
     pub fn loops_running(&self) -> usize {
         self.loops_running.load(Ordering::SeqCst)
-    }
-
-    /// A connection on a `proxy` listener may wait for its header if fewer
-    /// than `max` do; it is counted as waiting then.
-    pub fn try_await_header(&self, max: u64) -> bool {
-        self.headers_pending
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |pending| {
-                (pending < max).then_some(pending + 1)
-            })
-            .is_ok()
-    }
-
-    /// A connection no longer waits for its header (it came, or the
-    /// connection closed).
-    pub fn header_awaited(&self) {
-        self.headers_pending.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Sockets held by every loop now.

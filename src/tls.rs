@@ -17,6 +17,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
+use crate::files;
+
 /// The files a TLS listener is configured from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -57,7 +59,8 @@ fn problem(file: &Path, problem: impl fmt::Display) -> TlsError {
 /// shares (an `Arc`: a reload swaps it for new connections only).
 pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = read_certificates(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| describe(&files.key, e))?;
+    let key = PrivateKeyDer::from_pem_slice(&read_pem(&files.key)?)
+        .map_err(|e| describe(&files.key, e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -81,10 +84,26 @@ pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// The largest PEM file read: a CA bundle is a few hundred KiB.
+const PEM_FILE_MAX: u64 = 16 * 1024 * 1024;
+
+/// The bytes of a PEM file: a regular file only, read without blocking (a
+/// FIFO in its place fails at once: see [`crate::files`]).
+fn read_pem(file: &Path) -> Result<Vec<u8>, TlsError> {
+    let contents = files::read_regular(file, PEM_FILE_MAX).map_err(|e| problem(file, e))?;
+    if contents.truncated {
+        return Err(problem(
+            file,
+            format!("larger than {} MiB: not a PEM file", PEM_FILE_MAX >> 20),
+        ));
+    }
+    Ok(contents.bytes)
+}
+
 /// Every certificate in a PEM file; at least one.
 fn read_certificates(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(file)
-        .map_err(|e| describe(file, e))?
+    let pem = read_pem(file)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| describe(file, e))?;
     if certs.is_empty() {

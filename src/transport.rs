@@ -7,7 +7,7 @@
 //! really cross the socket (ciphertext, for TLS): the write-stall clock
 //! compares them with the kernel's count of unacknowledged bytes.
 //!
-//! TLS inside a hand-rolled loop has three traps, each handled where noted:
+//! TLS inside a hand-rolled loop has four traps, each handled where noted:
 //!
 //! 1. One `read_tls` takes at most one TLS record's worth (a few KiB) from
 //!    the socket. Under edge-triggered readiness, stopping there would leave
@@ -22,6 +22,18 @@
 //! 3. TLS output (handshake records, alerts, close_notify) is output like
 //!    any other: [`Transport::has_unsent`] makes it count for backpressure,
 //!    the write-stall timer and the lingering close.
+//! 4. A short read may end in the peer's close. A client that sends its
+//!    last request and its close_notify in one write has both taken by one
+//!    read: the plaintext comes out, the close_notify is consumed, and no
+//!    event will ever come for it (the socket is drained). So "short means
+//!    drained" holds only while [`Transport::peer_has_closed`] says no: the
+//!    connection asks before it goes back to `poll`, and reads on to the end
+//!    of the stream when it says yes.
+//!
+//! And one bound: before its handshake finishes, a TLS session holds what
+//! the client sent of it (rustls keeps an unfinished handshake message
+//! whole, up to 64 KiB). Those bytes count as the connection's buffered
+//! input ([`Transport::held_by_session`]), against `--max-memory`.
 
 use std::io::{self, Read, Write};
 
@@ -42,6 +54,14 @@ pub struct TlsSession {
     session: rustls::ServerConnection,
     /// close_notify has been queued (it is sent once).
     close_notify_queued: bool,
+    /// The peer has ended its stream: its close_notify was processed, or
+    /// the socket reached its end (trap 4).
+    peer_closed: bool,
+    /// Ciphertext read while the handshake was going on: what the session
+    /// may be holding of an unfinished handshake (an upper bound: rustls
+    /// frees each handshake message once it is processed, and keeps no
+    /// more than the one it is joining, at most 64 KiB).
+    handshake_bytes: u64,
 }
 
 /// Bytes that crossed the socket during one call (ciphertext for TLS).
@@ -68,6 +88,8 @@ impl Transport {
         Ok(Transport::Tls(Box::new(TlsSession {
             session,
             close_notify_queued: false,
+            peer_closed: false,
+            handshake_bytes: 0,
         })))
     }
 
@@ -90,45 +112,48 @@ impl Transport {
         }
     }
 
-    /// Moves the handshake on: reads what the socket has (until
-    /// `WouldBlock`) and lets the session process it. Returns whether the
-    /// handshake is done; `Ok(false)` means "wait for the next event". The
+    /// Whether the peer has ended its stream (TLS: its close_notify was
+    /// processed, or the socket reached its end) while plaintext may still
+    /// be waiting: a read shorter than the buffer does not mean "drained"
+    /// then, the next read returns the end of the stream (trap 4). Never,
+    /// for plain TCP, whose end of stream comes with its own event.
+    pub fn peer_has_closed(&self) -> bool {
+        match self {
+            Transport::Plain => false,
+            #[cfg(feature = "tls")]
+            Transport::Tls(tls) => tls.peer_closed,
+        }
+    }
+
+    /// Bytes the session holds for the connection beyond its own buffers:
+    /// until the handshake is done, what the client sent of it (see
+    /// `TlsSession::handshake_bytes`); none after, and none over plain TCP.
+    pub fn held_by_session(&self) -> u64 {
+        match self {
+            Transport::Plain => 0,
+            #[cfg(feature = "tls")]
+            Transport::Tls(tls) if tls.session.is_handshaking() => tls.handshake_bytes,
+            #[cfg(feature = "tls")]
+            Transport::Tls(_) => 0,
+        }
+    }
+
+    /// Moves the handshake on: reads from the socket, at most `budget`
+    /// bytes (give or take one `read_tls`, at most 4 KiB), and lets the
+    /// session process them. Returns where the handshake stands; the
     /// caller then writes what the session has to say (`write` with no
     /// data).
     #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
     pub fn advance_handshake(
         &mut self,
         stream: &mut TcpStream,
+        budget: usize,
         wire: &mut Wire,
-    ) -> Result<bool, HandshakeError> {
+    ) -> Result<Handshake, HandshakeError> {
         match self {
-            Transport::Plain => Ok(true),
+            Transport::Plain => Ok(Handshake::Done),
             #[cfg(feature = "tls")]
-            Transport::Tls(tls) => {
-                loop {
-                    match tls.session.read_tls(stream) {
-                        // The peer closed before the handshake finished.
-                        Ok(0) => return Err(HandshakeError::Closed),
-                        Ok(n) => wire.read += n as u64,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(HandshakeError::Io(e)),
-                    }
-                    tls.session
-                        .process_new_packets()
-                        .map_err(|e| HandshakeError::Tls(TlsFailed(e.to_string())))?;
-                    if !tls.session.is_handshaking() {
-                        // Done. Records that came with the last flight
-                        // (the first request, say) stay in the session
-                        // and the socket, for the first read.
-                        return Ok(true);
-                    }
-                }
-                tls.session
-                    .process_new_packets()
-                    .map_err(|e| HandshakeError::Tls(TlsFailed(e.to_string())))?;
-                Ok(!tls.session.is_handshaking())
-            }
+            Transport::Tls(tls) => tls.advance_handshake(stream, budget, wire),
         }
     }
 
@@ -191,6 +216,19 @@ impl Transport {
     }
 }
 
+/// Where a handshake stands after [`Transport::advance_handshake`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Finished: the session carries plaintext now (and may already hold
+    /// the first request, which came with the client's last flight).
+    Done,
+    /// The socket is drained: the next readable edge goes on.
+    Waiting,
+    /// The read budget was spent with bytes maybe still in the socket: no
+    /// edge will come for them, so the caller must come back by itself.
+    BudgetSpent,
+}
+
 /// Why a handshake ended without a session.
 #[derive(Debug)]
 pub enum HandshakeError {
@@ -205,6 +243,56 @@ pub enum HandshakeError {
 
 #[cfg(feature = "tls")]
 impl TlsSession {
+    fn advance_handshake(
+        &mut self,
+        stream: &mut TcpStream,
+        budget: usize,
+        wire: &mut Wire,
+    ) -> Result<Handshake, HandshakeError> {
+        let mut read = 0;
+        let outcome = loop {
+            if read >= budget {
+                break Handshake::BudgetSpent;
+            }
+            match self.session.read_tls(stream) {
+                // The peer closed before the handshake finished.
+                Ok(0) => return Err(HandshakeError::Closed),
+                Ok(n) => {
+                    read += n;
+                    wire.read += n as u64;
+                    self.handshake_bytes += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Handshake::Waiting,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(HandshakeError::Io(e)),
+            }
+            self.process()
+                .map_err(|e| HandshakeError::Tls(TlsFailed(e.to_string())))?;
+            if !self.session.is_handshaking() {
+                // Done. Records that came with the last flight (the first
+                // request, say) stay in the session and the socket, for
+                // the first read.
+                break Handshake::Done;
+            }
+        };
+        if outcome != Handshake::Done {
+            self.process()
+                .map_err(|e| HandshakeError::Tls(TlsFailed(e.to_string())))?;
+            if !self.session.is_handshaking() {
+                return Ok(Handshake::Done);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Lets the session process the records it has read, and notes whether
+    /// the peer's close_notify was among them.
+    fn process(&mut self) -> Result<(), rustls::Error> {
+        let state = self.session.process_new_packets()?;
+        self.peer_closed |= state.peer_has_closed();
+        Ok(())
+    }
+
     fn read(
         &mut self,
         stream: &mut TcpStream,
@@ -233,9 +321,11 @@ impl TlsSession {
             // (trap 1).
             match self.session.read_tls(stream) {
                 Ok(0) => {
-                    // TCP EOF: the session turns it into Ok(0) or
-                    // UnexpectedEof on the next reader().read above.
-                    let _ = self.session.process_new_packets();
+                    // TCP EOF (or a close_notify processed earlier): the
+                    // session turns it into Ok(0) or UnexpectedEof on the
+                    // next reader().read above.
+                    self.peer_closed = true;
+                    let _ = self.process();
                     if filled > 0 {
                         return Ok(filled);
                     }
@@ -248,7 +338,7 @@ impl TlsSession {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            if let Err(e) = self.session.process_new_packets() {
+            if let Err(e) = self.process() {
                 // Bad records: the session has queued an alert, which the
                 // caller's next write sends; the stream is unusable.
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e));

@@ -5,9 +5,9 @@
 
 mod util;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 
-use util::{Client, Server, Stats, PATIENCE};
+use util::{Client, Server, Stats};
 
 // Each runs with one event loop and with two (`--threads 2`).
 util::one_and_two_loops!(
@@ -19,15 +19,7 @@ util::one_and_two_loops!(
 
 /// A client connected from `from` (any port), greeting not yet read.
 fn connect_from(from: Ipv4Addr, server: &Server) -> Client {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-    socket
-        .bind(&SocketAddr::from((from, 0)).into())
-        .expect("bind the client to its address");
-    socket
-        .connect_timeout(&server.addr.into(), PATIENCE)
-        .expect("connect");
-    Client::from_stream(socket.into())
+    Client::connect_from(from, server.addr)
 }
 
 const OTHER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);

@@ -29,8 +29,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use loopline::connection::{
-    input_capacity_bound, output_capacity_bound, Connection, Limits, Next, Shared, State,
-    SPARE_OUTPUT_KEEP,
+    input_capacity_bound, output_capacity_bound, Accepted, Connection, Lent, Limits, Next, Role,
+    State, SPARE_OUTPUT_KEEP,
 };
 use loopline::framing::{cut_line, final_line, unfinished_too_long, Cut};
 use loopline::protocol::{self, After};
@@ -542,7 +542,7 @@ fn check(
 /// The connection, its loan from the "loop", and (edge-triggered) its polls.
 struct Harness<'a> {
     conn: Connection,
-    cx: Shared<'a>,
+    cx: Lent<'a>,
     polls: Vec<(mio::Poll, mio::Events)>,
     /// The second descriptor of the socket (registered for writable edges
     /// when they come apart); closed with the connection.
@@ -570,10 +570,10 @@ impl Harness<'_> {
             check(&self.conn, next, self.setup, self.shutdown_at.is_some())?;
             // The loop's spare output buffer gives a burst's memory back.
             prop_assert!(
-                self.cx.spare_output.capacity()
+                self.cx.spare.capacity()
                     <= SPARE_OUTPUT_KEEP.min(output_capacity_bound(self.cx.limits)),
                 "spare output buffer kept {} bytes",
-                self.cx.spare_output.capacity()
+                self.cx.spare.capacity()
             );
             match next {
                 Next::Wait => return Ok(()),
@@ -737,28 +737,35 @@ fn run_state_machine(setup: &Setup, script: &Script, ops: &[Op]) -> Result<(), T
     let limits = limits_for(setup);
     let now = Instant::now();
     let stats = Stats::new(now);
-    let mut timers = Timers::new();
+    let mut timers = Timers::new(now);
     let mut read_buf = vec![0u8; setup.read_buf];
-    let mut spare_output = Vec::new();
+    let mut spare = loopline::connection::Spare::default();
     let mut memory = loopline::connection::MemoryPressure::default();
-    let mut lingering = std::collections::VecDeque::new();
-    let mut cx = Shared {
+    let mut cx = Lent {
         now,
+        key: 0,
         limits: &limits,
         stats: &stats,
         token: None,
         timers: &mut timers,
         read_buf: &mut read_buf,
-        spare_output: &mut spare_output,
+        spare: &mut spare,
         memory: &mut memory,
-        lingering: &mut lingering,
+        metrics: None,
     };
     let (stream, peer, mut client, dup) = socket_pair();
     // The loop counts a client when it accepts it; the connection uncounts
     // itself when its last line is out.
     stats.client_opened(peer.ip());
     let mut dup = mio::net::TcpStream::from_std(dup);
-    let (mut conn, next) = Connection::accept(stream, peer, 0, 1, &mut cx);
+    let accepted = Accepted {
+        stream,
+        transport: loopline::transport::Transport::Plain,
+        peer,
+        role: Role::Client,
+        proxied: false,
+    };
+    let (mut conn, next) = Connection::start(accepted, &mut cx);
     check(&conn, next, setup, false)?;
     let (rw, r, w) = (
         mio::Interest::READABLE | mio::Interest::WRITABLE,

@@ -502,29 +502,51 @@ fn a_listener_without_proxy_takes_a_proxy_line_as_a_request() {
     server.assert_no_panic();
 }
 
-/// Regression guard for connections that wait for a header forever: they
-/// are no clients yet, and all come from the balancer's address, so no
-/// client limit holds them. They are capped at `--max-connections` on
-/// their own: past that, a newcomer is closed at once, without a line.
+/// Regression: connections waiting for their PROXY header were capped at
+/// `--max-connections`, process-wide, and a newcomer past the cap was
+/// reset: five header-less sockets from anyone locked the balancer out at
+/// `--max-connections 5`. They count as no client (so they fill no client
+/// place), and their own cap makes room by closing the one waiting longest.
 #[test]
-fn connections_waiting_for_their_header_are_capped_at_max_connections() {
-    let server = proxy_server(&["--max-connections", "2"]);
-    let mut first = raw_client(&server);
-    let _second = raw_client(&server);
-    let mut third = raw_client(&server);
-    third.expect_eof();
-    // A header that comes frees its place among the waiting.
-    first.send(&v1("192.0.2.30:30".parse().unwrap()));
-    first.expect_line("READY");
-    let mut fourth = raw_client(&server);
-    fourth.send(&v1("192.0.2.31:31".parse().unwrap()));
-    fourth.expect_line("READY");
-    first.send(b"STATS\n");
-    let stats = Stats(first.read_line());
-    assert_eq!(stats.get("rejected"), 1, "{}", stats.0);
+fn header_less_sockets_cannot_lock_the_balancer_out() {
+    let mut server = proxy_server(&["--max-connections", "5"]);
+    let other = Ipv4Addr::new(127, 0, 0, 2);
+    let silent: Vec<Client> = (0..5)
+        .map(|_| Client::connect_from(other, server.addr))
+        .collect();
+    server.wait_for_log("127.0.0.2");
+    let mut balancer = proxied_client(&server, &v1("192.0.2.30:30".parse().unwrap()));
+    serves_ping_and_echo(&mut balancer, "the balancer's connection");
+    let mut second = proxied_client(&server, &v1("192.0.2.31:31".parse().unwrap()));
+    second.send(b"STATS\n");
+    let stats = Stats(second.read_line());
     assert_eq!(stats.get("connections"), 2, "{}", stats.0);
+    assert_eq!(stats.get("rejected"), 0, "{}", stats.0);
+    drop(silent);
+}
+
+/// Past `MAX_AWAITING_HEADER` (1,024 per loop) connections waiting for a
+/// header, a newcomer takes the place of the one that has waited longest:
+/// it is closed without a line, and the newcomer is served.
+#[test]
+fn past_the_cap_of_waiting_connections_the_oldest_makes_room() {
+    const CAP: usize = 1024;
+    let mut server = proxy_server(&[]);
+    let other = Ipv4Addr::new(127, 0, 0, 2);
+    let mut oldest = Client::connect_from(other, server.addr);
+    server.wait_for_log("127.0.0.2");
+    let waiting: Vec<Client> = (1..CAP)
+        .map(|_| Client::connect_from(other, server.addr))
+        .collect();
+    // One more: the loop holds its cap, so the oldest goes.
+    let mut balancer = raw_client(&server);
+    oldest.expect_eof();
+    balancer.send(&v1("192.0.2.32:32".parse().unwrap()));
+    balancer.expect_line("READY");
+    serves_ping_and_echo(&mut balancer, "after the cap");
     wait_logged(
         &server,
-        "too many connections waiting for their PROXY header",
+        "closed while waiting for its PROXY header, to make room",
     );
+    drop(waiting);
 }

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use loopline::connection::{
-    input_capacity_bound, Limits, output_capacity_bound, Connection, Next, Shared, State, SPARE_OUTPUT_KEEP,
+    input_capacity_bound, output_capacity_bound, Accepted, Connection, Lent, Limits, Next, Role,
+    Spare, State, SPARE_OUTPUT_KEEP,
 };
 use loopline::framing::{cut_line, final_line, Cut};
 use loopline::protocol::{self, After, Session};
@@ -55,7 +56,7 @@ fn replies(input: &[u8], max_line: usize, stats: &Stats, now: Instant) -> (Vec<u
 
 struct Run<'a> {
     conn: Connection,
-    cx: Shared<'a>,
+    cx: Lent<'a>,
     max_line: usize,
     max_output: usize,
     read_buf: usize,
@@ -88,10 +89,10 @@ impl Run<'_> {
             "output capacity {output_capacity}"
         );
         assert!(
-            self.cx.spare_output.capacity()
+            self.cx.spare.capacity()
                 <= SPARE_OUTPUT_KEEP.min(output_capacity_bound(self.cx.limits)),
             "spare output kept {}",
-            self.cx.spare_output.capacity()
+            self.cx.spare.capacity()
         );
         // After a shutdown, lines held back by backpressure are answered
         // past max_output: at most one read's worth, a reply each.
@@ -201,24 +202,30 @@ fuzz_target!(|data: &[u8]| {
     // The loop counts a client when it accepts it; the connection uncounts
     // itself when its last line is out.
     stats.client_opened("127.0.0.1".parse().unwrap());
-    let mut timers = Timers::new();
+    let mut timers = Timers::new(now);
     let mut read_buf = vec![0u8; read_buf_len];
-    let mut spare_output = Vec::new();
+    let mut spare = Spare::default();
     let mut memory = loopline::connection::MemoryPressure::default();
-    let mut lingering = std::collections::VecDeque::new();
-    let cx = Shared {
+    let mut cx = Lent {
         now,
+        key: 0,
         limits: &limits,
         stats: &stats,
         token: None,
         timers: &mut timers,
         read_buf: &mut read_buf,
-        spare_output: &mut spare_output,
+        spare: &mut spare,
         memory: &mut memory,
-        lingering: &mut lingering,
+        metrics: None,
     };
-    let mut cx = cx;
-    let (conn, next) = Connection::accept(stream, "127.0.0.1:1".parse().unwrap(), 0, 1, &mut cx);
+    let accepted = Accepted {
+        stream,
+        transport: loopline::transport::Transport::Plain,
+        peer: "127.0.0.1:1".parse().unwrap(),
+        role: Role::Client,
+        proxied: false,
+    };
+    let (conn, next) = Connection::start(accepted, &mut cx);
     let mut run = Run {
         conn,
         cx,

@@ -11,7 +11,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -204,20 +204,6 @@ fn free_ports(n: usize) -> Vec<u16> {
 }
 
 impl Client {
-    /// A plain client connected to `addr` from the loopback address `from`
-    /// (any port), so that the server (or HAProxy) sees that address.
-    pub fn connect_from(from: IpAddr, addr: SocketAddr) -> Client {
-        use socket2::{Domain, Socket, Type};
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
-        socket
-            .bind(&SocketAddr::new(from, 0).into())
-            .expect("bind the client to its address");
-        socket
-            .connect_timeout(&addr.into(), PATIENCE)
-            .expect("connect");
-        Client::from_stream(socket.into())
-    }
-
     /// A TLS client of `addr` whose first write is `header` and its
     /// ClientHello together, one segment: the server must keep the
     /// ClientHello it finds behind the header. Completes the handshake.

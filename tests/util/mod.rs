@@ -552,6 +552,21 @@ impl Client {
         Client::from_stream(TcpStream::connect_timeout(&addr, PATIENCE).expect("connect"))
     }
 
+    /// A plain client connected to `addr` from the loopback address `from`
+    /// (any port; all of 127.0.0.0/8 is loopback), greeting not yet read:
+    /// the server (or HAProxy) sees that address.
+    pub fn connect_from(from: impl Into<std::net::IpAddr>, addr: SocketAddr) -> Client {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+        socket
+            .bind(&SocketAddr::new(from.into(), 0).into())
+            .expect("bind the client to its address");
+        socket
+            .connect_timeout(&addr.into(), PATIENCE)
+            .expect("connect");
+        Client::from_stream(socket.into())
+    }
+
     /// A plain client whose kernel receive buffer is `bytes` (set before the
     /// connect, so the window it advertises is small from the start): a
     /// reader that can only take a little at a time.
