@@ -208,6 +208,13 @@ fn a_missing_or_unreadable_token_file_exits_1_naming_it() {
     // would not stop root).
     let dir = std::env::temp_dir();
     fails_at_start_naming(dir.to_str().unwrap());
+    // A FIFO is refused at once (a plain open would wait for a writer
+    // forever, and the start with it).
+    let fifo = std::env::temp_dir().join(format!("loopline-auth-{}-fifo", std::process::id()));
+    util::make_fifo(&fifo);
+    let stderr = fails_at_start_naming(fifo.to_str().unwrap());
+    assert!(stderr.contains("not a regular file (a FIFO)"), "{stderr}");
+    fs::remove_file(&fifo).unwrap();
 }
 
 #[test]

@@ -18,6 +18,7 @@ const MAX_ROUND_TRIP: Duration = Duration::from_secs(1);
 
 #[test]
 fn a_pipelining_flood_does_not_starve_another_client() {
+    let _alone = run_alone();
     let server = Server::start(&[]);
     let flood = server.client();
     let mut probe = server.client();
@@ -115,6 +116,7 @@ fn a_connect_flood_does_not_starve_an_established_client() {
     /// per-turn budget (tens to a few hundred), well below a flood.
     const MAX_AHEAD: u64 = 1_000;
 
+    let _alone = run_alone();
     let server = Server::start(&["--max-connections", "6000"]);
     let mut probe = server.client();
     probe.send(b"STATS\n");
@@ -161,4 +163,89 @@ fn a_connect_flood_does_not_starve_an_established_client() {
     );
     drop(held);
     server.assert_no_panic();
+}
+
+/// Regression: a peer pipelining `GET /x HTTP/1.1` requests to the metrics
+/// port as fast as it can raised a protocol client's PING round trip from
+/// 0.3 ms to about 3 s for as long as it went on: the metrics connection had
+/// a loop of its own that answered, wrote and read until `WouldBlock`, with
+/// no budget. A metrics connection now gets one answer per turn, like any
+/// other connection gets one read.
+#[test]
+fn a_metrics_flood_does_not_hold_a_protocol_client_back() {
+    /// The worst round trip allowed while the flood runs (the contract
+    /// allows 100 ms on a busy two-core machine).
+    const WORST: Duration = Duration::from_millis(50);
+    let _alone = run_alone();
+    let mut server = Server::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = server.metrics_addr();
+    let mut probe = server.client();
+    let flood = std::net::TcpStream::connect(metrics).expect("connect to the metrics port");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writer = flood.try_clone().unwrap();
+    let stop_writer = stop.clone();
+    let flood_writer = thread::spawn(move || {
+        let batch = b"GET /x HTTP/1.1\r\n\r\n".repeat(3_000); // ~57 KiB
+        let mut sent = 0u64;
+        while !stop_writer.load(Ordering::Relaxed) {
+            if writer.write_all(&batch).is_err() {
+                break;
+            }
+            sent += 3_000;
+        }
+        sent
+    });
+    let mut reader = flood;
+    let stop_reader = stop.clone();
+    let flood_reader = thread::spawn(move || {
+        reader
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut answered = 0u64;
+        while !stop_reader.load(Ordering::Relaxed) {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => answered += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64,
+                Err(_) => {}
+            }
+        }
+        // Five lines per 404 answer: status, two headers, blank, body.
+        answered / 5
+    });
+
+    thread::sleep(Duration::from_millis(300));
+    let mut times = Vec::with_capacity(ROUND_TRIPS);
+    for _ in 0..ROUND_TRIPS {
+        let t = Instant::now();
+        probe.send(b"PING\n");
+        assert_eq!(probe.read_line(), "PONG");
+        times.push(t.elapsed());
+        thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = flood_writer.join().expect("flood writer");
+    let answers = flood_reader.join().expect("flood reader");
+    times.sort();
+    let (median, max) = (times[times.len() / 2], *times.last().unwrap());
+    eprintln!(
+        "probe under a metrics flood of {sent} requests (about {answers} answers read): \
+         median {median:?}, max {max:?}"
+    );
+    assert!(
+        answers > 1_000,
+        "the flood was not much of a flood: {answers} answers"
+    );
+    assert!(
+        max < WORST,
+        "a PING round trip took {max:?} while a metrics peer flooded (median {median:?})"
+    );
+    server.assert_no_panic();
+}
+
+/// The tests of this file time round trips: each runs alone, so that one's
+/// flood does not slow another's probe on a machine of two cores.
+fn run_alone() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -5,6 +5,8 @@
 
 mod util;
 
+use std::time::{Duration, Instant};
+
 use util::{both_transports, Server, Transport};
 
 both_transports!(
@@ -14,7 +16,48 @@ both_transports!(
     final_quit_without_lf,
     eof_right_after_greeting_closes_cleanly,
     server_half_close_after_bye_lets_the_client_read_everything,
+    the_end_in_the_same_write_as_the_last_line_is_answered_at_once,
+    the_end_in_the_same_write_as_a_last_line_without_lf_is_answered_at_once,
+    the_end_in_the_same_write_as_two_last_lines_is_answered_at_once,
 );
+
+/// How long the answers to lines sent with the end of the stream may take:
+/// the contract says at once (well within a second); generous here. The
+/// idle timeout is the default 300 s, so a server that waits for a timer
+/// fails by far (the client's reads give up after 20 s).
+const AT_ONCE: Duration = Duration::from_secs(5);
+
+/// Sends `sent` and the end of the stream in one write; the rest of the
+/// conversation must be `want`, then the server's end, at once.
+fn answered_at_once(transport: Transport, sent: &[u8], want: &[u8]) {
+    let server = Server::start_over(transport, &[]);
+    let mut c = server.client();
+    let started = Instant::now();
+    c.send_and_end(sent);
+    assert_eq!(c.read_to_end(), want);
+    let took = started.elapsed();
+    assert!(took < AT_ONCE, "answered and closed after {took:?}");
+}
+
+/// Regression: inside TLS, a client that sent its last request and its
+/// close_notify in one write got `PONG` but neither close_notify nor the
+/// close until the idle timeout: the read that took both was short, and
+/// was taken for "the socket is drained", so no event came again.
+fn the_end_in_the_same_write_as_the_last_line_is_answered_at_once(transport: Transport) {
+    answered_at_once(transport, b"PING\n", b"PONG\n");
+}
+
+/// Regression: the same, with a last line that has no LF: it was never
+/// answered.
+fn the_end_in_the_same_write_as_a_last_line_without_lf_is_answered_at_once(transport: Transport) {
+    answered_at_once(transport, b"PING", b"PONG\n");
+}
+
+/// Regression: the same, after a complete line: only the first was
+/// answered.
+fn the_end_in_the_same_write_as_two_last_lines_is_answered_at_once(transport: Transport) {
+    answered_at_once(transport, b"PING\nECHO last", b"PONG\nOK last\n");
+}
 
 fn final_line_without_lf_is_answered(transport: Transport) {
     let server = Server::start_over(transport, &[]);

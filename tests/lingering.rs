@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use util::{Client, Server, PATIENCE};
+use util::{both_transports, Client, Server, Transport, PATIENCE};
+
+both_transports!(a_refusal_still_gets_its_line_after_thousands_of_closes,);
 
 /// The server's open file limit: its socket budget is this less 16 reserved
 /// descriptors and one per listener, so 79 sockets.
@@ -223,4 +225,39 @@ fn out_of_descriptors_at_accept_lingering_sockets_give_way() {
         }
     }
     panic!("accept never ran out of descriptors while sockets lingered");
+}
+
+/// Regression: each lingering close added an entry to a side list that was
+/// swept only once it passed 1,024, and admission counted the stale
+/// entries: after 1,024 QUIT cycles on a fresh server, the list stood at its
+/// cap, and a client turned away got a reset (over TLS, not even its
+/// handshake) instead of its refusal's line. Lingering sockets are counted
+/// where their state changes now: after any number of closes, a refusal is
+/// what it is on a fresh server.
+fn a_refusal_still_gets_its_line_after_thousands_of_closes(transport: Transport) {
+    /// Closes that brought the old side list exactly to its cap.
+    const CYCLES: usize = 1_024;
+    let holder_address = std::net::Ipv4Addr::new(127, 0, 0, 3);
+    let server = Server::start_over(transport, &["--max-connections-per-ip", "1"]);
+    let mut holder = server.connect_from(holder_address);
+    holder.expect_line("READY");
+    for round in 1..=2 {
+        for i in 0..CYCLES {
+            let mut c = server.client();
+            c.send(b"QUIT\n");
+            assert_eq!(c.read_line(), "BYE", "round {round}, cycle {i}");
+            c.expect_eof();
+        }
+        let mut refused = server.connect_from(holder_address);
+        assert_eq!(
+            refused.read_line(),
+            "ERR too many connections from your address",
+            "refusal after {} closes",
+            round * CYCLES
+        );
+        refused.expect_eof();
+    }
+    holder.send(b"PING\n");
+    holder.expect_line("PONG");
+    server.assert_no_panic();
 }

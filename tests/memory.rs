@@ -22,6 +22,7 @@ use util::{spawn_echo_writer, Client, EchoReplies, Server, PATIENCE};
 util::one_and_two_loops!(
     max_memory_caps_all_client_buffers_together,
     a_client_with_nothing_pending_is_served_while_over_max_memory,
+    a_paused_client_whose_output_drains_is_served_while_over_max_memory,
 );
 
 /// Allowance for what the server allocates besides client buffers while a
@@ -283,4 +284,161 @@ fn a_client_with_nothing_pending_is_served_while_over_max_memory() {
     }
     read_pipelined_replies(&mut hog, ROUNDS);
     writer.join().unwrap();
+}
+
+/// Pipelines requests from `client` without reading its replies, in a
+/// thread of its own (it blocks once the server stops reading it), until
+/// the server counts at least `paused` paused connections and `buffered`
+/// bytes held.
+fn hog_until_paused(
+    server: &Server,
+    client: &Client,
+    rounds: u64,
+    paused: u64,
+    buffered: u64,
+) -> thread::JoinHandle<()> {
+    let requests = pipelined_requests(rounds);
+    let mut stream = client.stream.try_clone().unwrap();
+    let writer = thread::spawn(move || stream.write_all(&requests).expect("write"));
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let stats = server.stats();
+        if stats.get("paused") >= paused && stats.get("buffered") > buffered {
+            return writer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {paused} paused with {buffered} bytes held: {}",
+            stats.0
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Regression (a mutant no test caught): a connection paused while the
+/// process was over `--max-memory`, whose output then drained to nothing,
+/// stayed paused as long as the process was over the cap; the contract
+/// says a connection with no pending output is still served. One client
+/// (the hog) keeps the process over the cap with output it never reads;
+/// another is paused with output pending, then reads it all: it must be
+/// served again, every held line answered, while the hog still holds the
+/// process over the cap.
+fn a_paused_client_whose_output_drains_is_served_while_over_max_memory() {
+    const CAP: u64 = 256 * 1024;
+    let server = Server::start(&["--max-memory", &CAP.to_string()]);
+    let mut hog = Client::connect_with_receive_buffer(server.addr, 4096);
+    hog.expect_line("READY");
+    let hog_writer = hog_until_paused(&server, &hog, 8_000, 1, CAP);
+    // Paused too: its replies (megabytes, more than the kernel buffers on
+    // loopback) wait in the server while the process is over the cap.
+    const ROUNDS: u64 = 3_000;
+    let mut paused = Client::connect_with_receive_buffer(server.addr, 4096);
+    paused.expect_line("READY");
+    let writer = hog_until_paused(&server, &paused, ROUNDS, 2, CAP);
+    // Every reply arrives: once its output has drained, it is served again
+    // though the hog still holds the process over the cap.
+    read_pipelined_replies(&mut paused, ROUNDS);
+    writer.join().unwrap();
+    let stats = server.stats();
+    assert!(
+        stats.get("buffered") > CAP,
+        "the hog no longer holds the process over the cap: {}",
+        stats.0
+    );
+    paused.send(b"PING\n");
+    paused.expect_line("PONG");
+    read_pipelined_replies(&mut hog, 8_000);
+    hog_writer.join().unwrap();
+}
+
+/// A ClientHello that announces a handshake message of 65,531 bytes, of
+/// which only the first `sent` are sent, in records of 16 KiB: a handshake
+/// that never finishes, whose bytes a TLS session keeps while it waits.
+#[cfg(feature = "tls")]
+fn unfinished_client_hello(sent: usize) -> Vec<u8> {
+    let mut message = vec![0x01, 0x00, 0xff, 0xfb];
+    message.resize(sent, 0x41);
+    let mut records = Vec::new();
+    for chunk in message.chunks(16 * 1024) {
+        records.extend_from_slice(&[0x16, 0x03, 0x01]);
+        records.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+        records.extend_from_slice(chunk);
+    }
+    records
+}
+
+/// Regression: 400 clients that each sent 48 KiB of an unfinished
+/// handshake and waited grew the server by 23 MiB under `--max-memory` of
+/// 1 KiB, while STATS showed `buffered=0`: the TLS sessions held the bytes
+/// and nothing counted them. They count now, against `--max-memory`, and
+/// handshakes stop reading while the total is above it: the server grows
+/// by at most the cap plus 16 KiB per connection.
+#[cfg(feature = "tls")]
+#[test]
+fn unfinished_handshakes_count_against_max_memory() {
+    const CLIENTS: usize = 400;
+    const SENT: usize = 48 * 1024;
+    const CAP: u64 = 1024 * 1024;
+    const PER_CONNECTION_KIB: u64 = 16;
+    let pki = util::tls::Pki::new();
+    let mut args = pki.server_args();
+    args.extend([
+        "--max-memory".into(),
+        CAP.to_string(),
+        "--handshake-timeout".into(),
+        "60s".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start_raw(&args, "info");
+    let mut watcher = Client::connect_tls(server.addr, pki.client_config(None)).unwrap();
+    watcher.expect_line("READY");
+    let stats = |watcher: &mut Client| {
+        watcher.send(b"STATS\n");
+        util::Stats(watcher.read_line())
+    };
+    let baseline = server.rss_kib();
+    let hello = unfinished_client_hello(SENT);
+    let clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.addr).expect("connect");
+            s.write_all(&hello).expect("send the unfinished handshake");
+            s
+        })
+        .collect();
+    // Until what the server holds settles.
+    let (mut last, mut steady, mut max_buffered) = (u64::MAX, 0, 0);
+    let deadline = Instant::now() + PATIENCE;
+    while steady < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the handshakes' bytes never settled"
+        );
+        let buffered = stats(&mut watcher).get("buffered");
+        max_buffered = max_buffered.max(buffered);
+        steady = if buffered == last { steady + 1 } else { 0 };
+        last = buffered;
+        thread::sleep(Duration::from_millis(50));
+    }
+    let growth = server.rss_kib().saturating_sub(baseline);
+    let bound = CAP / 1024 + PER_CONNECTION_KIB * CLIENTS as u64;
+    eprintln!(
+        "{CLIENTS} unfinished handshakes of {SENT} bytes, --max-memory {CAP}: buffered at most \
+         {max_buffered}, RSS +{growth} KiB (bound {bound} KiB)"
+    );
+    assert!(
+        max_buffered > CAP / 2,
+        "the handshakes' bytes are not counted in buffered: at most {max_buffered}"
+    );
+    assert!(
+        max_buffered <= CAP + 64 * 1024 + 4096,
+        "buffered {max_buffered} passed --max-memory {CAP} by more than one read"
+    );
+    assert!(
+        growth <= bound,
+        "RSS grew by {growth} KiB (bound {bound} KiB)"
+    );
+    // The watcher, with nothing pending, is served all along.
+    watcher.send(b"PING\n");
+    watcher.expect_line("PONG");
+    drop(clients);
 }

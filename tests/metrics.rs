@@ -27,16 +27,8 @@ fn start(args: &[&str]) -> (Server, SocketAddr) {
     let mut all = vec!["--metrics-listen", "127.0.0.1:0"];
     all.extend_from_slice(args);
     let mut server = Server::start(&all);
-    let metrics = metrics_addr(&mut server);
+    let metrics = server.metrics_addr();
     (server, metrics)
-}
-
-fn metrics_addr(server: &mut Server) -> SocketAddr {
-    let line = server.wait_for_log("metrics on ");
-    line.split_once("metrics on ")
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no address after `metrics on` in {line:?}"))
 }
 
 fn http_connect(addr: SocketAddr) -> TcpStream {
@@ -342,7 +334,7 @@ fn a_stalled_head_is_closed_after_the_head_timeout_and_the_log_tells_the_listene
 #[test]
 fn tls_handshakes_are_counted_completed_and_failed() {
     let mut server = Server::start_over(util::Transport::Tls, &["--metrics-listen", "127.0.0.1:0"]);
-    let metrics = metrics_addr(&mut server);
+    let metrics = server.metrics_addr();
     let _client = server.client();
     let mut garbage = Client::connect(server.addr);
     garbage.send(b"this is no ClientHello\r\n\r\n");
@@ -381,4 +373,33 @@ fn a_metrics_address_in_use_fails_the_start_naming_it() {
         "{stderr}"
     );
     assert!(!stderr.contains("listening on"), "{stderr}");
+}
+
+/// Regression: 64 keep-alive metrics connections from one peer took every
+/// slot of the endpoint, and a scraper got an empty close. At the cap, a
+/// newcomer takes the place of the idle connection active least recently:
+/// a scrape always gets its answer, even while another peer holds every
+/// slot open.
+#[test]
+fn a_scrape_gets_its_answer_while_another_peer_holds_every_slot() {
+    const SLOTS: usize = 64;
+    let (_server, metrics) = start(&[]);
+    let mut held: Vec<TcpStream> = (0..SLOTS)
+        .map(|_| {
+            let mut s = http_connect(metrics);
+            s.write_all(b"GET /x HTTP/1.1\r\n\r\n").unwrap();
+            let (head, _) = read_response(&mut s);
+            assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+            s
+        })
+        .collect();
+    let body = scrape(metrics);
+    assert!(body.contains("\nloopline_connections "), "{body}");
+    // The one closed to make room was the least recently active: the first.
+    expect_eof(&mut held[0]);
+    // The others are kept alive, and served.
+    let last = held.last_mut().unwrap();
+    last.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let (head, _) = read_response(last);
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
 }

@@ -450,6 +450,28 @@ fn an_unfinished_header_is_closed_at_the_handshake_timeout() {
     server.assert_no_panic();
 }
 
+/// Regression: with `--handshake-timeout 0` on a `tls,proxy` listener, the
+/// TLS handshake was still cut at 10 s: one deadline, set at the accept for
+/// the header's sake, served both. The header alone keeps its 10 s limit;
+/// the handshake after it has none.
+#[cfg(feature = "tls")]
+#[test]
+fn with_no_handshake_timeout_a_handshake_after_the_header_has_no_deadline() {
+    const HEADER_LIMIT: Duration = Duration::from_secs(10);
+    let pki = util::tls::Pki::new();
+    let server = tls_proxy_server(&pki, &["--handshake-timeout", "0"]);
+    let header = v1("192.0.2.40:40".parse().unwrap());
+    let mut c = Client::connect_tls_after_header(
+        server.addr,
+        &header,
+        Some(HEADER_LIMIT + Duration::from_secs(1)),
+        pki.client_config(None),
+    )
+    .expect("a handshake begun 11 s after the header");
+    c.expect_line("READY");
+    serves_ping_and_echo(&mut c, "a handshake slower than the header's limit");
+}
+
 #[test]
 fn a_graceful_shutdown_closes_a_connection_still_waiting_for_its_header() {
     let mut server = proxy_server(&["--handshake-timeout", "60s"]);

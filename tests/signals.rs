@@ -20,6 +20,7 @@ util::one_and_two_loops!(
     second_sigterm_during_a_slow_shutdown_stops_at_once,
     sigint_after_sigterm_during_a_slow_shutdown_stops_at_once,
     sigterm_after_sigint_during_a_slow_shutdown_stops_at_once,
+    a_reload_that_meets_a_fifo_fails_at_once_and_the_server_goes_on,
 );
 
 fn sighup_never_stops_the_server() {
@@ -151,4 +152,32 @@ fn sigint_after_sigterm_during_a_slow_shutdown_stops_at_once() {
 
 fn sigterm_after_sigint_during_a_slow_shutdown_stops_at_once() {
     second_signal_stops_at_once("INT", "TERM");
+}
+
+/// Regression: SIGHUP opened the token file with a blocking `open`;
+/// replaced by a FIFO, the loop stopped there (no READY for newcomers,
+/// SIGTERM ignored). Files are opened without blocking and read only if
+/// regular: the reload fails at once, naming the file, keeps the old
+/// token, and the server answers and shuts down as ever. (Certificates
+/// share the path: tests/tls.rs.)
+fn a_reload_that_meets_a_fifo_fails_at_once_and_the_server_goes_on() {
+    let path = std::env::temp_dir().join(format!(
+        "loopline-signals-{}-{}-token",
+        std::process::id(),
+        util::loops()
+    ));
+    std::fs::write(&path, b"s3cret\n").unwrap();
+    let mut server = Server::start(&["--auth-file", path.to_str().unwrap()]);
+    util::make_fifo(&path);
+    server.signal("HUP");
+    let line = server.wait_for_log("reload:");
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains(path.to_str().unwrap()), "{line}");
+    assert!(line.contains("not a regular file (a FIFO)"), "{line}");
+    let mut newcomer = server.client();
+    newcomer.send(b"AUTH s3cret\n");
+    newcomer.expect_line("OK");
+    server.signal("TERM");
+    assert!(server.wait_exit().success());
+    std::fs::remove_file(&path).unwrap();
 }

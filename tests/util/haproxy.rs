@@ -213,6 +213,19 @@ impl Client {
         header: &[u8],
         config: std::sync::Arc<rustls::ClientConfig>,
     ) -> std::io::Result<Client> {
+        Client::connect_tls_after_header(addr, header, None, config)
+    }
+
+    /// A TLS client of `addr` that sends `header`, then, after `pause` (or
+    /// in the same write, with none), its ClientHello, and completes the
+    /// handshake.
+    #[cfg(feature = "tls")]
+    pub fn connect_tls_after_header(
+        addr: SocketAddr,
+        header: &[u8],
+        pause: Option<std::time::Duration>,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<Client> {
         let stream = std::net::TcpStream::connect_timeout(&addr, PATIENCE)?;
         stream.set_nodelay(true)?;
         let mut client = Client::from_stream(stream);
@@ -221,6 +234,11 @@ impl Client {
             rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
         session.set_buffer_limit(None);
         let mut first = header.to_vec();
+        if let Some(pause) = pause {
+            client.stream.write_all(&first)?;
+            std::thread::sleep(pause);
+            first.clear();
+        }
         first.extend_from_slice(&super::tls::take_records(&mut session));
         client.stream.write_all(&first)?;
         while session.is_handshaking() {

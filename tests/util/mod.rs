@@ -236,6 +236,16 @@ impl Server {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
     }
 
+    /// The metrics endpoint's address, from the `metrics on ADDR` line
+    /// (waiting for it).
+    pub fn metrics_addr(&mut self) -> SocketAddr {
+        let line = self.wait_for_log("metrics on ");
+        line.split_once("metrics on ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no address after `metrics on` in {line:?}"))
+    }
+
     /// Asserts the server never panicked (a panic would be in its log).
     pub fn assert_no_panic(&self) {
         let log = self.log.lock().unwrap();
@@ -261,6 +271,21 @@ impl Server {
             Transport::Tls => {
                 let pki = self.pki.as_ref().expect("a TLS server has its PKI");
                 Client::connect_tls(self.addr, pki.client_config(None))
+            }
+        }
+    }
+
+    /// Like [`Server::connect`], from the loopback address `from`: a client
+    /// from another address, as the server's per-address counts see it.
+    pub fn connect_from(&self, from: std::net::Ipv4Addr) -> Client {
+        let stream = tcp_from(from.into(), self.addr);
+        match self.transport {
+            Transport::Plain => Client::from_stream(stream),
+            #[cfg(feature = "tls")]
+            Transport::Tls => {
+                let pki = self.pki.as_ref().expect("a TLS server has its PKI");
+                Client::tls_over(stream, pki.client_config(None))
+                    .unwrap_or_else(|e| panic!("TLS handshake from {from}: {e}"))
             }
         }
     }
@@ -445,6 +470,54 @@ fn loopline_binary(args: &[&str], level: &str) -> Command {
     command
 }
 
+/// A TCP connection to `addr` from the loopback address `from` (any port).
+fn tcp_from(from: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::new(from, 0).into())
+        .expect("bind the client to its address");
+    socket
+        .connect_timeout(&addr.into(), PATIENCE)
+        .expect("connect");
+    socket.into()
+}
+
+/// Puts a FIFO (a named pipe) at `path`, in place of whatever was there:
+/// a file whose plain `open` blocks until some process opens it to write.
+pub fn make_fifo(path: &std::path::Path) {
+    let _ = std::fs::remove_file(path);
+    let c = std::ffi::CString::new(path.to_str().expect("utf-8 path")).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path only.
+    let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(
+        made,
+        0,
+        "mkfifo {}: {}",
+        path.display(),
+        io::Error::last_os_error()
+    );
+}
+
+/// Waits until the server closes `stream` (an EOF, or a reset) and
+/// returns what it had sent on it, retrying interrupted reads and failing
+/// after PATIENCE. For raw sockets: a closed connection that was never a
+/// client (a handshake never finished, a header never sent).
+pub fn wait_closed(stream: &mut TcpStream) -> Vec<u8> {
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("the server did not close the connection: {e}"),
+        }
+    }
+}
+
 /// `loopline --listen 127.0.0.1:0 ARGS...` with RUST_LOG=`level`, ready for
 /// [`Server::spawn`].
 pub fn loopline_command(args: &[&str], level: &str) -> Command {
@@ -556,15 +629,7 @@ impl Client {
     /// (any port; all of 127.0.0.0/8 is loopback), greeting not yet read:
     /// the server (or HAProxy) sees that address.
     pub fn connect_from(from: impl Into<std::net::IpAddr>, addr: SocketAddr) -> Client {
-        use socket2::{Domain, Socket, Type};
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
-        socket
-            .bind(&SocketAddr::new(from.into(), 0).into())
-            .expect("bind the client to its address");
-        socket
-            .connect_timeout(&addr.into(), PATIENCE)
-            .expect("connect");
-        Client::from_stream(socket.into())
+        Client::from_stream(tcp_from(from.into(), addr))
     }
 
     /// A plain client whose kernel receive buffer is `bytes` (set before the
@@ -767,6 +832,26 @@ impl Client {
             self.stream.write_all(&wire).expect("send close_notify");
             return;
         }
+        self.stream.shutdown(Shutdown::Write).expect("shutdown");
+    }
+
+    /// Sends `bytes` and ends the client's writing side in the same write:
+    /// over TLS, the records that carry `bytes` and the close_notify, in
+    /// one `write` (so one read on the server takes both); over plain TCP,
+    /// the bytes, then `shutdown(Write)`.
+    pub fn send_and_end(&mut self, bytes: &[u8]) {
+        #[cfg(feature = "tls")]
+        if let Some(session) = self.session.as_deref_mut() {
+            session
+                .writer()
+                .write_all(bytes)
+                .expect("the session takes plaintext");
+            session.send_close_notify();
+            let wire = tls::take_records(session);
+            self.stream.write_all(&wire).expect("send the last records");
+            return;
+        }
+        self.stream.write_all(bytes).expect("send");
         self.stream.shutdown(Shutdown::Write).expect("shutdown");
     }
 

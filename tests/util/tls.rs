@@ -222,7 +222,12 @@ impl Client {
     /// Connects to `addr` and completes the TLS handshake as `localhost`
     /// (or fails with the error the connect or the handshake met).
     pub fn connect_tls(addr: SocketAddr, config: Arc<ClientConfig>) -> io::Result<Client> {
-        let mut client = Client::from_stream(TcpStream::connect_timeout(&addr, PATIENCE)?);
+        Client::tls_over(TcpStream::connect_timeout(&addr, PATIENCE)?, config)
+    }
+
+    /// Completes the TLS handshake as `localhost` over a connected socket.
+    pub fn tls_over(stream: TcpStream, config: Arc<ClientConfig>) -> io::Result<Client> {
+        let mut client = Client::from_stream(stream);
         let name = ServerName::try_from("localhost").expect("a valid name");
         let mut session = ClientConnection::new(config, name).map_err(io::Error::other)?;
         // No limit on plaintext waiting to be encrypted: `Client::wire_bytes`
