@@ -8,10 +8,8 @@
 //! | [`raise_descriptor_limit`] | soft limit to hard | to `min(hard, OPEN_MAX)` (the hard limit is often infinite, which `setrlimit` refuses) | soft to hard | soft to hard |
 //! | [`unsent_bytes`] | `ioctl(SIOCOUTQ)` | `getsockopt(SO_NWRITE)` | `ioctl(FIONWRITE)` | unsupported: the write-stall clock only sees our own writes |
 //! | [`spread_accepts`] | `SO_REUSEPORT`: one listener per loop, the kernel spreads connections by a hash of their addresses | no: `SO_REUSEPORT` lets several sockets bind but does not balance; the loops share one listening socket | `SO_REUSEPORT_LB`, as Linux | no, as macOS |
-//! | [`process_rss_kib`], [`process_cpu_time`] | `/proc/PID/status`, `/proc/PID/stat` | `None` | `None` | `None` |
 
 use std::io;
-use std::time::Duration;
 
 /// Sets the soft RLIMIT_NOFILE as high as the platform allows (the hard
 /// limit, or `OPEN_MAX` on macOS) and returns the soft limit now in force.
@@ -178,46 +176,6 @@ pub fn is_out_of_descriptors(e: &io::Error) -> bool {
     )
 }
 
-/// Resident memory of process `pid`, in KiB (`VmRSS`). `None` where it
-/// cannot be read (not Linux, or the process is gone).
-pub fn process_rss_kib(pid: u32) -> Option<u64> {
-    proc_status_field(pid, "VmRSS:")
-}
-
-/// A `Name:   value kB` field of `/proc/PID/status` (Linux only).
-pub fn proc_status_field(pid: u32, field: &str) -> Option<u64> {
-    if !cfg!(target_os = "linux") {
-        return None;
-    }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// User plus system CPU time of process `pid` so far. `None` where it cannot
-/// be read (not Linux, or the process is gone).
-pub fn process_cpu_time(pid: u32) -> Option<Duration> {
-    if !cfg!(target_os = "linux") {
-        return None;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces:
-    // count fields from the last ')'. utime and stime are fields 14 and 15.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after_name.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    // SAFETY: sysconf only reads a constant.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let ticks = u64::try_from(ticks).ok().filter(|&t| t > 0)?;
-    Some(Duration::from_millis((utime + stime) * 1000 / ticks))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,14 +184,6 @@ mod tests {
     fn descriptor_limit_can_be_read_and_raised() {
         let limit = raise_descriptor_limit().expect("getrlimit");
         assert!(limit >= 64, "{limit}");
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn own_process_is_measurable() {
-        let pid = std::process::id();
-        assert!(process_rss_kib(pid).is_some_and(|kib| kib > 0));
-        assert!(process_cpu_time(pid).is_some());
     }
 
     #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]

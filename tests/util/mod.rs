@@ -2,8 +2,8 @@
 //! (the `loopline` binary on 127.0.0.1:0, or any program that logs
 //! `listening on ADDR` on stderr), find its port in that log line, talk to it
 //! over loopback with bounded timeouts, and run the binary once to its exit.
-//! Memory and CPU figures come from the library's own reader,
-//! [`loopline::sys`].
+//! Memory and CPU figures come from the /proc readers the tools share,
+//! [`loopline_proc`].
 //!
 //! Behind a load balancer: [`haproxy`] starts a real HAProxy in front of the
 //! server and reads its stats socket.
@@ -327,7 +327,7 @@ impl Server {
 
     /// Resident memory of the server now, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        loopline::sys::process_rss_kib(self.pid())
+        loopline_proc::process_rss_kib(self.pid())
             .unwrap_or_else(|| panic!("cannot read the server's RSS: {PROC_ONLY}"))
     }
 
@@ -339,7 +339,7 @@ impl Server {
 
     /// CPU time (user + system) the server has used so far.
     pub fn cpu_time(&self) -> Duration {
-        loopline::sys::process_cpu_time(self.pid())
+        loopline_proc::process_cpu_time(self.pid())
             .unwrap_or_else(|| panic!("cannot read the server's CPU time: {PROC_ONLY}"))
     }
 
@@ -446,7 +446,7 @@ const PROC_ONLY: &str = "/proc is Linux-only, and the process must still be runn
 /// Reads a `Name:   value kB` field of /proc/PID/status; `field` includes
 /// its colon (`"VmRSS:"`).
 pub fn proc_status_field(pid: u32, field: &str) -> u64 {
-    loopline::sys::proc_status_field(pid, field)
+    loopline_proc::proc_status_field(pid, field)
         .unwrap_or_else(|| panic!("cannot read {field} of process {pid}: {PROC_ONLY}"))
 }
 

@@ -7,7 +7,7 @@
 //! Over TLS a connection is held once its handshake is over and its
 //! greeting read; RSS per connection then includes the server's TLS session.
 //!
-//! The server's RSS comes from `loopline::sys::process_rss_kib` (Linux
+//! The server's RSS comes from `loopline_proc::process_rss_kib` (Linux
 //! only; elsewhere the JSON fields are `null`).
 
 use crate::cli::Workload;
@@ -16,7 +16,7 @@ use crate::link::Link;
 use crate::report::{print_result, HoldSummary};
 use crate::responses::{read_responses, Greeting, ReadOutcome, ResponseScanner};
 use crate::POLL_SLICE;
-use loopline::sys::process_rss_kib;
+use loopline_proc::process_rss_kib;
 use mio::{Events, Poll, Token};
 use std::io::{self, Read};
 use std::process::ExitCode;

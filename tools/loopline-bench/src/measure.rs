@@ -3,7 +3,7 @@
 //! a measured mode (load, churn) over its threads, lined up with the main
 //! thread that samples that CPU time.
 //!
-//! The server's CPU time comes from `loopline::sys::process_cpu_time`
+//! The server's CPU time comes from `loopline_proc::process_cpu_time`
 //! (`/proc/PID/stat`, Linux only: elsewhere the figure is `null`); this
 //! process's own from `getrusage`, which every Unix has.
 
@@ -171,7 +171,7 @@ fn measure_window(
 
 /// The server's CPU time (user + system) so far, in microseconds.
 fn server_cpu_us(pid: Option<u32>) -> Option<f64> {
-    let cpu = loopline::sys::process_cpu_time(pid?)?;
+    let cpu = loopline_proc::process_cpu_time(pid?)?;
     Some(cpu.as_secs_f64() * 1e6)
 }
 

@@ -21,7 +21,7 @@
 //! that its memory is back within a small margin of the reference. It prints
 //! the figures and exits with 1 if a check failed (2 for bad options).
 //!
-//! The server's memory and CPU time come from `loopline::sys` (`/proc`,
+//! The server's memory and CPU time come from `loopline_proc` (`/proc`,
 //! Linux only); elsewhere they read as 0, so there the memory check proves
 //! nothing.
 
@@ -35,7 +35,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use loopline::config::parse_duration;
-use loopline::sys::{process_cpu_time, process_rss_kib};
+use loopline_proc::{process_cpu_time, process_rss_kib};
 use socket2::{Domain, Protocol, Socket, Type};
 
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
