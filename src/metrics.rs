@@ -44,7 +44,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::ListenAddr;
 pub use crate::limits::{MAX_HTTP_HEAD, MAX_METRICS_CONNECTIONS, METRICS_KEEP_ALIVE};
-use crate::stats::Stats;
+use crate::stats::{Outcomes, Snapshot, Stats};
 use crate::summaries::Kind;
 
 /// The most headers a head may carry; more answers `431`.
@@ -281,75 +281,93 @@ fn write_response(
 }
 
 /// The Prometheus text exposition format (version 0.0.4) of the counters:
-/// a `# HELP` and a `# TYPE` line for every family, then its samples.
+/// a `# HELP` and a `# TYPE` line for every family, then its samples. The
+/// whole process's counters, every loop's summed.
 pub fn render(stats: &Stats, settings: &Settings, start_time: f64, out: &mut String) {
-    // The whole process's counters, every loop's summed.
-    let outcomes = stats.outcomes();
+    render_counters(&stats.snapshot(), out);
+    render_outcomes(&stats.outcomes(), out);
+    render_settings(settings, start_time, out);
+}
+
+/// One family: its `# HELP` and `# TYPE` lines, then its samples (labels,
+/// value).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+    // Writing to a String cannot fail; the results are ignored.
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+/// The families of what `STATS` reports.
+fn render_counters(stats: &Snapshot, out: &mut String) {
+    let families: [(&str, &str, &str, u64); 9] = [
+        (
+            "loopline_connections",
+            "gauge",
+            "Client connections open now.",
+            stats.connections,
+        ),
+        (
+            "loopline_buffered_bytes",
+            "gauge",
+            "Bytes held now in client buffers (unfinished input, held lines, pending output).",
+            stats.buffered,
+        ),
+        (
+            "loopline_paused_connections",
+            "gauge",
+            "Client connections whose reading is paused now (backpressure).",
+            stats.paused,
+        ),
+        (
+            "loopline_accepted_total",
+            "counter",
+            "Client connections admitted (READY sent).",
+            stats.accepted,
+        ),
+        (
+            "loopline_rejected_total",
+            "counter",
+            "Client connections turned away (busy, too many from one address, out of descriptors).",
+            stats.rejected,
+        ),
+        (
+            "loopline_commands_total",
+            "counter",
+            "Request lines answered.",
+            stats.commands,
+        ),
+        (
+            "loopline_bytes_in_total",
+            "counter",
+            "Bytes read from clients.",
+            stats.bytes_in,
+        ),
+        (
+            "loopline_bytes_out_total",
+            "counter",
+            "Bytes written to clients.",
+            stats.bytes_out,
+        ),
+        (
+            "loopline_auth_failures_total",
+            "counter",
+            "Failed AUTH attempts.",
+            stats.auth_failures,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        family(out, name, kind, help, &[("", value)]);
+    }
+}
+
+/// The families of what became of connections, by reason.
+fn render_outcomes(outcomes: &Outcomes, out: &mut String) {
     let hits = |kind| outcomes.limit_hits(kind);
-    let stats = stats.snapshot();
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        // Writing to a String cannot fail; the results are ignored.
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
     family(
-        "loopline_connections",
-        "gauge",
-        "Client connections open now.",
-        &[("", stats.connections)],
-    );
-    family(
-        "loopline_buffered_bytes",
-        "gauge",
-        "Bytes held now in client buffers (unfinished input, held lines, pending output).",
-        &[("", stats.buffered)],
-    );
-    family(
-        "loopline_paused_connections",
-        "gauge",
-        "Client connections whose reading is paused now (backpressure).",
-        &[("", stats.paused)],
-    );
-    family(
-        "loopline_accepted_total",
-        "counter",
-        "Client connections admitted (READY sent).",
-        &[("", stats.accepted)],
-    );
-    family(
-        "loopline_rejected_total",
-        "counter",
-        "Client connections turned away (busy, too many from one address, out of descriptors).",
-        &[("", stats.rejected)],
-    );
-    family(
-        "loopline_commands_total",
-        "counter",
-        "Request lines answered.",
-        &[("", stats.commands)],
-    );
-    family(
-        "loopline_bytes_in_total",
-        "counter",
-        "Bytes read from clients.",
-        &[("", stats.bytes_in)],
-    );
-    family(
-        "loopline_bytes_out_total",
-        "counter",
-        "Bytes written to clients.",
-        &[("", stats.bytes_out)],
-    );
-    family(
-        "loopline_auth_failures_total",
-        "counter",
-        "Failed AUTH attempts.",
-        &[("", stats.auth_failures)],
-    );
-    family(
+        out,
         "loopline_limit_hits_total",
         "counter",
         "Client connections turned away or closed by a limit or a timer, by reason.",
@@ -370,6 +388,7 @@ pub fn render(stats: &Stats, settings: &Settings, start_time: f64, out: &mut Str
         ],
     );
     family(
+        out,
         "loopline_tls_handshakes_total",
         "counter",
         "TLS handshakes that completed or failed (timeouts are limit hits).",
@@ -378,19 +397,25 @@ pub fn render(stats: &Stats, settings: &Settings, start_time: f64, out: &mut Str
             ("{result=\"failed\"}", outcomes.tls_handshake_failures),
         ],
     );
+}
+
+/// The families of the limits, and the start time.
+fn render_settings(settings: &Settings, start_time: f64, out: &mut String) {
     family(
+        out,
         "loopline_max_connections",
         "gauge",
         "The --max-connections limit.",
         &[("", settings.max_connections)],
     );
     family(
+        out,
         "loopline_max_memory_bytes",
         "gauge",
         "The --max-memory limit on client buffer memory.",
         &[("", settings.max_memory)],
     );
-    // A float: the closure above takes integers.
+    // A float: `family` takes integers.
     let name = "loopline_start_time_seconds";
     let _ = writeln!(
         out,

@@ -68,7 +68,7 @@ pub(super) fn bind(
     let inherited_count = inherited.len();
     let first = bind_listeners(&config, inherited, own_listeners)?;
     let metrics = bind_metrics(&config)?;
-    let mut per_loop = listeners_for_each_loop(first, loop_count, own_listeners, inherited_count)?;
+    let per_loop = listeners_for_each_loop(first, loop_count, own_listeners, inherited_count)?;
     let socket_budget = socket_budget(
         descriptor_limit,
         per_loop[0].len(),
@@ -85,19 +85,8 @@ pub(super) fn bind(
         metrics: metrics.as_ref().map(|(_, addr)| *addr),
     };
 
-    let setup = |what| move |source| StartError::Setup { what, source };
-    let mut polls = Vec::with_capacity(loop_count);
-    let mut wakers = Vec::with_capacity(loop_count);
-    for _ in 0..loop_count {
-        let poll = Poll::new().map_err(setup("the poller"))?;
-        wakers.push(Arc::new(
-            Waker::new(poll.registry(), WAKER).map_err(setup("the waker"))?,
-        ));
-        polls.push(poll);
-    }
-
+    let (polls, wakers) = pollers(loop_count)?;
     let now = Instant::now();
-    let limits = Limits::from_config(&config);
     let counters = Counters::new(now, loop_count);
     let process = Arc::new(Process::new(
         counters.clone(),
@@ -106,19 +95,51 @@ pub(super) fn bind(
         wakers,
         reloadable,
     ));
-    let mut metrics = metrics;
-    let mut loops = Vec::with_capacity(loop_count);
+    let loops = make_loops(&config, polls, per_loop, metrics, &counters, &process, now)?;
+    Ok(Server {
+        loops,
+        process,
+        announced,
+    })
+}
+
+/// One poller per loop, and the waker through which other threads reach it.
+fn pollers(loops: usize) -> Result<(Vec<Poll>, Vec<Arc<Waker>>), StartError> {
+    let setup = |what| move |source| StartError::Setup { what, source };
+    let mut polls = Vec::with_capacity(loops);
+    let mut wakers = Vec::with_capacity(loops);
+    for _ in 0..loops {
+        let poll = Poll::new().map_err(setup("the poller"))?;
+        wakers.push(Arc::new(
+            Waker::new(poll.registry(), WAKER).map_err(setup("the waker"))?,
+        ));
+        polls.push(poll);
+    }
+    Ok((polls, wakers))
+}
+
+/// The loops, each with its poller and its listeners registered on it;
+/// loop 0 also serves the metrics endpoint, for every loop's counters.
+fn make_loops(
+    config: &Config,
+    polls: Vec<Poll>,
+    mut per_loop: Vec<Vec<Bound>>,
+    mut metrics: Option<(TcpListener, SocketAddr)>,
+    counters: &Arc<Counters>,
+    process: &Arc<Process>,
+    now: Instant,
+) -> Result<Vec<EventLoop>, StartError> {
+    let limits = Limits::from_config(config);
+    let mut loops = Vec::with_capacity(polls.len());
     for (index, poll) in polls.into_iter().enumerate() {
         let mut listeners: Vec<Listener> = std::mem::take(&mut per_loop[index])
             .into_iter()
             .map(|b| Listener::new(b.socket, b.addr, kind_of(&b.from)))
             .collect();
-        // The process has one metrics endpoint, served by loop 0 for every
-        // loop's counters.
         let page = match metrics.take().filter(|_| index == 0) {
             Some((socket, addr)) => {
                 listeners.push(Listener::new(socket, addr, ListenerKind::Metrics));
-                Some(Page::new(metrics_settings(&config), now))
+                Some(Page::new(metrics_settings(config), now))
             }
             None => None,
         };
@@ -135,11 +156,7 @@ pub(super) fn bind(
             now,
         }));
     }
-    Ok(Server {
-        loops,
-        process,
-        announced,
-    })
+    Ok(loops)
 }
 
 /// Reads what comes from files, before any address is bound: a start that
