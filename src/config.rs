@@ -961,6 +961,8 @@ impl Limits {
             tcp_keepalive: nonzero(config.tcp_keepalive),
             linger: LINGER_TIMEOUT,
             handshake_timeout: nonzero(config.handshake_timeout),
+            // Validated: between 1 and 1024.
+            loops: usize::try_from(config.threads).unwrap_or(1),
         }
     }
 }

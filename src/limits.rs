@@ -34,9 +34,27 @@ pub struct Limits {
     pub linger: Duration,
     /// `--handshake-timeout`, `None` when 0 (off): closed without a line.
     pub handshake_timeout: Option<Duration>,
+    /// `--threads`: the loops that fill client buffers at the same time.
+    /// Each sees the others' held bytes as of their last call, so one call
+    /// may fill only its share of the room left under `--max-memory`
+    /// ([`Limits::memory_share`]).
+    pub loops: usize,
 }
 
 impl Limits {
+    /// The part of `room` (bytes left under `--max-memory`) one call may
+    /// fill: all of it with one loop; with N loops, 1/N of it, so that N
+    /// loops filling at once, each blind to what the others add in the
+    /// same moment, stay under the cap together.
+    #[inline]
+    pub fn memory_share(&self, room: u64) -> u64 {
+        if self.loops <= 1 {
+            room
+        } else {
+            room / self.loops as u64
+        }
+    }
+
     /// How long a connection may take over what must come first (a PROXY
     /// header; a metrics request head): `--handshake-timeout`, or
     /// [`OPENING_TIMEOUT_WHEN_OFF`] when that is 0.

@@ -468,6 +468,7 @@ fn limits_for(setup: &Setup) -> Limits {
         max_memory: usize::MAX,
         tcp_keepalive: None,
         handshake_timeout: None,
+        loops: 1,
     }
 }
 

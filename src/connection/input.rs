@@ -230,6 +230,12 @@ impl Connection {
         // Worked out once per batch of lines, not per line: the hot path
         // then pays one comparison per reply for both caps.
         let budget = self.reply_budget(held, lent);
+        // The cap is checked after each reply; what was pending before the
+        // first (a greeting queued with no flush yet, after a handshake or
+        // a PROXY header) is checked here, once per batch.
+        if held.output.pending() > budget.pause_above {
+            self.over_reply_budget(held, lent);
+        }
         let mut used = 0;
         while self.may_answer(held, lent) {
             match framing::cut_line(&data[used..], lent.limits.max_line) {
@@ -253,9 +259,10 @@ impl Connection {
         let memory_threshold = if lent.memory.on() {
             0
         } else {
-            let held_input = held.input.len() as u64;
-            (lent.limits.max_memory as u64)
-                .saturating_sub(self.buffered_by_others(lent) + held_input)
+            let pending = held.output.pending() as u64;
+            let room = (lent.limits.max_memory as u64)
+                .saturating_sub(self.buffered_by_others(lent) + held.input.len() as u64 + pending);
+            pending + lent.limits.memory_share(room)
         };
         ReplyBudget {
             reply_room: longest_response(lent.limits),

@@ -252,7 +252,7 @@ impl Connection {
         }
         let total = self.buffered_by_others(lent) + self.holding(held);
         let room = (lent.limits.max_memory as u64).saturating_sub(total);
-        usize::try_from(room)
+        usize::try_from(lent.limits.memory_share(room))
             .unwrap_or(usize::MAX)
             .min(READ_BUFFER_SIZE)
     }

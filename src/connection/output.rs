@@ -353,6 +353,7 @@ mod tests {
             tcp_keepalive: None,
             linger: Duration::from_secs(1),
             handshake_timeout: None,
+            loops: 1,
         }
     }
 
