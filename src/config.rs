@@ -85,7 +85,7 @@ Examples:
 #[command(
     name = "loopline",
     version,
-    about = "A TCP line-protocol server (PING, ECHO, QUIT, HELP, STATS) on one mio event loop",
+    about = "A TCP line-protocol server (PING, ECHO, QUIT, HELP, STATS, AUTH) on a hand-rolled mio event loop, one per thread with --threads",
     after_help = AFTER_HELP
 )]
 pub struct Config {
@@ -116,7 +116,7 @@ pub struct Config {
     #[arg(long, env = "LOOPLINE_TLS_CLIENT_CA", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// Close a connection whose TLS handshake or PROXY header has not finished in this long, without a line; 0 turns it off.
+    /// Close a connection whose TLS handshake or PROXY header has not finished in this long, without a line; 0 turns off the handshake's limit (a PROXY header keeps 10s).
     #[arg(long, env = "LOOPLINE_HANDSHAKE_TIMEOUT", value_name = "DUR", default_value = "10s",
           value_parser = bounds::HANDSHAKE_TIMEOUT.parser())]
     pub handshake_timeout: Duration,

@@ -21,9 +21,16 @@
 //!
 //! Inside, a deadline is nanoseconds since the loop's start (`u64`, half
 //! an `Instant`): with the key, an entry is 16 bytes, and every idle
-//! connection has one.
+//! connection has one. The loop converts its clock to that unit once per
+//! turn ([`Timers::moment`]); asking what is due and how long to sleep is
+//! then integer arithmetic.
 
 use std::time::{Duration, Instant};
+
+/// A time in the heap's unit: nanoseconds since the loop's start (the
+/// default: the start itself).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Moment(u64);
 
 /// One deadline: when, and for which slab key.
 #[derive(Debug, Clone, Copy)]
@@ -119,16 +126,28 @@ impl Timers {
         self.index_of(key).map(|i| self.instant(self.heap[i].due))
     }
 
-    /// The earliest deadline, which bounds how long `poll` may sleep.
+    /// `at` in the heap's unit.
+    pub fn moment(&self, at: Instant) -> Moment {
+        Moment(self.nanos(at))
+    }
+
+    /// The earliest deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.heap.first().map(|e| self.instant(e.due))
     }
 
+    /// How long from `now` until the earliest deadline (zero if it has
+    /// passed), which bounds how long `poll` may sleep.
+    pub fn time_to_next(&self, now: Moment) -> Option<Duration> {
+        let first = self.heap.first()?;
+        Some(Duration::from_nanos(first.due.saturating_sub(now.0)))
+    }
+
     /// Removes the earliest deadline if it is due at `now`, and returns its
     /// key: earliest first.
-    pub fn pop_due(&mut self, now: Instant) -> Option<usize> {
+    pub fn pop_due(&mut self, now: Moment) -> Option<usize> {
         let first = *self.heap.first()?;
-        if first.due > self.nanos(now) {
+        if first.due > now.0 {
             return None;
         }
         self.cancel(first.key);
@@ -217,11 +236,21 @@ mod tests {
             timers.set(key, at(ms));
         }
         assert_eq!(timers.next_deadline(), Some(at(10)));
-        assert_eq!(timers.pop_due(at(5)), None);
-        let due: Vec<usize> = std::iter::from_fn(|| timers.pop_due(at(25))).collect();
+        assert_eq!(timers.pop_due(timers.moment(at(5))), None);
+        assert_eq!(
+            timers.time_to_next(timers.moment(at(4))),
+            Some(Duration::from_millis(6))
+        );
+        let now = timers.moment(at(25));
+        let due: Vec<usize> = std::iter::from_fn(|| timers.pop_due(now)).collect();
         assert_eq!(due, vec![1, 2]);
         assert_eq!(timers.len(), 1);
         assert_eq!(timers.next_deadline(), Some(at(30)));
+        assert_eq!(timers.time_to_next(now), Some(Duration::from_millis(5)));
+        assert_eq!(
+            timers.time_to_next(timers.moment(at(31))),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]
@@ -280,7 +309,7 @@ mod tests {
                     Op::Cancel(k) => { timers.cancel(k); model.remove(&k); }
                     Op::Pop(t) => {
                         let earliest = model.iter().map(|(&k, &d)| (d, k)).min();
-                        match timers.pop_due(at(t)) {
+                        match timers.pop_due(timers.moment(at(t))) {
                             Some(k) => {
                                 let (d, _) = earliest.expect("popped from an empty model");
                                 prop_assert!(d <= t);

@@ -101,6 +101,19 @@ impl Spare {
 
     /// Takes back what a call was lent; returns what the connection keeps.
     pub(super) fn give_back(&mut self, mut held: Box<Held>, lease: Lease) -> Option<Box<Held>> {
+        if lease.buf && held.is_empty() && held.input.capacity() == 0 && self.empty.is_none() {
+            // The common case, after a request answered in full: both go
+            // back as they were lent (the `Held`'s own buffer, swapped out
+            // by `lend`, has no capacity).
+            held.output.written = 0;
+            held.output.buf.clear();
+            mem::swap(&mut held.output.buf, &mut self.buf);
+            if self.buf.capacity() > SPARE_OUTPUT_KEEP {
+                self.buf.shrink_to(SPARE_OUTPUT_KEEP);
+            }
+            self.empty = Some(held);
+            return None;
+        }
         let output = &mut held.output;
         if output.pending() == 0 {
             // Nothing pending: the connection keeps no output buffer; the

@@ -58,7 +58,7 @@ use crate::queue::{Queue, QueueId};
 use crate::stats::Stats;
 use crate::summaries::Kind;
 use crate::systemd::Notifier;
-use crate::timer::Timers;
+use crate::timer::{Moment, Timers};
 
 /// The signal pipe's token (loop 0 only).
 pub(super) const SIGNAL: Token = Token(usize::MAX);
@@ -123,6 +123,8 @@ pub(super) struct EventLoop {
 pub(super) struct Turn {
     /// The time of this turn: one clock read per turn, after `poll`.
     pub(super) now: Instant,
+    /// The same time in the unit of the deadline heap.
+    moment: Moment,
     /// The one read buffer of the loop; its size is every connection's
     /// read budget per call.
     read_buf: Box<[u8]>,
@@ -220,6 +222,7 @@ impl EventLoop {
             timers: Timers::new(start.now),
             turn: Turn {
                 now: start.now,
+                moment: Moment::default(),
                 read_buf: vec![0; READ_BUFFER_SIZE].into_boxed_slice(),
                 spare: Spare::default(),
                 ready: Vec::new(),
@@ -311,6 +314,7 @@ impl EventLoop {
             }
             // One clock read per turn: every deadline and idle time this turn uses it.
             self.turn.now = Instant::now();
+            self.turn.moment = self.timers.moment(self.turn.now);
             self.pick_up_reload();
             for event in events.iter() {
                 self.on_event(event);
@@ -414,8 +418,7 @@ impl EventLoop {
             return Some(Duration::ZERO);
         }
         let now = self.turn.now;
-        let deadline = [
-            self.timers.next_deadline(),
+        let other = [
             self.stopping.deadline,
             self.accepting.paused_until,
             self.process.summaries.next_due(),
@@ -429,10 +432,14 @@ impl EventLoop {
         ]
         .into_iter()
         .flatten()
-        .min()?;
+        .min()
         // Measured from the time read at the top of this turn: one clock
         // read per turn; a deadline is at most one turn late.
-        Some(deadline.saturating_duration_since(now))
+        .map(|at| at.saturating_duration_since(now));
+        // The sockets' deadlines, in the heap's unit: no conversion per turn
+        // beyond the one of the clock.
+        let sockets = self.timers.time_to_next(self.turn.moment);
+        [sockets, other].into_iter().flatten().min()
     }
 
     /// Splits the borrows: the slab on one side, what the connection at
@@ -497,7 +504,7 @@ impl EventLoop {
     /// Every deadline due at this turn's time. A deadline is taken off the
     /// heap when it fires; the connection sets its next one.
     fn fire_deadlines(&mut self) {
-        while let Some(key) = self.timers.pop_due(self.turn.now) {
+        while let Some(key) = self.timers.pop_due(self.turn.moment) {
             let (conns, mut lent) = self.lend(key);
             // Deadlines are cancelled when a connection closes: an entry
             // always names a live one.
