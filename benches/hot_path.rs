@@ -8,18 +8,20 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use loopline::framing::{cut_line, Cut};
-use loopline::protocol::{respond, Session};
+use loopline::protocol::{respond, Context, Session};
 use loopline::stats::Stats;
 
 /// Cuts every line of `buf` and answers it into `out`, as a connection does
 /// with one read (authentication off).
 fn serve_read(buf: &[u8], stats: &Stats, now: Instant, out: &mut Vec<u8>) -> usize {
     let mut session = Session::new(None);
+    // One context per read, as a connection builds one per batch of lines.
+    let context = Context::without_auth(stats, now);
     let mut used = 0;
     let mut lines = 0;
     while let Cut::Line { line, used: n } = cut_line(&buf[used..], 1024) {
         used += n;
-        respond(line, &mut session, None, stats, now, out);
+        respond(line, &mut session, &context, out);
         lines += 1;
     }
     lines
@@ -63,9 +65,7 @@ fn benches(c: &mut Criterion) {
             black_box(respond(
                 b"STATS",
                 &mut Session::new(None),
-                None,
-                &stats,
-                now,
+                &Context::without_auth(&stats, now),
                 &mut out,
             ))
         })

@@ -21,8 +21,10 @@ use clap::parser::ValueSource;
 use clap::{Command, CommandFactory, FromArgMatches, Parser};
 
 use crate::files::{self, FileError};
+use crate::guard::Cidr;
 use crate::limits::{Limits, LINGER_TIMEOUT};
 use crate::protocol::AuthToken;
+pub use crate::transport::TlsVersion;
 
 /// What the end of `--help` says: the forms of a DUR, logging, exit codes,
 /// signals and examples. The man page is generated from it too.
@@ -39,23 +41,40 @@ default), debug or trace. Once every listener is bound, the server logs one \
 line 'listening on ADDR' for each, then 'metrics on ADDR' for --metrics-listen.
 
 Exit status: 0 after a graceful shutdown; 1 for a failure at start (an \
-address in use, a host name that does not resolve, an --auth-file that \
-cannot be read or is empty, a descriptor passed by systemd that is not a \
-listening socket) or a second SIGINT or SIGTERM during a graceful shutdown; \
-2 for a usage error (a bad option or value, named in the message, or a bad \
-LOOPLINE_ variable).
+address in use, a host name that does not resolve, a TLS file that cannot be \
+used (--tls-cert, --tls-key, --tls-client-ca, --tls-ocsp: missing, not PEM, \
+not the kind of item it should hold, a key that does not fit the \
+certificate), an --auth-file or --metrics-token-file that cannot be read or \
+is empty, a descriptor passed by systemd that is not a listening socket) or a \
+second SIGINT or SIGTERM during a graceful shutdown; 2 for a usage error (a \
+bad option or value, named in the message, or a bad LOOPLINE_ variable; a \
+tls listener without --tls-cert or --tls-key; TLS files given while no \
+listener has the tls option).
 
 Signals: SIGINT or SIGTERM starts a graceful shutdown (stop accepting, send \
 every response already due, then 'ERR server shutting down', close); a second \
 one hurries it, closing every connection at once. SIGHUP reloads, and never \
-stops the server: it reads the --auth-file token again.
+stops the server: it reads again the TLS certificate, key, client CA and OCSP \
+response, and the --auth-file and --metrics-token-file tokens (new \
+connections use them; a file that cannot be used keeps the old one, and an \
+error line names it).
 
-The listener option 'proxy' (--listen 0.0.0.0:9001,proxy, or ...,tls,proxy) \
-is for a listener behind a load balancer (HAProxy, nginx): each connection \
-must start with a PROXY protocol header, version 1 or 2, before anything \
-else (before TLS too). The address it carries is the client's, for the log \
-and --max-connections-per-ip. A connection without a valid header within \
---handshake-timeout is closed without a line.
+Listener options follow the address, comma-separated. 'tls' (--listen \
+0.0.0.0:9443,tls) serves the protocol inside TLS 1.2 or 1.3 \
+(--tls-min-version) with --tls-cert and --tls-key; clients resume sessions \
+with tickets; 'openssl s_client -connect HOST:9443' talks to it. 'proxy' \
+(--listen 0.0.0.0:9001,proxy, or ...,tls,proxy) is for a listener behind a \
+load balancer (HAProxy, nginx): each connection must start with a PROXY \
+protocol header, version 1 or 2, before anything else (before TLS too). The \
+address it carries is the client's, for the log and every per-address limit. \
+A connection without a valid header within --handshake-timeout is closed \
+without a line. Only peers in --proxy-from may send one; without that option \
+any peer may claim any address (a warning at start says so for a listener \
+other peers can reach). --metrics-listen takes 'tls' too.
+
+Per-address limits (--max-connections-per-ip, --max-connection-rate-per-ip, \
+--max-auth-failures-per-ip) count IPv4 clients by address and IPv6 clients \
+by their first --ipv6-prefix bits (64 by default).
 
 Environment: every option can also be set as LOOPLINE_ and its name in \
 capitals with _ for - (LOOPLINE_MAX_CONNECTIONS=500); the command line wins. \
@@ -90,8 +109,9 @@ Examples:
 )]
 pub struct Config {
     /// Address to listen on, as HOST:PORT (see HOST below), optionally
-    /// followed by listener options, comma-separated. Repeatable; in the
-    /// environment, several are separated by spaces.
+    /// followed by listener options, comma-separated: tls, proxy (see
+    /// Listener options below). Repeatable; in the environment, several are
+    /// separated by spaces.
     #[arg(
         long = "listen",
         env = "LOOPLINE_LISTEN",
@@ -115,6 +135,20 @@ pub struct Config {
     /// TLS listeners: require a client certificate signed by this CA (PEM file).
     #[arg(long, env = "LOOPLINE_TLS_CLIENT_CA", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
+
+    /// TLS listeners: the lowest TLS version offered, 1.2 or 1.3.
+    #[arg(
+        long,
+        env = "LOOPLINE_TLS_MIN_VERSION",
+        value_name = "VERSION",
+        default_value = "1.2"
+    )]
+    pub tls_min_version: TlsVersion,
+
+    /// TLS listeners: staple this OCSP response (DER file, from the
+    /// certificate's CA) to the certificate. SIGHUP reads it again.
+    #[arg(long, env = "LOOPLINE_TLS_OCSP", value_name = "FILE")]
+    pub tls_ocsp: Option<PathBuf>,
 
     /// Close a connection whose TLS handshake or PROXY header has not finished in this long, without a line; 0 turns off the handshake's limit (a PROXY header keeps 10s).
     #[arg(long, env = "LOOPLINE_HANDSHAKE_TIMEOUT", value_name = "DUR", default_value = "10s",
@@ -169,10 +203,42 @@ pub struct Config {
           value_parser = bounds::MAX_CONNECTIONS_PER_IP.parser())]
     pub max_connections_per_ip: u64,
 
+    /// Count IPv6 clients by their first N bits in every per-address limit
+    /// (64: a /64 is one client; 128: exact addresses). IPv4 addresses
+    /// count exactly.
+    #[arg(long, env = "LOOPLINE_IPV6_PREFIX", value_name = "N", default_value_t = 64,
+          value_parser = bounds::IPV6_PREFIX.parser())]
+    pub ipv6_prefix: u64,
+
+    /// New connections from one address within a second (refused ones
+    /// count too); one more gets ERR connecting too fast. 0 turns it off.
+    #[arg(long, env = "LOOPLINE_MAX_CONNECTION_RATE_PER_IP", value_name = "N", default_value_t = 0,
+          value_parser = bounds::MAX_CONNECTION_RATE_PER_IP.parser())]
+    pub max_connection_rate_per_ip: u64,
+
     /// Require 'AUTH <token>' before PING, ECHO and STATS; the token is the
     /// first line of FILE. SIGHUP reads it again.
     #[arg(long, env = "LOOPLINE_AUTH_FILE", value_name = "FILE")]
     pub auth_file: Option<PathBuf>,
+
+    /// With --auth-file: failed AUTHs from one address within 60s after
+    /// which its AUTHs and new connections get ERR too many auth failures,
+    /// until 60s pass since its last failure. 0 turns it off.
+    #[arg(long, env = "LOOPLINE_MAX_AUTH_FAILURES_PER_IP", value_name = "N", default_value_t = 10,
+          value_parser = bounds::MAX_AUTH_FAILURES_PER_IP.parser())]
+    pub max_auth_failures_per_ip: u64,
+
+    /// proxy listeners: take a PROXY header only from peers in these
+    /// address ranges (CIDR or single addresses, comma-separated:
+    /// 10.0.0.0/8,2001:db8::/32,192.0.2.7); any other peer is closed at
+    /// once. Without it every peer may claim any client address.
+    #[arg(
+        long,
+        env = "LOOPLINE_PROXY_FROM",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub proxy_from: Vec<Cidr>,
 
     /// Event loops, each on its own thread with its own listeners; they
     /// share the counters and limits above. One per core is the most that
@@ -182,20 +248,27 @@ pub struct Config {
     pub threads: u64,
 
     /// Serve Prometheus metrics over HTTP/1.1 on this HOST:PORT (GET
-    /// /metrics), in the same event loop; off unless given. One address,
-    /// no listener options; a host name uses its first address that binds.
+    /// /metrics), in the same event loop; off unless given. One address; a
+    /// host name uses its first address that binds. ',tls' serves HTTPS
+    /// with --tls-cert and --tls-key.
     #[arg(long, value_name = "HOST:PORT", env = "LOOPLINE_METRICS_LISTEN",
           value_parser = parse_metrics_listen)]
     pub metrics_listen: Option<ListenAddr>,
+
+    /// With --metrics-listen: a request must carry 'Authorization: Bearer
+    /// <token>', the token being the first line of FILE; others get 401.
+    /// SIGHUP reads it again.
+    #[arg(long, env = "LOOPLINE_METRICS_TOKEN_FILE", value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
-/// A `--metrics-listen` value: a `--listen` address without options (the
-/// metrics endpoint speaks plain HTTP, and no listener option applies).
+/// A `--metrics-listen` value: a `--listen` address, with the `tls`
+/// option at most (the endpoint speaks HTTP, never a PROXY header).
 fn parse_metrics_listen(text: &str) -> Result<ListenAddr, String> {
     let addr: ListenAddr = text.parse().map_err(|e: ListenAddrError| e.to_string())?;
-    if !addr.options().is_empty() {
+    if addr.options().iter().any(|&o| o != ListenerOption::Tls) {
         return Err(format!(
-            "{text:?}: --metrics-listen takes an address only, no listener options"
+            "{text:?}: --metrics-listen takes an address and at most the tls option"
         ));
     }
     Ok(addr)
@@ -336,18 +409,52 @@ impl Config {
         bounds::SHUTDOWN_TIMEOUT.check(self.shutdown_timeout)?;
         bounds::TCP_KEEPALIVE.check(self.tcp_keepalive)?;
         bounds::HANDSHAKE_TIMEOUT.check(self.handshake_timeout)?;
-        #[cfg(feature = "tls")]
-        if self.listen.iter().any(|l| l.has(ListenerOption::Tls)) {
+        self.validate_tls()?;
+        bounds::MAX_CONNECTIONS_PER_IP.check(self.max_connections_per_ip)?;
+        bounds::IPV6_PREFIX.check(self.ipv6_prefix)?;
+        bounds::MAX_CONNECTION_RATE_PER_IP.check(self.max_connection_rate_per_ip)?;
+        bounds::MAX_AUTH_FAILURES_PER_IP.check(self.max_auth_failures_per_ip)?;
+        bounds::THREADS.check(self.threads)?;
+        Ok(())
+    }
+
+    /// Whether any listener (the metrics one included) serves TLS.
+    pub fn serves_tls(&self) -> bool {
+        self.listen
+            .iter()
+            .chain(&self.metrics_listen)
+            .any(|l| l.has(ListenerOption::Tls))
+    }
+
+    /// A `tls` listener needs a certificate and a key; TLS files without a
+    /// `tls` listener would be ignored, and an operator who forgot `,tls`
+    /// would serve tokens in clear: both are usage errors.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        if self.serves_tls() {
+            if !cfg!(feature = "tls") {
+                return Err(ConfigError::TlsNeeds("the tls feature"));
+            }
             if self.tls_cert.is_none() {
                 return Err(ConfigError::TlsNeeds("--tls-cert"));
             }
             if self.tls_key.is_none() {
                 return Err(ConfigError::TlsNeeds("--tls-key"));
             }
+            return Ok(());
         }
-        bounds::MAX_CONNECTIONS_PER_IP.check(self.max_connections_per_ip)?;
-        bounds::THREADS.check(self.threads)?;
-        Ok(())
+        let given = [
+            ("--tls-cert", self.tls_cert.is_some()),
+            ("--tls-key", self.tls_key.is_some()),
+            ("--tls-client-ca", self.tls_client_ca.is_some()),
+            ("--tls-ocsp", self.tls_ocsp.is_some()),
+        ];
+        match given.iter().find(|(_, set)| *set) {
+            Some((option, _)) => Err(ConfigError::TlsUnused {
+                option,
+                plain: self.listen.iter().map(ToString::to_string).collect(),
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -386,6 +493,12 @@ pub mod bounds {
         Bounds::new("--handshake-timeout", Duration::ZERO, MAX_DURATION);
     pub const MAX_CONNECTIONS_PER_IP: Bounds<u64> =
         Bounds::new("--max-connections-per-ip", 1, 1_000_000).or_zero_for_off();
+    pub const IPV6_PREFIX: Bounds<u64> = Bounds::new("--ipv6-prefix", 1, 128);
+    /// Up to what a rate bucket counts (`guard::MAX_PER_ADDRESS_COUNT`).
+    pub const MAX_CONNECTION_RATE_PER_IP: Bounds<u64> =
+        Bounds::new("--max-connection-rate-per-ip", 1, 65_535).or_zero_for_off();
+    pub const MAX_AUTH_FAILURES_PER_IP: Bounds<u64> =
+        Bounds::new("--max-auth-failures-per-ip", 1, 65_535).or_zero_for_off();
     /// Past one loop per core, more only add threads that wait for a core.
     pub const THREADS: Bounds<u64> = Bounds::new("--threads", 1, 1024);
 }
@@ -519,6 +632,12 @@ pub enum ConfigError {
     NoListener,
     /// A `tls` listener without this option (`--tls-cert` or `--tls-key`).
     TlsNeeds(&'static str),
+    /// A TLS option given, and no listener with the `tls` option: the
+    /// listeners (`plain`) would all serve in clear.
+    TlsUnused {
+        option: &'static str,
+        plain: Vec<String>,
+    },
 }
 
 impl ConfigError {
@@ -529,6 +648,7 @@ impl ConfigError {
             ConfigError::Duration { bounds, .. } => bounds.option,
             ConfigError::NoListener => "--listen",
             ConfigError::TlsNeeds(option) => option,
+            ConfigError::TlsUnused { option, .. } => option,
         }
     }
 }
@@ -540,10 +660,24 @@ impl fmt::Display for ConfigError {
             ConfigError::Duration { bounds, value } => {
                 write!(f, "{bounds}, not {}", show_duration(*value))
             }
-            ConfigError::TlsNeeds(option) => write!(
-                f,
-                "{option} is needed: a --listen address has the tls option"
-            ),
+            ConfigError::TlsNeeds(option) => {
+                write!(f, "{option} is needed: a listener has the tls option")
+            }
+            ConfigError::TlsUnused { option, plain } => {
+                let listeners = match plain.as_slice() {
+                    [] => "the listeners systemd passed are plain".to_string(),
+                    [one] => format!("--listen {one} has no tls option"),
+                    many => format!(
+                        "no --listen address has the tls option ({})",
+                        many.join(", ")
+                    ),
+                };
+                write!(
+                    f,
+                    "{option} is given, but {listeners}: it would serve in clear. \
+                     Add ,tls to the listener that should use TLS (--listen HOST:PORT,tls)"
+                )
+            }
             ConfigError::NoListener => {
                 write!(
                     f,
@@ -1097,11 +1231,25 @@ mod tests {
     }
 
     #[test]
-    fn metrics_listen_takes_one_address_and_no_listener_option() {
+    fn metrics_listen_takes_one_address_and_the_tls_option_only() {
         let c = Config::try_parse_from(["loopline", "--metrics-listen", "[::1]:9100"]).unwrap();
         assert_eq!(c.metrics_listen, Some("[::1]:9100".parse().unwrap()));
         assert_eq!(Config::default().metrics_listen, None);
-        for bad in ["127.0.0.1", "127.0.0.1:9100,tls"] {
+        if cfg!(feature = "tls") {
+            let c = Config::try_parse_from(["loopline", "--metrics-listen", "127.0.0.1:9100,tls"])
+                .unwrap();
+            assert!(c.serves_tls());
+            assert_eq!(
+                c.validate(),
+                Err(ConfigError::TlsNeeds("--tls-cert")),
+                "an HTTPS endpoint needs the certificate"
+            );
+        }
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:9100,proxy",
+            "127.0.0.1:9100,tls,proxy",
+        ] {
             let err = Config::try_parse_from(["loopline", "--metrics-listen", bad]).unwrap_err();
             assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
             assert!(err.to_string().contains("--metrics-listen"), "{err}");
@@ -1425,10 +1573,79 @@ mod tests {
             &["loopline", "--max-connections-per-ip", "-1"],
             &["loopline", "--listen", "localhost"],
             &["loopline", "--listen", "127.0.0.1:0,proxyy"],
+            &["loopline", "--ipv6-prefix", "0"],
+            &["loopline", "--ipv6-prefix", "129"],
+            &["loopline", "--max-connection-rate-per-ip", "65536"],
+            &["loopline", "--max-auth-failures-per-ip", "x"],
+            &["loopline", "--proxy-from", "10.0.0.1/8"],
+            &["loopline", "--proxy-from", "10.0.0.0/8,nonsense"],
+            &["loopline", "--tls-min-version", "1.1"],
             &["loopline", "--nope"],
         ] {
             let err = Config::try_parse_from(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
+            // Clap names the option of a bad value (a value it takes for
+            // an unknown argument, like -3, it names as such).
+            let message = err.to_string();
+            assert!(
+                message.contains(args[1]) || message.contains(args[2]),
+                "{message}"
+            );
         }
+    }
+
+    #[test]
+    fn the_new_operator_options_parse_with_their_defaults() {
+        let c = Config::default();
+        assert_eq!(c.ipv6_prefix, 64);
+        assert_eq!(c.max_connection_rate_per_ip, 0);
+        assert_eq!(c.max_auth_failures_per_ip, 10);
+        assert_eq!(c.tls_min_version, TlsVersion::V1_2);
+        assert!(c.proxy_from.is_empty());
+        let c = Config::try_parse_from([
+            "loopline",
+            "--proxy-from",
+            "10.0.0.0/8,::1",
+            "--proxy-from",
+            "192.0.2.7",
+            "--ipv6-prefix",
+            "48",
+            "--tls-min-version",
+            "1.3",
+        ])
+        .unwrap();
+        let ranges: Vec<String> = c.proxy_from.iter().map(ToString::to_string).collect();
+        assert_eq!(ranges, ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]);
+        assert_eq!(c.ipv6_prefix, 48);
+        assert_eq!(c.tls_min_version, TlsVersion::V1_3);
+    }
+
+    /// An operator who sets the certificate and forgets `,tls` would serve
+    /// tokens in clear: a usage error naming the plain listener.
+    #[test]
+    fn tls_files_without_a_tls_listener_are_a_usage_error() {
+        let c = Config::try_parse_from([
+            "loopline",
+            "--listen",
+            "0.0.0.0:9000",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+        ])
+        .unwrap();
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.option(), "--tls-cert");
+        let message = err.to_string();
+        assert!(
+            message.contains("--listen 0.0.0.0:9000 has no tls option"),
+            "{message}"
+        );
+        assert!(message.contains(",tls"), "{message}");
+        let ocsp_only = Config {
+            tls_ocsp: Some("ocsp.der".into()),
+            ..Config::default()
+        };
+        assert_eq!(ocsp_only.validate().unwrap_err().option(), "--tls-ocsp");
     }
 }

@@ -43,7 +43,9 @@
 //!   metrics endpoint is answered, and the Prometheus text of [`stats`].
 //!
 //! Beside them, leaves that any layer may use: [`limits`] (every bound,
-//! and the process-wide memory cap), [`timer`] (one deadline per socket,
+//! and the process-wide memory cap), [`guard`] (what one client address
+//! may do: IPv6 grouping, the connection rate, `AUTH` failures, in bounded
+//! tables), [`timer`] (one deadline per socket,
 //! in the heap that sets the `Poll` timeout), [`queue`] (sockets of a
 //! capped kind, oldest first), [`stats`] (the counters `STATS` reports),
 //! [`summaries`] (rate-limited log lines for refusals and limit closes),
@@ -68,6 +70,7 @@ pub mod config;
 pub mod connection;
 pub mod files;
 pub mod framing;
+pub mod guard;
 pub mod limits;
 pub mod metrics;
 pub mod process;

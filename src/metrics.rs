@@ -40,10 +40,12 @@
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::ListenAddr;
 pub use crate::limits::{MAX_HTTP_HEAD, MAX_METRICS_CONNECTIONS, METRICS_KEEP_ALIVE};
+use crate::protocol::AuthToken;
 use crate::stats::{Outcomes, Snapshot, Stats};
 use crate::summaries::Kind;
 
@@ -84,12 +86,15 @@ impl std::error::Error for MetricsError {
 }
 
 /// What the metrics render besides the counters: fixed at start.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct Settings {
     /// `--max-connections`.
     pub max_connections: u64,
     /// `--max-memory`.
     pub max_memory: u64,
+    /// The address of each protocol listener, in the listeners' order
+    /// (`Stats::per_listener`): the `listener` label.
+    pub listeners: Vec<String>,
 }
 
 /// What answering needs beyond the request: the settings, the start time,
@@ -104,6 +109,9 @@ pub struct Page {
     body: String,
     /// A graceful shutdown is under way: every answer closes.
     pub shutting_down: bool,
+    /// `--metrics-token-file`: a request must carry it as a bearer token
+    /// (SIGHUP may replace it); `None`: no token needed.
+    pub token: Option<Arc<AuthToken>>,
 }
 
 impl Page {
@@ -120,6 +128,7 @@ impl Page {
             start_time,
             body: String::new(),
             shutting_down: false,
+            token: None,
         }
     }
 }
@@ -148,7 +157,7 @@ pub fn answer(input: &[u8], page: &mut Page, stats: &Stats, out: &mut Vec<u8>) -
     let parsed = request.parse(input);
     let (status, used, keep_alive) = match parsed {
         Ok(httparse::Status::Complete(len)) if len <= MAX_HTTP_HEAD => {
-            let (status, keep_alive) = judge(&request);
+            let (status, keep_alive) = judge(&request, page.token.as_deref());
             (status, len, keep_alive)
         }
         Ok(httparse::Status::Complete(_)) => (Status::HeadTooLarge, input.len(), false),
@@ -173,6 +182,7 @@ pub fn answer(input: &[u8], page: &mut Page, stats: &Stats, out: &mut Vec<u8>) -
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
     Metrics,
+    Unauthorized,
     NotFound,
     MethodNotAllowed,
     BadRequest,
@@ -183,6 +193,7 @@ impl Status {
     fn line(self) -> &'static str {
         match self {
             Status::Metrics => "200 OK",
+            Status::Unauthorized => "401 Unauthorized",
             Status::NotFound => "404 Not Found",
             Status::MethodNotAllowed => "405 Method Not Allowed",
             Status::BadRequest => "400 Bad Request",
@@ -194,6 +205,7 @@ impl Status {
     fn reason(self) -> &'static str {
         match self {
             Status::Metrics => "",
+            Status::Unauthorized => "unauthorized: send Authorization: Bearer <token>\n",
             Status::NotFound => "not found: the metrics are at /metrics\n",
             Status::MethodNotAllowed => "method not allowed: use GET\n",
             Status::BadRequest => "bad request\n",
@@ -203,13 +215,18 @@ impl Status {
 }
 
 /// The answer to a complete head, and whether the connection stays open.
-fn judge(request: &httparse::Request) -> (Status, bool) {
+/// With a `token`, a request without it is answered `401` whatever it
+/// asks: one without the token learns nothing, not even which paths exist.
+fn judge(request: &httparse::Request, token: Option<&AuthToken>) -> (Status, bool) {
     let mut close = false;
     let mut keep_alive_asked = false;
     let mut has_body = false;
+    let mut authorized = token.is_none();
     for header in request.headers.iter() {
         let value = String::from_utf8_lossy(header.value);
-        if header.name.eq_ignore_ascii_case("connection") {
+        if header.name.eq_ignore_ascii_case("authorization") {
+            authorized |= token.is_some_and(|token| bears(header.value, token));
+        } else if header.name.eq_ignore_ascii_case("connection") {
             for option in value.split(',').map(str::trim) {
                 close |= option.eq_ignore_ascii_case("close");
                 keep_alive_asked |= option.eq_ignore_ascii_case("keep-alive");
@@ -230,7 +247,9 @@ fn judge(request: &httparse::Request) -> (Status, bool) {
     let path = request.path.unwrap_or("");
     // A query string does not change what is served.
     let path = path.split('?').next().unwrap_or(path);
-    let status = if request.method != Some("GET") {
+    let status = if !authorized {
+        Status::Unauthorized
+    } else if request.method != Some("GET") {
         Status::MethodNotAllowed
     } else if has_body {
         Status::BadRequest
@@ -240,6 +259,18 @@ fn judge(request: &httparse::Request) -> (Status, bool) {
         Status::Metrics
     };
     (status, keep_alive)
+}
+
+/// Whether an `Authorization` value carries `token`: the scheme `Bearer`
+/// (any case), spaces, then the token, compared in constant time
+/// ([`AuthToken::matches`]).
+fn bears(value: &[u8], token: &AuthToken) -> bool {
+    const SCHEME: &[u8] = b"bearer ";
+    if value.len() < SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        return false;
+    }
+    let credentials = value[SCHEME.len()..].trim_ascii();
+    token.matches(credentials)
 }
 
 /// Appends the whole answer, head and body, to `output`.
@@ -269,6 +300,9 @@ fn write_response(
     if status == Status::MethodNotAllowed {
         head.push_str("Allow: GET\r\n");
     }
+    if status == Status::Unauthorized {
+        head.push_str("WWW-Authenticate: Bearer\r\n");
+    }
     if !keep_alive {
         head.push_str("Connection: close\r\n");
     } else if http_1_0 {
@@ -286,7 +320,28 @@ fn write_response(
 pub fn render(stats: &Stats, settings: &Settings, start_time: f64, out: &mut String) {
     render_counters(&stats.snapshot(), out);
     render_outcomes(&stats.outcomes(), out);
+    render_listeners(&stats.per_listener(), &settings.listeners, out);
     render_settings(settings, start_time, out);
+}
+
+/// Client connections open now, by the listener that accepted them.
+fn render_listeners(counts: &[u64], listeners: &[String], out: &mut String) {
+    let labels: Vec<String> = listeners
+        .iter()
+        .map(|addr| format!("{{listener=\"{addr}\"}}"))
+        .collect();
+    let samples: Vec<(&str, u64)> = labels
+        .iter()
+        .zip(counts)
+        .map(|(label, &count)| (label.as_str(), count))
+        .collect();
+    family(
+        out,
+        "loopline_listener_connections",
+        "gauge",
+        "Client connections open now, by the listener that accepted them.",
+        &samples,
+    );
 }
 
 /// One family: its `# HELP` and `# TYPE` lines, then its samples (labels,
@@ -385,6 +440,15 @@ fn render_outcomes(outcomes: &Outcomes, out: &mut String) {
                 "{reason=\"handshake_timeout\"}",
                 hits(Kind::HandshakeTimeout),
             ),
+            (
+                "{reason=\"untrusted_balancer\"}",
+                hits(Kind::UntrustedBalancer),
+            ),
+            (
+                "{reason=\"connecting_too_fast\"}",
+                hits(Kind::ConnectingTooFast),
+            ),
+            ("{reason=\"auth_failures\"}", hits(Kind::AuthFailures)),
         ],
     );
     family(
@@ -433,7 +497,76 @@ mod tests {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
         assert!(request.parse(head).unwrap().is_complete());
-        judge(&request)
+        judge(&request, None)
+    }
+
+    #[test]
+    fn with_a_token_only_a_request_bearing_it_is_served() {
+        let token = AuthToken::new(b"s3cret").unwrap();
+        let judge_with = |head: &[u8]| {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut request = httparse::Request::new(&mut headers);
+            assert!(request.parse(head).unwrap().is_complete());
+            judge(&request, Some(&token)).0
+        };
+        let cases: &[(&[u8], Status)] = &[
+            (b"GET /metrics HTTP/1.1\r\n\r\n", Status::Unauthorized),
+            (b"GET /nothing HTTP/1.1\r\n\r\n", Status::Unauthorized),
+            (b"POST /metrics HTTP/1.1\r\n\r\n", Status::Unauthorized),
+            (
+                b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n",
+                Status::Metrics,
+            ),
+            (
+                b"GET /metrics HTTP/1.1\r\nauthorization: bearer  s3cret \r\n\r\n",
+                Status::Metrics,
+            ),
+            (
+                b"GET /x HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n",
+                Status::NotFound,
+            ),
+            (
+                b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cre\r\n\r\n",
+                Status::Unauthorized,
+            ),
+            (
+                b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cretX\r\n\r\n",
+                Status::Unauthorized,
+            ),
+            (
+                b"GET /metrics HTTP/1.1\r\nAuthorization: Basic s3cret\r\n\r\n",
+                Status::Unauthorized,
+            ),
+            (
+                b"GET /metrics HTTP/1.1\r\nAuthorization: Bearers3cret\r\n\r\n",
+                Status::Unauthorized,
+            ),
+            (
+                b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer\r\n\r\n",
+                Status::Unauthorized,
+            ),
+        ];
+        for (head, status) in cases {
+            assert_eq!(
+                judge_with(head),
+                *status,
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        let mut out = Vec::new();
+        let mut page = Page::new(Settings::default(), Instant::now());
+        page.token = Some(Arc::new(token.clone()));
+        let stats = Stats::new(Instant::now());
+        answer(
+            b"GET /metrics HTTP/1.1\r\n\r\n",
+            &mut page,
+            &stats,
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{text}");
+        assert!(text.contains("\r\nWWW-Authenticate: Bearer\r\n"), "{text}");
     }
 
     #[test]
@@ -495,6 +628,7 @@ mod tests {
         let settings = Settings {
             max_connections: 10,
             max_memory: 20,
+            listeners: vec!["127.0.0.1:9000".to_string()],
         };
         let mut out = String::new();
         render(&stats, &settings, 1.5, &mut out);
@@ -506,8 +640,9 @@ mod tests {
             assert_eq!(name.ends_with("_total"), kind == "counter", "{name}");
             families += 1;
         }
-        assert_eq!(families, 14);
+        assert_eq!(families, 15);
         assert!(out.contains("loopline_max_memory_bytes 20\n"));
+        assert!(out.contains("loopline_listener_connections{listener=\"127.0.0.1:9000\"} 0\n"));
         assert!(out.contains("loopline_limit_hits_total{reason=\"busy\"} 0\n"));
     }
 
@@ -532,6 +667,7 @@ mod tests {
         let settings = Settings {
             max_connections: 21,
             max_memory: 22,
+            listeners: Vec::new(),
         };
         let mut out = String::new();
         render(&stats, &settings, 1.5, &mut out);
@@ -562,6 +698,7 @@ mod tests {
         let settings = Settings {
             max_connections: 1,
             max_memory: 1024,
+            listeners: Vec::new(),
         };
         let mut page = Page::new(settings, Instant::now());
         let mut out = Vec::new();

@@ -25,6 +25,7 @@ use std::time::Instant;
 use log::error;
 use mio::Waker;
 
+use crate::guard::Guards;
 use crate::limits::MemoryCap;
 use crate::protocol::AuthToken;
 use crate::stats::Counters;
@@ -38,6 +39,8 @@ pub struct Reloadable {
     pub tls_config: Option<Arc<rustls::ServerConfig>>,
     /// The `--auth-file` token, `None` when authentication is off.
     pub token: Option<Arc<AuthToken>>,
+    /// The `--metrics-token-file` token, `None` when scrapes need none.
+    pub metrics_token: Option<Arc<AuthToken>>,
 }
 
 /// The summary lines of the whole process, shared by the loops. A flag in
@@ -70,6 +73,13 @@ impl SharedSummaries {
     pub fn note(&self, kind: Kind, now: Instant) {
         let mut summaries = self.lock();
         summaries.note(kind, now);
+        self.waiting.store(summaries.waiting(), Ordering::Relaxed);
+    }
+
+    /// Counts one event for `client` (see [`Summaries::note_client`]).
+    pub fn note_client(&self, kind: Kind, client: std::net::SocketAddr, now: Instant) {
+        let mut summaries = self.lock();
+        summaries.note_client(kind, client, now);
         self.waiting.store(summaries.waiting(), Ordering::Relaxed);
     }
 
@@ -107,6 +117,8 @@ pub struct Process {
     pub memory: Arc<MemoryCap>,
     /// The summary lines.
     pub summaries: SharedSummaries,
+    /// The per-address rules: connection rate, `AUTH` failures.
+    pub guards: Guards,
     /// Sockets held by every loop together (clients, openings, refusals,
     /// lingering ones; not metrics connections, which have descriptors of
     /// their own): a loop admits one more only below `socket_budget`.
@@ -138,11 +150,13 @@ impl Process {
         socket_budget: usize,
         wakers: Vec<Arc<Waker>>,
         reloadable: Reloadable,
+        guards: Guards,
     ) -> Process {
         Process {
             counters,
             memory: Arc::new(MemoryCap::default()),
             summaries: SharedSummaries::new(summaries),
+            guards,
             sockets: AtomicUsize::new(0),
             socket_budget,
             wakers,

@@ -12,8 +12,10 @@
 use std::fmt;
 use std::hint::black_box;
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::time::Instant;
 
+use crate::guard::Guards;
 use crate::stats::Stats;
 
 /// Every command, as `HELP` lists them when authentication is off.
@@ -34,6 +36,14 @@ pub const SHUTTING_DOWN: &[u8] = b"ERR server shutting down\n";
 /// Sent instead of the greeting when the client's address already has
 /// `--max-connections-per-ip` connections open; then close.
 pub const TOO_MANY_FROM_ADDRESS: &[u8] = b"ERR too many connections from your address\n";
+/// Sent instead of the greeting when the client's address opened
+/// `--max-connection-rate-per-ip` connections within the last second.
+pub const CONNECTING_TOO_FAST: &[u8] = b"ERR connecting too fast\n";
+/// The answer to the `AUTH` that is one failure too many (for the
+/// connection, or for its address), and the line a new connection from an
+/// address refused for its failures gets instead of the greeting; then
+/// close.
+pub const TOO_MANY_AUTH_FAILURES: &[u8] = b"ERR too many auth failures\n";
 
 /// Failed `AUTH` attempts a connection may make; the last of them is
 /// answered with `ERR too many auth failures` and closes it.
@@ -81,7 +91,9 @@ pub struct Session {
     /// connection sent the right token. Set from the start when it is off,
     /// so that the check costs one branch per request either way.
     pub cleared: bool,
-    /// Failed `AUTH` attempts so far.
+    /// Failed `AUTH` attempts so far; set to [`MAX_AUTH_FAILURES`] when an
+    /// `AUTH` is refused for its address's failures, which ends the
+    /// connection the same way.
     pub auth_failures: u8,
 }
 
@@ -99,6 +111,48 @@ impl Session {
         self.auth_failures >= MAX_AUTH_FAILURES
     }
 }
+
+/// What answering a line may look at besides the line and the session:
+/// the same for every line of a batch, so the connection builds it once.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The `--auth-file` token as it is now, `None` when authentication is
+    /// off.
+    pub token: Option<&'a AuthToken>,
+    /// Server-wide counters: read for `STATS`; a failed `AUTH` counts in
+    /// `auth_failures`.
+    pub stats: &'a Stats,
+    /// The time of this loop turn, for `STATS`'s uptime and the guards.
+    pub now: Instant,
+    /// The client's address (behind a balancer: the one its PROXY header
+    /// carried), for the per-address `AUTH` failure count.
+    pub client: IpAddr,
+    /// The per-address rules (`--max-auth-failures-per-ip`).
+    pub guards: &'a Guards,
+}
+
+impl<'a> Context<'a> {
+    /// A context with authentication off: no token, and no per-address
+    /// rule (benchmarks, fuzzing, tests).
+    pub fn without_auth(stats: &'a Stats, now: Instant) -> Context<'a> {
+        Context::with_token(None, stats, now)
+    }
+
+    /// A context with this token and no per-address rule, for a client on
+    /// the unspecified address.
+    pub fn with_token(token: Option<&'a AuthToken>, stats: &'a Stats, now: Instant) -> Context<'a> {
+        Context {
+            token,
+            stats,
+            now,
+            client: IpAddr::from([0, 0, 0, 0]),
+            guards: &NO_GUARDS,
+        }
+    }
+}
+
+/// The guards of a context that has none.
+static NO_GUARDS: Guards = Guards::OFF;
 
 /// What the connection does after the response has been queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,14 +209,7 @@ impl Command {
 /// compiler, left to the `#[inline]` hint, has called it: 23 instructions
 /// more per pipelined `PING` (217 against 240, by `scripts/instructions.sh`).
 #[inline(always)]
-pub fn respond(
-    line: &[u8],
-    session: &mut Session,
-    token: Option<&AuthToken>,
-    stats: &Stats,
-    now: Instant,
-    out: &mut Vec<u8>,
-) -> After {
+pub fn respond(line: &[u8], session: &mut Session, context: &Context, out: &mut Vec<u8>) -> After {
     // When authentication is off, `cleared` is always set: this is the one
     // branch it costs per request.
     if !session.cleared && waits_for_auth(line) {
@@ -192,7 +239,7 @@ pub fn respond(
         }
         (Command::Echo, None) => out.extend_from_slice(b"ERR usage: ECHO <text>\n"),
         // `AUTH` takes everything after the first space, or nothing.
-        (Command::Auth, given) => return authenticate(given, session, token, stats, out),
+        (Command::Auth, given) => return authenticate(given, session, context, out),
         // The others take no argument. A trailing space counts as one
         // (`PING ` is not `PING`), just as `ECHO ` differs from `ECHO`.
         (_, Some(_)) => {
@@ -205,11 +252,11 @@ pub fn respond(
             out.extend_from_slice(b"BYE\n");
             return After::Close;
         }
-        (Command::Help, None) => out.extend_from_slice(match token {
+        (Command::Help, None) => out.extend_from_slice(match context.token {
             Some(_) => HELP_REPLY_WITH_AUTH,
             None => HELP_REPLY,
         }),
-        (Command::Stats, None) => write_stats(stats, now, out),
+        (Command::Stats, None) => write_stats(context.stats, context.now, out),
     }
     After::KeepOpen
 }
@@ -236,23 +283,30 @@ fn waits_for_auth(line: &[u8]) -> bool {
 fn authenticate(
     given: Option<&[u8]>,
     session: &mut Session,
-    token: Option<&AuthToken>,
-    stats: &Stats,
+    context: &Context,
     out: &mut Vec<u8>,
 ) -> After {
-    let Some(token) = token else {
+    let Some(token) = context.token else {
         out.extend_from_slice(b"ERR auth not enabled\n");
         return After::KeepOpen;
     };
+    // Its address failed too often (on any connection): not even a right
+    // token is looked at until the period is over.
+    if context.guards.auth_refused(context.client, context.now) {
+        session.auth_failures = MAX_AUTH_FAILURES;
+        out.extend_from_slice(TOO_MANY_AUTH_FAILURES);
+        return After::Close;
+    }
     if given.is_some_and(|given| token.matches(given)) {
         session.cleared = true;
         out.extend_from_slice(b"OK\n");
         return After::KeepOpen;
     }
-    stats.count_auth_failure();
+    context.stats.count_auth_failure();
+    context.guards.auth_failed(context.client, context.now);
     session.auth_failures = session.auth_failures.saturating_add(1);
     if session.failed_too_often() {
-        out.extend_from_slice(b"ERR too many auth failures\n");
+        out.extend_from_slice(TOO_MANY_AUTH_FAILURES);
         return After::Close;
     }
     out.extend_from_slice(b"ERR invalid token\n");
@@ -290,7 +344,12 @@ mod tests {
         let stats = Stats::new(now);
         let mut session = Session::new(None);
         let mut out = Vec::new();
-        let after = respond(line, &mut session, None, &stats, now, &mut out);
+        let after = respond(
+            line,
+            &mut session,
+            &Context::without_auth(&stats, now),
+            &mut out,
+        );
         (out, after)
     }
 
@@ -314,8 +373,8 @@ mod tests {
         fn send(&mut self, line: &[u8]) -> (Vec<u8>, After) {
             let mut out = Vec::new();
             let now = Instant::now();
-            let token = Some(&self.token);
-            let after = respond(line, &mut self.session, token, &self.stats, now, &mut out);
+            let context = Context::with_token(Some(&self.token), &self.stats, now);
+            let after = respond(line, &mut self.session, &context, &mut out);
             (out, after)
         }
 
@@ -502,9 +561,7 @@ mod tests {
         respond(
             b"STATS",
             &mut Session::new(None),
-            None,
-            &stats,
-            now,
+            &Context::without_auth(&stats, now),
             &mut out,
         );
         let line = String::from_utf8(out).unwrap();

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::guard::Grouping;
 use crate::summaries::{Kind, KINDS};
 
 /// The counters at one moment, summed over the loops. Field names are the
@@ -115,19 +116,46 @@ pub struct Counters {
     loops: Box<[LoopCounters]>,
     /// Client connections open now, in every loop.
     connections: AtomicU64,
-    /// `connections` per client address; an address with none has no
-    /// entry, so the map never holds more entries than there are clients.
+    /// `connections` per client address (IPv6 grouped by `grouping`); an
+    /// address with none has no entry, so the map never holds more entries
+    /// than there are clients.
     per_address: Mutex<HashMap<IpAddr, u64>>,
+    /// Which address a client counts as (`--ipv6-prefix`).
+    grouping: Grouping,
+    /// `connections` per listener, by the listener's index in every loop.
+    per_listener: Box<[AtomicU64]>,
+}
+
+/// A client as the admission counts know it: its address (behind a
+/// balancer, the one its PROXY header carried), and the listener that
+/// accepted it (its index, the same in every loop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    pub ip: IpAddr,
+    pub listener: usize,
 }
 
 impl Counters {
     /// Zeroed counters for `loops` event loops, the clock starting at `now`.
     pub fn new(now: Instant, loops: usize) -> Arc<Counters> {
+        Counters::for_server(now, loops, Grouping::default(), 1)
+    }
+
+    /// [`Counters::new`], for a server whose clients count per address as
+    /// `grouping` says, on `listeners` listeners.
+    pub fn for_server(
+        now: Instant,
+        loops: usize,
+        grouping: Grouping,
+        listeners: usize,
+    ) -> Arc<Counters> {
         Arc::new(Counters {
             started: now,
             loops: (0..loops.max(1)).map(|_| LoopCounters::default()).collect(),
             connections: AtomicU64::new(0),
             per_address: Mutex::new(HashMap::new()),
+            grouping,
+            per_listener: (0..listeners).map(|_| AtomicU64::new(0)).collect(),
         })
     }
 
@@ -333,13 +361,13 @@ impl Stats {
         self.all.outcomes()
     }
 
-    /// Admits a client from `ip` if both limits allow it (0 turns the
-    /// per-address one off), and counts it as open and against its
-    /// address; or says which limit is reached. Check and count are one
+    /// Admits `client` if both limits allow it (0 turns the per-address
+    /// one off), and counts it as open, against its address and its
+    /// listener; or says which limit is reached. Check and count are one
     /// step, so two loops admitting at once cannot both take the last place.
     pub fn try_open_client(
         &self,
-        ip: IpAddr,
+        client: Client,
         max_connections: u64,
         max_per_address: u64,
     ) -> Result<(), Full> {
@@ -350,11 +378,12 @@ impl Stats {
         if took_a_place.is_err() {
             return Err(Full::Server);
         }
+        let key = self.all.grouping.key(client.ip);
         let mut per_address = self.all.per_address();
-        let count = per_address.entry(same_host(ip)).or_insert(0);
+        let count = per_address.entry(key).or_insert(0);
         if max_per_address > 0 && *count >= max_per_address {
             if *count == 0 {
-                per_address.remove(&same_host(ip));
+                per_address.remove(&key);
             }
             drop(per_address);
             self.all.connections.fetch_sub(1, Relaxed);
@@ -362,30 +391,59 @@ impl Stats {
         }
         *count += 1;
         drop(per_address);
+        self.count_on_listener(client, true);
         add(&self.mine().accepted, 1);
         Ok(())
     }
 
-    /// A client connection from `ip` was admitted without the checks of
+    /// `client` was admitted without the checks of
     /// [`Stats::try_open_client`]: it counts as open.
-    pub fn client_opened(&self, ip: IpAddr) {
+    pub fn client_opened(&self, client: Client) {
         self.all.connections.fetch_add(1, Relaxed);
-        *self.all.per_address().entry(same_host(ip)).or_insert(0) += 1;
+        *self
+            .all
+            .per_address()
+            .entry(self.all.grouping.key(client.ip))
+            .or_insert(0) += 1;
+        self.count_on_listener(client, true);
         add(&self.mine().accepted, 1);
     }
 
-    /// A client connection from `ip` stopped counting as open (its last
-    /// line is out, or it is gone). Called once per admitted client.
-    pub fn client_left(&self, ip: IpAddr) {
+    /// `client` stopped counting as open (its last line is out, or it is
+    /// gone). Called once per admitted client.
+    pub fn client_left(&self, client: Client) {
         self.all.connections.fetch_sub(1, Relaxed);
-        let ip = same_host(ip);
+        let key = self.all.grouping.key(client.ip);
         let mut per_address = self.all.per_address();
-        if let Some(count) = per_address.get_mut(&ip) {
+        if let Some(count) = per_address.get_mut(&key) {
             *count -= 1;
             if *count == 0 {
-                per_address.remove(&ip);
+                per_address.remove(&key);
             }
         }
+        drop(per_address);
+        self.count_on_listener(client, false);
+    }
+
+    /// Its listener's count, shared by the loops: a read-modify-write,
+    /// once per client admitted and once per client gone.
+    fn count_on_listener(&self, client: Client, opened: bool) {
+        if let Some(count) = self.all.per_listener.get(client.listener) {
+            if opened {
+                count.fetch_add(1, Relaxed);
+            } else {
+                count.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+
+    /// Client connections open now, by listener (in the listeners' order).
+    pub fn per_listener(&self) -> Vec<u64> {
+        self.all
+            .per_listener
+            .iter()
+            .map(|count| count.load(Relaxed))
+            .collect()
     }
 
     /// Client connections open now in the whole process.
@@ -397,7 +455,7 @@ impl Stats {
     pub fn connections_from(&self, ip: IpAddr) -> u64 {
         self.all
             .per_address()
-            .get(&same_host(ip))
+            .get(&self.all.grouping.key(ip))
             .copied()
             .unwrap_or(0)
     }
@@ -408,15 +466,14 @@ impl Stats {
     }
 }
 
-/// An IPv4 client reaching an IPv6 socket shows up as `::ffff:a.b.c.d`:
-/// count it as the IPv4 address it is.
-fn same_host(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client of listener 0.
+    fn client(ip: IpAddr) -> Client {
+        Client { ip, listener: 0 }
+    }
 
     #[test]
     fn per_address_counts_follow_connections_and_forget_empty_addresses() {
@@ -424,18 +481,18 @@ mod tests {
         let v4: IpAddr = "127.0.0.1".parse().unwrap();
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         let v6: IpAddr = "::1".parse().unwrap();
-        stats.client_opened(v4);
-        stats.client_opened(mapped);
-        stats.client_opened(v6);
+        stats.client_opened(client(v4));
+        stats.client_opened(client(mapped));
+        stats.client_opened(client(v6));
         assert_eq!(stats.connections(), 3);
         assert_eq!(stats.connections_from(v4), 2);
         assert_eq!(stats.connections_from(mapped), 2);
         assert_eq!(stats.connections_from(v6), 1);
-        stats.client_left(v4);
-        stats.client_left(v6);
+        stats.client_left(client(v4));
+        stats.client_left(client(v6));
         assert_eq!(stats.connections_from(mapped), 1);
         assert_eq!(stats.addresses(), 1);
-        stats.client_left(mapped);
+        stats.client_left(client(mapped));
         assert_eq!(stats.connections(), 0);
         assert_eq!(stats.addresses(), 0);
     }
@@ -445,18 +502,49 @@ mod tests {
         let stats = Stats::new(Instant::now());
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
-        assert_eq!(stats.try_open_client(a, 3, 2), Ok(()));
-        assert_eq!(stats.try_open_client(a, 3, 2), Ok(()));
-        assert_eq!(stats.try_open_client(a, 3, 2), Err(Full::Address));
+        assert_eq!(stats.try_open_client(client(a), 3, 2), Ok(()));
+        assert_eq!(stats.try_open_client(client(a), 3, 2), Ok(()));
+        assert_eq!(stats.try_open_client(client(a), 3, 2), Err(Full::Address));
         assert_eq!(stats.connections(), 2, "a refusal counts nothing");
-        assert_eq!(stats.try_open_client(b, 3, 2), Ok(()));
-        assert_eq!(stats.try_open_client(b, 3, 2), Err(Full::Server));
+        assert_eq!(stats.try_open_client(client(b), 3, 2), Ok(()));
+        assert_eq!(stats.try_open_client(client(b), 3, 2), Err(Full::Server));
         assert_eq!(stats.connections_from(b), 1);
         // 0 turns the per-address limit off.
-        stats.client_left(b);
-        assert_eq!(stats.try_open_client(a, 4, 0), Ok(()));
+        stats.client_left(client(b));
+        assert_eq!(stats.try_open_client(client(a), 4, 0), Ok(()));
         assert_eq!(stats.connections_from(a), 3);
         assert_eq!(stats.snapshot().accepted, 4);
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_prefix_and_listeners_count_apart() {
+        let counters = Counters::for_server(Instant::now(), 1, Grouping::default(), 2);
+        let stats = counters.for_loop(0);
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(stats.try_open_client(client(one), 10, 1), Ok(()));
+        let second = Client {
+            ip: same_64,
+            listener: 1,
+        };
+        assert_eq!(stats.try_open_client(second, 10, 1), Err(Full::Address));
+        assert_eq!(
+            stats.try_open_client(
+                Client {
+                    ip: other_64,
+                    listener: 1
+                },
+                10,
+                1
+            ),
+            Ok(())
+        );
+        assert_eq!(stats.per_listener(), vec![1, 1]);
+        stats.client_left(client(one));
+        assert_eq!(stats.per_listener(), vec![0, 1]);
+        assert_eq!(stats.try_open_client(second, 10, 1), Ok(()));
+        assert_eq!(stats.per_listener(), vec![0, 2]);
     }
 
     /// Regression guard for the per-loop counters: STATS on any loop sums
@@ -479,7 +567,7 @@ mod tests {
                 .map(|stats| {
                     scope.spawn(move || {
                         (0..10_000)
-                            .filter(|_| stats.try_open_client(ip, 1_000, 0).is_ok())
+                            .filter(|_| stats.try_open_client(client(ip), 1_000, 0).is_ok())
                             .count()
                     })
                 })

@@ -10,6 +10,7 @@
 //! The first event of a quiet period is logged at once; the ones that follow
 //! within the window are counted and summed in one line when it ends.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::info;
@@ -34,12 +35,33 @@ pub enum Kind {
     WriteTimeout,
     /// Closed: a TLS handshake not finished in `--handshake-timeout`.
     HandshakeTimeout,
+    /// Closed at once: a peer outside `--proxy-from` on a `proxy` listener.
+    UntrustedBalancer,
+    /// Turned away: `--max-connection-rate-per-ip` from its address.
+    ConnectingTooFast,
+    /// Turned away: its address failed `AUTH` `--max-auth-failures-per-ip`
+    /// times.
+    AuthFailures,
 }
 
 /// How many kinds there are.
-pub const KINDS: usize = 7;
+pub const KINDS: usize = 10;
 
 impl Kind {
+    /// Every kind, in the order of [`Kind::index`].
+    pub const ALL: [Kind; KINDS] = [
+        Kind::Busy,
+        Kind::TooManyFromAddress,
+        Kind::OutOfDescriptors,
+        Kind::LineTooLong,
+        Kind::IdleTimeout,
+        Kind::WriteTimeout,
+        Kind::HandshakeTimeout,
+        Kind::UntrustedBalancer,
+        Kind::ConnectingTooFast,
+        Kind::AuthFailures,
+    ];
+
     /// Its place among the kinds, from 0 to `KINDS - 1`.
     pub fn index(self) -> usize {
         self as usize
@@ -47,7 +69,12 @@ impl Kind {
 
     fn verb(self) -> &'static str {
         match self {
-            Kind::Busy | Kind::TooManyFromAddress | Kind::OutOfDescriptors => "turned away",
+            Kind::Busy
+            | Kind::TooManyFromAddress
+            | Kind::OutOfDescriptors
+            | Kind::UntrustedBalancer
+            | Kind::ConnectingTooFast
+            | Kind::AuthFailures => "turned away",
             _ => "closed",
         }
     }
@@ -61,6 +88,10 @@ struct Tally {
     since: Option<Instant>,
     /// When this kind's last line was logged.
     last_line: Option<Instant>,
+    /// The client of the latest event, when the socket's peer does not
+    /// say it: behind a balancer, the address a refusal's PROXY header
+    /// carried.
+    last_client: Option<SocketAddr>,
 }
 
 /// The tallies, one per kind, and what each line says the limit is.
@@ -72,30 +103,21 @@ pub struct Summaries {
 }
 
 impl Summaries {
-    /// Tallies for a server with these limits, described once at start.
-    pub fn new(
-        max_connections: u64,
-        max_connections_per_ip: u64,
-        descriptor_limit: u64,
-        max_line: u64,
-        idle_timeout: &str,
-        write_timeout: &str,
-        handshake_timeout: &str,
-    ) -> Summaries {
+    /// Tallies for a server whose limits `cause` describes, once at start:
+    /// `cause(Kind::Busy)` is `server busy (--max-connections 10000)`.
+    pub fn new(cause: impl Fn(Kind) -> String) -> Summaries {
         Summaries {
             tallies: [Tally::default(); KINDS],
-            causes: [
-                format!("server busy (--max-connections {max_connections})"),
-                format!(
-                    "too many from one address (--max-connections-per-ip {max_connections_per_ip})"
-                ),
-                format!("out of file descriptors (open file limit {descriptor_limit})"),
-                format!("request line too long (--max-line {max_line})"),
-                format!("idle timeout (--idle-timeout {idle_timeout})"),
-                format!("write timeout: peer took no bytes (--write-timeout {write_timeout})"),
-                format!("handshake timeout (--handshake-timeout {handshake_timeout})"),
-            ],
+            causes: Kind::ALL.map(cause),
         }
+    }
+
+    /// [`Summaries::note`], for a client behind a balancer: the line names
+    /// the last such client (`; the last from 203.0.113.7, by its PROXY
+    /// header`).
+    pub fn note_client(&mut self, kind: Kind, client: SocketAddr, now: Instant) {
+        self.tallies[kind.index()].last_client = Some(client);
+        self.note(kind, now);
     }
 
     /// Counts one event; logs at once if this kind has been quiet for a window.
@@ -144,37 +166,30 @@ impl Summaries {
                 .as_secs_f64()
                 .ceil()
                 .max(1.0);
+            let last = match tally.last_client {
+                Some(client) => format!("; the last from {}, by its PROXY header", client.ip()),
+                None => String::new(),
+            };
             info!(
-                "{} {} connection(s) in {secs} s: {}",
-                KIND_ORDER[index].verb(),
+                "{} {} connection(s) in {secs} s: {}{last}",
+                Kind::ALL[index].verb(),
                 tally.count,
                 self.causes[index]
             );
             *tally = Tally {
-                count: 0,
-                since: None,
                 last_line: Some(now),
+                ..Tally::default()
             };
         }
     }
 }
-
-const KIND_ORDER: [Kind; KINDS] = [
-    Kind::Busy,
-    Kind::TooManyFromAddress,
-    Kind::OutOfDescriptors,
-    Kind::LineTooLong,
-    Kind::IdleTimeout,
-    Kind::WriteTimeout,
-    Kind::HandshakeTimeout,
-];
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn summaries() -> Summaries {
-        Summaries::new(10, 2, 1024, 1024, "5m", "30s", "10s")
+        Summaries::new(|kind| format!("{kind:?}"))
     }
 
     #[test]
@@ -201,7 +216,7 @@ mod tests {
 
     #[test]
     fn kinds_are_counted_apart_and_in_order() {
-        for (i, kind) in KIND_ORDER.iter().enumerate() {
+        for (i, kind) in Kind::ALL.iter().enumerate() {
             assert_eq!(kind.index(), i);
         }
         let t0 = Instant::now();

@@ -379,3 +379,32 @@ impl TlsSession {
         }
     }
 }
+
+/// `--tls-min-version`: the lowest TLS version a `tls` listener offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3 (the default).
+    V1_2,
+    /// TLS 1.3 only.
+    V1_3,
+}
+
+impl std::str::FromStr for TlsVersion {
+    type Err = String;
+    fn from_str(text: &str) -> Result<TlsVersion, String> {
+        match text {
+            "1.2" => Ok(TlsVersion::V1_2),
+            "1.3" => Ok(TlsVersion::V1_3),
+            _ => Err(format!("{text:?} is not a TLS version: use 1.2 or 1.3")),
+        }
+    }
+}
+
+impl std::fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsVersion::V1_2 => "1.2",
+            TlsVersion::V1_3 => "1.3",
+        })
+    }
+}

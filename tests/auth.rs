@@ -20,10 +20,15 @@ const TOKEN: &str = "s3cret-T0ken";
 struct TempFile(PathBuf);
 
 impl TempFile {
-    /// A file holding `content`, readable by its owner only.
+    /// A file holding `content`, readable by its owner only. Its name is
+    /// the test's own: the one-loop and two-loop runs of one body run at
+    /// once, in one process.
     fn new(name: &str, content: &[u8]) -> TempFile {
-        let path =
-            std::env::temp_dir().join(format!("loopline-auth-{}-{name}", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "loopline-auth-{}-{name}-{}",
+            std::process::id(),
+            util::loops()
+        ));
         let file = TempFile(path);
         file.write(content);
         file.chmod(0o600);

@@ -2,7 +2,11 @@
 //! with exact bytes (200, 404, 405, 431, 400), keeps connections alive and
 //! answers pipelined requests in order, passes `promtool check metrics`,
 //! does not count its connections as clients, closes a head that stalls,
-//! and announces itself as `metrics on ADDR`, never `listening on`.
+//! and announces itself as `metrics on ADDR`, never `listening on`; with
+//! `--metrics-token-file` it answers only requests bearing the token (401
+//! otherwise; SIGHUP reloads it), with `,tls` over HTTPS, and it counts
+//! client connections per listener. (A real Prometheus scraping it over
+//! HTTPS with the token: `prometheus.rs`.)
 
 mod util;
 
@@ -19,6 +23,7 @@ util::one_and_two_loops!(
     answers_have_exact_bytes_and_the_counters_move,
     a_live_scrape_passes_promtool,
     metrics_connections_are_not_clients,
+    connections_are_counted_per_listener,
 );
 
 /// Starts `loopline --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 ARGS...`
@@ -402,4 +407,138 @@ fn a_scrape_gets_its_answer_while_another_peer_holds_every_slot() {
     last.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
     let (head, _) = read_response(last);
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+}
+
+fn connections_are_counted_per_listener() {
+    let (server, metrics) = start(&["--listen", "127.0.0.1:0"]);
+    // Two listeners (the harness's and this one): the log names both.
+    let second = {
+        let lines = server.log.lock().unwrap().clone();
+        let addrs: Vec<SocketAddr> = lines
+            .iter()
+            .filter(|l| l.contains("listening on "))
+            .map(|l| util::parse_listening(l))
+            .collect();
+        assert_eq!(addrs.len(), 2, "{lines:#?}");
+        addrs.into_iter().find(|a| *a != server.addr).unwrap()
+    };
+    let _one = server.client();
+    let _two = server.client();
+    let mut three = Client::connect(second);
+    three.expect_line("READY");
+    let body = scrape(metrics);
+    let label = |addr: SocketAddr| format!("loopline_listener_connections{{listener=\"{addr}\"}}");
+    assert_eq!(sample(&body, &label(server.addr)), 2, "{body}");
+    assert_eq!(sample(&body, &label(second)), 1, "{body}");
+    three.send(b"QUIT\n");
+    three.expect_line("BYE");
+    three.expect_eof();
+    let body = scrape(metrics);
+    assert_eq!(sample(&body, &label(second)), 0, "{body}");
+    assert_eq!(sample(&body, &label(server.addr)), 2, "{body}");
+}
+
+/// A token file for the metrics endpoint, removed on drop.
+struct TokenFile(std::path::PathBuf);
+
+impl TokenFile {
+    fn new(name: &str, token: &str) -> TokenFile {
+        let path =
+            std::env::temp_dir().join(format!("loopline-metrics-{}-{name}", std::process::id()));
+        std::fs::write(&path, format!("{token}\n")).unwrap();
+        TokenFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A GET of /metrics bearing `token` (none if `None`): the whole answer.
+fn get_with_token(addr: SocketAddr, token: Option<&str>) -> (String, String) {
+    let mut stream = http_connect(addr);
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(stream, "GET /metrics HTTP/1.1\r\n{authorization}\r\n").unwrap();
+    read_response(&mut stream)
+}
+
+#[test]
+fn a_token_guards_the_endpoint_and_sighup_reloads_it() {
+    let file = TokenFile::new("token", "first-token");
+    let (mut server, metrics) = start(&["--metrics-token-file", file.path()]);
+    let (head, body) = get_with_token(metrics, None);
+    assert_eq!(
+        head + &body,
+        plain_answer(
+            "401 Unauthorized",
+            "WWW-Authenticate: Bearer\r\n",
+            "unauthorized: send Authorization: Bearer <token>\n"
+        )
+    );
+    // Whatever it asks: without the token, nothing is told (not even 404).
+    let (head, _) = get(metrics, "/elsewhere");
+    assert!(head.starts_with("HTTP/1.1 401 "), "{head}");
+    let (head, _) = get_with_token(metrics, Some("first-tokeN"));
+    assert!(head.starts_with("HTTP/1.1 401 "), "{head}");
+    let (head, body) = get_with_token(metrics, Some("first-token"));
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(body.contains("loopline_connections "), "{body}");
+
+    std::fs::write(&file.0, "second-token\n").unwrap();
+    server.signal("HUP");
+    let line = server.wait_for_log("reload:");
+    assert!(
+        line.contains(&format!(
+            "reload: metrics token reloaded from {}",
+            file.path()
+        )),
+        "{line}"
+    );
+    let (head, _) = get_with_token(metrics, Some("first-token"));
+    assert!(head.starts_with("HTTP/1.1 401 "), "{head}");
+    let (head, _) = get_with_token(metrics, Some("second-token"));
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    server.assert_no_panic();
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn with_the_tls_option_the_endpoint_speaks_https_only() {
+    let pki = util::tls::Pki::new();
+    let (cert, key) = (util::tls::path(&pki.cert), util::tls::path(&pki.key));
+    let mut server = Server::start(&[
+        "--metrics-listen",
+        "127.0.0.1:0,tls",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let metrics = server.metrics_addr();
+    let mut https = Client::connect_tls(metrics, pki.client_config(None)).expect("a TLS handshake");
+    https.send(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let answer = String::from_utf8(https.read_to_end()).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("\nloopline_connections 0\n"), "{answer}");
+    // Plain HTTP on it gets no answer: the bytes are no ClientHello.
+    let mut plain = http_connect(metrics);
+    plain.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = plain.read_to_end(&mut got);
+    assert!(
+        !got.starts_with(b"HTTP/1.1"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // The protocol listener stays plain.
+    server.client();
+    server.assert_no_panic();
 }

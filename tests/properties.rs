@@ -748,6 +748,7 @@ fn run_state_machine(setup: &Setup, script: &Script, ops: &[Op]) -> Result<(), T
         limits: &limits,
         stats: &stats,
         token: None,
+        guards: &loopline::guard::Guards::OFF,
         timers: &mut timers,
         read_buf: &mut read_buf,
         spare: &mut spare,
@@ -757,7 +758,10 @@ fn run_state_machine(setup: &Setup, script: &Script, ops: &[Op]) -> Result<(), T
     let (stream, peer, mut client, dup) = socket_pair();
     // The loop counts a client when it accepts it; the connection uncounts
     // itself when its last line is out.
-    stats.client_opened(peer.ip());
+    stats.client_opened(loopline::stats::Client {
+        ip: peer.ip(),
+        listener: 0,
+    });
     let mut dup = mio::net::TcpStream::from_std(dup);
     let accepted = Accepted {
         stream,
@@ -765,6 +769,7 @@ fn run_state_machine(setup: &Setup, script: &Script, ops: &[Op]) -> Result<(), T
         peer,
         role: Role::Client,
         proxied: false,
+        listener: 0,
     };
     let (mut conn, next) = Connection::start(accepted, &mut cx);
     check(&conn, next, setup, false)?;
@@ -1050,7 +1055,7 @@ proptest! {
         let now = started + Duration::from_secs(up_s);
         let mut out = before.clone();
         let mut session = protocol::Session::new(None);
-        let after = protocol::respond(&line, &mut session, None, &stats, now, &mut out);
+        let after = protocol::respond(&line, &mut session, &protocol::Context::without_auth(&stats, now), &mut out);
         prop_assert!(out.starts_with(&before), "respond changed what was there");
         let reply = &out[before.len()..];
         prop_assert_eq!(reply.last(), Some(&b'\n'), "reply {:?}", Bytes(reply.to_vec()));

@@ -19,6 +19,7 @@ use util::{Client, Server, Stats, PATIENCE};
 util::one_and_two_loops!(
     haproxy_send_proxy_v1_and_v2_reach_a_proxy_listener,
     haproxy_per_address_limit_counts_the_client_address,
+    haproxy_from_a_trusted_address_is_served_and_a_forged_header_from_elsewhere_is_closed,
     a_header_byte_by_byte_then_a_request_with_its_last_byte_loses_nothing,
     a_busy_proxy_listener_reads_the_header_then_says_busy,
 );
@@ -271,6 +272,12 @@ backend loopline
     second.expect_eof();
     let line = server.wait_for_log("turned away 1 connection(s)");
     assert!(line.contains("--max-connections-per-ip 1"), "{line}");
+    // The balancer's address says nothing: the summary names the client
+    // its header carried.
+    assert!(
+        line.ends_with("; the last from 127.0.0.2, by its PROXY header"),
+        "{line}"
+    );
     let mut other = Client::connect_from(three, front);
     other.expect_line("READY");
     serves_ping_and_echo(&mut other, "from 127.0.0.3");
@@ -288,6 +295,76 @@ backend loopline
     // `other`, `again` and the asking one.
     assert_eq!(stats.get("connections"), 3, "{}", stats.0);
     server.assert_no_panic();
+}
+
+fn haproxy_from_a_trusted_address_is_served_and_a_forged_header_from_elsewhere_is_closed() {
+    // HAProxy connects to the server from 127.0.0.9, the one address
+    // --proxy-from trusts.
+    let mut server = proxy_server(&["--proxy-from", "127.0.0.9/32"]);
+    let backend = server.addr;
+    let haproxy = Haproxy::start(1, |ports| {
+        format!(
+            "frontend trusted
+    bind 127.0.0.1:{}
+    default_backend loopline
+
+backend loopline
+    server loopline {backend} send-proxy-v2 source 127.0.0.9
+",
+            ports[0]
+        )
+    });
+    let mut through = Client::connect(haproxy.addr(0));
+    through.expect_line("READY");
+    serves_ping_and_echo(&mut through, "through the balancer");
+
+    // A peer that is not the balancer sends a well-formed header claiming
+    // another address: closed at once, without a line.
+    let mut forger = raw_client(&server);
+    forger.send(&v1("203.0.113.5:4000".parse().unwrap()));
+    forger.expect_eof_or_reset();
+    let line = server.wait_for_log("not a trusted balancer");
+    assert!(
+        line.contains(&format!("turned away 127.0.0.1:{}", local_port(&forger))),
+        "{line}"
+    );
+    let summary = server.wait_for_log("turned away 1 connection(s)");
+    assert!(
+        summary.ends_with("untrusted balancer (--proxy-from 127.0.0.9/32)"),
+        "{summary}"
+    );
+    through.send(b"STATS\n");
+    let stats = Stats(through.read_line());
+    assert_eq!(stats.get("rejected"), 1, "{}", stats.0);
+    assert_eq!(stats.get("connections"), 1, "{}", stats.0);
+    server.assert_no_panic();
+}
+
+/// A `proxy` listener that other hosts can reach, with no --proxy-from:
+/// any of them could claim any address, and the start says so, once per
+/// such listener. A loopback one, or one with --proxy-from, is quiet.
+#[test]
+fn a_reachable_proxy_listener_without_proxy_from_is_warned_about() {
+    let warning = "may send a PROXY header and claim any client address";
+    let open = Server::start_raw(&["--listen", "0.0.0.0:0,proxy"], "info");
+    let line = open
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains(warning))
+        .cloned()
+        .unwrap_or_else(|| panic!("no warning in {:#?}", open.log.lock().unwrap()));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("--listen 0.0.0.0:0,proxy"), "{line}");
+    assert!(line.contains("--proxy-from"), "{line}");
+    for args in [
+        &["--listen", "127.0.0.1:0,proxy"][..],
+        &["--listen", "0.0.0.0:0,proxy", "--proxy-from", "10.0.0.0/8"],
+    ] {
+        let quiet = Server::start_raw(args, "info");
+        assert!(!quiet.logged(warning), "{args:?}");
+    }
 }
 
 // ---- Raw sockets -----------------------------------------------------

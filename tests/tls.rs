@@ -239,8 +239,52 @@ fn a_tls_listener_needs_a_certificate_and_a_key() {
     );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&tls::path(&bad)), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot use --tls-cert {}", tls::path(&bad))),
+        "{stderr}"
+    );
     assert!(!stderr.contains("listening on"), "{stderr}");
+    // A key file holding a certificate: it says so, naming the option.
+    let out = util::run_loopline(
+        &[
+            "--listen",
+            "127.0.0.1:0,tls",
+            "--tls-cert",
+            &tls::path(&pki.cert),
+            "--tls-key",
+            &tls::path(&pki.cert),
+        ],
+        "info",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "cannot use --tls-key {}: no private key in it (it holds a certificate)",
+            tls::path(&pki.cert)
+        )),
+        "{stderr}"
+    );
+    // A missing file names its option too.
+    let out = util::run_loopline(
+        &[
+            "--listen",
+            "127.0.0.1:0,tls",
+            "--tls-cert",
+            &tls::path(&pki.cert),
+            "--tls-key",
+            &tls::path(&pki.key),
+            "--tls-client-ca",
+            "nope.pem",
+        ],
+        "info",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot use --tls-client-ca nope.pem: "),
+        "{stderr}"
+    );
     // A FIFO in place of the key: refused at once, naming it (a plain
     // open would wait for a writer forever).
     let fifo = pki.dir.join("fifo.pem");
@@ -260,6 +304,104 @@ fn a_tls_listener_needs_a_certificate_and_a_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&tls::path(&fifo)), "{stderr}");
     assert!(stderr.contains("not a regular file (a FIFO)"), "{stderr}");
+}
+
+/// An operator who sets the certificate and forgets `,tls` would serve
+/// the protocol (and its tokens) in clear: a usage error, naming the
+/// listener that lacks the option.
+#[test]
+fn tls_files_with_no_tls_listener_are_a_usage_error() {
+    let pki = Pki::new();
+    let out = util::run_loopline(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &tls::path(&pki.cert),
+            "--tls-key",
+            &tls::path(&pki.key),
+        ],
+        "info",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--tls-cert is given, but --listen 127.0.0.1:0 has no tls option"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening on"), "{stderr}");
+}
+
+/// A client configuration trusting `pki`'s CA that offers only `version`,
+/// and keeps sessions to resume (rustls's default: 256 in memory).
+fn client_config_for(
+    pki: &Pki,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(&pki.ca_pem).unwrap();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(&ca).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
+#[test]
+fn tls_min_version_1_3_refuses_a_tls_1_2_client() {
+    let pki = Pki::new();
+    let strict = tls_server(&pki, &["--tls-min-version", "1.3"]);
+    let only_1_2 = client_config_for(&pki, &rustls::version::TLS12);
+    let refused = Client::connect_tls(strict.addr, only_1_2.clone());
+    assert!(refused.is_err(), "a TLS 1.2 client got through");
+    let mut c = Client::connect_tls(
+        strict.addr,
+        client_config_for(&pki, &rustls::version::TLS13),
+    )
+    .expect("a TLS 1.3 client");
+    c.expect_line("READY");
+    // The default, 1.2, takes both.
+    let lenient = tls_server(&pki, &[]);
+    let mut old = Client::connect_tls(lenient.addr, only_1_2).expect("a TLS 1.2 client");
+    old.expect_line("READY");
+    strict.assert_no_panic();
+}
+
+/// A client that comes back resumes its session instead of a full
+/// handshake: with a ticket under TLS 1.3 and under TLS 1.2, on either
+/// loop of two (the tickets' keys and the session cache are the
+/// process's).
+#[test]
+fn clients_resume_their_sessions_over_tls_1_2_and_1_3() {
+    let pki = Pki::new();
+    let server = tls_server(&pki, &["--threads", "2"]);
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let config = client_config_for(&pki, version);
+        for round in 0..6 {
+            let mut c = Client::connect_tls(server.addr, config.clone()).expect("handshake");
+            c.expect_line("READY");
+            // A TLS 1.3 ticket arrives after the handshake: a round trip
+            // makes sure the client has it before it leaves.
+            c.send(b"PING\n");
+            c.expect_line("PONG");
+            let kind = c.tls_session().unwrap().handshake_kind();
+            let want = if round == 0 {
+                rustls::HandshakeKind::Full
+            } else {
+                rustls::HandshakeKind::Resumed
+            };
+            assert_eq!(kind, Some(want), "{version:?}, connection {round}");
+            c.send(b"QUIT\n");
+            c.expect_line("BYE");
+        }
+    }
+    server.assert_no_panic();
 }
 
 /// A real `openssl s_client` session, as a user would type it.

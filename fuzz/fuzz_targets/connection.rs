@@ -31,11 +31,11 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use loopline::connection::{
-    input_capacity_bound, output_capacity_bound, Accepted, Connection, Lent, Limits, Next,
-    Refusal, Role, Spare, State, SPARE_OUTPUT_KEEP,
+    input_capacity_bound, output_capacity_bound, Accepted, Connection, Lent, Limits, Next, Refusal,
+    Role, Spare, State, SPARE_OUTPUT_KEEP,
 };
 use loopline::framing::{cut_line, final_line, Cut};
-use loopline::protocol::{self, After, Session};
+use loopline::protocol::{self, After, Context, Session};
 use loopline::proxy::{self, Parsed};
 use loopline::stats::Stats;
 use loopline::timer::Timers;
@@ -77,7 +77,13 @@ fn replies(input: &[u8], max_line: usize, stats: &Stats, now: Instant) -> (Vec<u
         match cut_line(rest, max_line) {
             Cut::Line { line, used } => {
                 rest = &rest[used..];
-                if protocol::respond(line, &mut session, None, stats, now, &mut out) == After::Close {
+                if protocol::respond(
+                    line,
+                    &mut session,
+                    &Context::without_auth(&stats, now),
+                    &mut out,
+                ) == After::Close
+                {
                     return (out, true);
                 }
             }
@@ -101,10 +107,18 @@ fn transcript(input: &[u8], max_line: usize, shutdown_at: Option<usize>, now: In
         None => {
             let (out, ended) = replies(input, max_line, &stats, now);
             want.extend(out);
-            let tail = &input[input.iter().rposition(|&b| b == b'\n').map_or(0, |lf| lf + 1)..];
+            let tail = &input[input
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |lf| lf + 1)..];
             if !ended && !tail.is_empty() {
                 let mut session = Session::new(None);
-                protocol::respond(final_line(tail), &mut session, None, &stats, now, &mut want);
+                protocol::respond(
+                    final_line(tail),
+                    &mut session,
+                    &Context::without_auth(&stats, now),
+                    &mut want,
+                );
             }
         }
         Some(at) => {
@@ -121,13 +135,16 @@ fn transcript(input: &[u8], max_line: usize, shutdown_at: Option<usize>, now: In
 /// The server's TLS configuration, from the certificate committed for the
 /// fuzzer (fuzz/tls/), and a client that trusts the CA that signed it.
 fn tls_configs() -> &'static (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
-    static CONFIGS: OnceLock<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>)> = OnceLock::new();
+    static CONFIGS: OnceLock<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>)> =
+        OnceLock::new();
     CONFIGS.get_or_init(|| {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tls");
         let files = loopline::tls::TlsFiles {
             cert: dir.join("cert.pem"),
             key: dir.join("key.pem"),
             client_ca: None,
+            ocsp: None,
+            min_version: loopline::transport::TlsVersion::V1_2,
         };
         let server = loopline::tls::load(&files).expect("the fuzzer's certificate");
         use rustls::pki_types::pem::PemObject;
@@ -173,7 +190,9 @@ impl Peer {
             }
             Some(tls) => {
                 while tls.session.wants_write() {
-                    tls.session.write_tls(&mut tls.wire).expect("records into a Vec");
+                    tls.session
+                        .write_tls(&mut tls.wire)
+                        .expect("records into a Vec");
                 }
                 let end = tls.wire.len().min(limit);
                 let n = send(&mut self.socket, &tls.wire[..end]);
@@ -195,7 +214,9 @@ impl Peer {
                 let mut rest = &wire[..];
                 while !rest.is_empty() {
                     tls.session.read_tls(&mut rest).expect("read records");
-                    tls.session.process_new_packets().expect("the server's records are valid");
+                    tls.session
+                        .process_new_packets()
+                        .expect("the server's records are valid");
                 }
                 let _ = tls.session.reader().read_to_end(into);
                 ended
@@ -208,7 +229,9 @@ impl Peer {
         if let Some(tls) = &mut self.tls {
             tls.session.send_close_notify();
             while tls.session.wants_write() {
-                tls.session.write_tls(&mut tls.wire).expect("records into a Vec");
+                tls.session
+                    .write_tls(&mut tls.wire)
+                    .expect("records into a Vec");
             }
             let mut wire = std::mem::take(&mut tls.wire);
             while !wire.is_empty() {
@@ -238,8 +261,14 @@ impl Run<'_> {
     fn check(&self) {
         let held = self.conn.buffered_input();
         let pending = self.conn.pending_output();
-        assert!(held <= self.max_line + 1 + self.read_buf, "held input {held}");
-        if !matches!(self.conn.state(), State::Open | State::Paused | State::Draining) {
+        assert!(
+            held <= self.max_line + 1 + self.read_buf,
+            "held input {held}"
+        );
+        if !matches!(
+            self.conn.state(),
+            State::Open | State::Paused | State::Draining
+        ) {
             assert_eq!(held, 0, "a connection not serving holds input");
         }
         // The memory really held: capacities, not only pending bytes.
@@ -253,7 +282,8 @@ impl Run<'_> {
             "output capacity {output_capacity}"
         );
         assert!(
-            self.cx.spare.capacity() <= SPARE_OUTPUT_KEEP.min(output_capacity_bound(self.cx.limits)),
+            self.cx.spare.capacity()
+                <= SPARE_OUTPUT_KEEP.min(output_capacity_bound(self.cx.limits)),
             "spare output kept {}",
             self.cx.spare.capacity()
         );
@@ -297,7 +327,9 @@ impl Run<'_> {
     fn admit(&mut self) -> Next {
         self.header_len = Some(self.cx.stats.snapshot().bytes_in as usize);
         let ip: IpAddr = self.conn.peer().ip();
-        self.cx.stats.client_opened(ip);
+        self.cx
+            .stats
+            .client_opened(loopline::stats::Client { ip, listener: 0 });
         self.conn.admitted(Role::Client, &mut self.cx)
     }
 
@@ -338,7 +370,9 @@ fn send(client: &mut UnixStream, bytes: &[u8]) -> usize {
         Ok(n) => n,
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => 0,
         // The server closed (a refusal, say): nothing more goes through.
-        Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => bytes.len(),
+        Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {
+            bytes.len()
+        }
         Err(e) => panic!("client write: {e}"),
     }
 }
@@ -355,7 +389,9 @@ fn socket_pair() -> (mio::net::TcpStream, UnixStream) {
     client.set_nonblocking(true).unwrap();
     // The smallest send buffer (the kernel raises 1 to its minimum): output
     // backs up after a few replies while the client does not read.
-    socket2::SockRef::from(&server_side).set_send_buffer_size(1).unwrap();
+    socket2::SockRef::from(&server_side)
+        .set_send_buffer_size(1)
+        .unwrap();
     // SAFETY: the fd is a connected stream socket that we own; the
     // connection only reads, writes, peeks and shuts it down, which a Unix
     // stream socket supports like a TCP one.
@@ -364,7 +400,13 @@ fn socket_pair() -> (mio::net::TcpStream, UnixStream) {
 }
 
 /// What the client must have received, and the connection's work done.
-fn expected(opening: Opening, input: &[u8], run: &Run, shutdown_at: Option<usize>, read_buf: usize) -> Vec<u8> {
+fn expected(
+    opening: Opening,
+    input: &[u8],
+    run: &Run,
+    shutdown_at: Option<usize>,
+    read_buf: usize,
+) -> Vec<u8> {
     let now = run.cx.now;
     match opening {
         Opening::TurnedAway | Opening::TlsTurnedAway => Refusal::Busy.line().to_vec(),
@@ -376,7 +418,12 @@ fn expected(opening: Opening, input: &[u8], run: &Run, shutdown_at: Option<usize
                 Ok(Parsed::Header { len, .. }) => match (run.header_len, shutdown_at) {
                     (Some(read), _) => {
                         assert_eq!(read, len, "read past the header");
-                        transcript(&input[len..], run.max_line, shutdown_at.map(|at| at - len), now)
+                        transcript(
+                            &input[len..],
+                            run.max_line,
+                            shutdown_at.map(|at| at - len),
+                            now,
+                        )
                     }
                     // Shut down while it waited for its header.
                     (None, _) if run.shut_down => Vec::new(),
@@ -428,6 +475,7 @@ fuzz_target!(|data: &[u8]| {
         limits: &limits,
         stats: &stats,
         token: None,
+        guards: &loopline::guard::Guards::OFF,
         timers: &mut timers,
         read_buf: &mut read_buf,
         spare: &mut spare,
@@ -439,7 +487,10 @@ fuzz_target!(|data: &[u8]| {
         Opening::Client | Opening::Tls => {
             // The loop counts a client when it admits it; the connection
             // uncounts itself when its last line is out.
-            stats.client_opened("127.0.0.1".parse().unwrap());
+            stats.client_opened(loopline::stats::Client {
+                ip: "127.0.0.1".parse().unwrap(),
+                listener: 0,
+            });
             Role::Client
         }
         Opening::TurnedAway | Opening::TlsTurnedAway => Role::Refused(Refusal::Busy),
@@ -452,7 +503,13 @@ fuzz_target!(|data: &[u8]| {
         session.set_buffer_limit(None);
         session.writer().write_all(input).unwrap();
         let transport = Transport::tls(server.clone()).expect("a session");
-        (transport, Some(TlsClient { session, wire: Vec::new() }))
+        (
+            transport,
+            Some(TlsClient {
+                session,
+                wire: Vec::new(),
+            }),
+        )
     } else {
         (Transport::Plain, None)
     };
@@ -462,6 +519,7 @@ fuzz_target!(|data: &[u8]| {
         peer: peer_addr,
         role,
         proxied: opening == Opening::Proxied,
+        listener: 0,
     };
     let mut cx = cx;
     let (conn, next) = Connection::start(accepted, &mut cx);
@@ -477,7 +535,11 @@ fuzz_target!(|data: &[u8]| {
         header_len: None,
     };
     run.follow(next);
-    let mut peer = Peer { socket: client, tls, sent: 0 };
+    let mut peer = Peer {
+        socket: client,
+        tls,
+        sent: 0,
+    };
 
     let mut received = Vec::new();
     let mut shutdown_at = None;
@@ -519,7 +581,11 @@ fuzz_target!(|data: &[u8]| {
         peer.receive(&mut received);
         run.event();
         rounds += 1;
-        assert!(rounds < 100_000, "never closed: state {:?}", run.conn.state());
+        assert!(
+            rounds < 100_000,
+            "never closed: state {:?}",
+            run.conn.state()
+        );
     }
     assert_eq!(run.conn.pending_output(), 0, "closed with output unsent");
     assert_eq!(run.cx.stats.connections(), 0, "still counted as open");

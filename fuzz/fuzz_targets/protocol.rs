@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use loopline::protocol::{respond, After, Session};
+use loopline::protocol::{respond, After, Context, Session};
 use loopline::stats::Stats;
 
 fuzz_target!(|data: &[u8]| {
@@ -37,7 +37,12 @@ fuzz_target!(|data: &[u8]| {
 
     let mut out = b"earlier\n".to_vec();
     // Authentication off: the protocol every connection gets by default.
-    let after = respond(&line, &mut Session::new(None), None, &stats, now, &mut out);
+    let after = respond(
+        &line,
+        &mut Session::new(None),
+        &Context::without_auth(&stats, now),
+        &mut out,
+    );
     assert!(
         out.starts_with(b"earlier\n"),
         "respond touched what was there"

@@ -35,7 +35,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(len <= max, "a header of {len} bytes, over {max}");
     }
     if stream.len() >= HEADER_MAX {
-        assert_ne!(whole, Ok(Parsed::Incomplete), "waits for bytes it never reads");
+        assert_ne!(
+            whole,
+            Ok(Parsed::Incomplete),
+            "waits for bytes it never reads"
+        );
     }
 
     let mut received = 0;

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use loopline::framing::{cut_line, final_line, unfinished_too_long, Cut};
-use loopline::protocol::{self, After, Session};
+use loopline::protocol::{self, After, Context, Session};
 use loopline::stats::Stats;
 
 /// The one-read reference: everything at once, then EOF.
@@ -26,7 +26,13 @@ fn one_read(stream: &[u8], max_line: usize, stats: &mut Stats, now: Instant) -> 
         match cut_line(rest, max_line) {
             Cut::Line { line, used } => {
                 rest = &rest[used..];
-                if protocol::respond(line, &mut session, None, stats, now, &mut out) == After::Close {
+                if protocol::respond(
+                    line,
+                    &mut session,
+                    &Context::without_auth(&stats, now),
+                    &mut out,
+                ) == After::Close
+                {
                     return out;
                 }
             }
@@ -36,7 +42,12 @@ fn one_read(stream: &[u8], max_line: usize, stats: &mut Stats, now: Instant) -> 
             }
             Cut::Partial => {
                 if !rest.is_empty() {
-                    protocol::respond(final_line(rest), &mut session, None, stats, now, &mut out);
+                    protocol::respond(
+                        final_line(rest),
+                        &mut session,
+                        &Context::without_auth(&stats, now),
+                        &mut out,
+                    );
                 }
                 return out;
             }
@@ -93,8 +104,12 @@ fuzz_target!(|data: &[u8]| {
             match cut_line(&held[start..], max_line) {
                 Cut::Line { line, used } => {
                     start += used;
-                    if protocol::respond(line, &mut session, None, &mut stats, now, &mut out)
-                        == After::Close
+                    if protocol::respond(
+                        line,
+                        &mut session,
+                        &Context::without_auth(&stats, now),
+                        &mut out,
+                    ) == After::Close
                     {
                         done = true;
                         break;
@@ -117,7 +132,12 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     if !done && !held.is_empty() {
-        protocol::respond(final_line(&held), &mut session, None, &mut stats, now, &mut out);
+        protocol::respond(
+            final_line(&held),
+            &mut session,
+            &Context::without_auth(&stats, now),
+            &mut out,
+        );
     }
     assert_eq!(out, want, "split reads {sizes:?} vs one read");
 });

@@ -47,7 +47,7 @@ impl Connection {
     /// when another loop (`--threads`) takes the new connection.
     fn stop_counting_as_client(&mut self, lent: &mut Lent) {
         if std::mem::take(&mut self.flags.counted_client) {
-            lent.stats.client_left(self.client_ip());
+            lent.stats.client_left(self.client());
         }
     }
 

@@ -22,12 +22,15 @@ use crate::transport::Wire;
 
 /// What answering a batch of lines may use before it must stop and look
 /// (see `Connection::reply_budget`).
-struct ReplyBudget {
+struct ReplyBudget<'a> {
     /// Free capacity one reply needs: [`longest_response`].
     reply_room: usize,
     /// Pending output past which a cap is passed: `--max-output`, or less
     /// when the process is near `--max-memory`.
     pause_above: usize,
+    /// What the protocol answers with besides the line: the same for the
+    /// whole batch.
+    context: protocol::Context<'a>,
 }
 
 impl Connection {
@@ -252,7 +255,7 @@ impl Connection {
 
     /// What answering may use before it must stop and look: room for one
     /// reply, and the pending output past which either cap is passed.
-    fn reply_budget(&self, held: &Held, lent: &Lent) -> ReplyBudget {
+    fn reply_budget<'a>(&self, held: &Held, lent: &Lent<'a>) -> ReplyBudget<'a> {
         // Pending output at which the process's total would pass
         // --max-memory (everything else this connection holds stays put
         // while lines are answered); none at all while pressure is on.
@@ -269,6 +272,13 @@ impl Connection {
             pause_above: usize::try_from(memory_threshold)
                 .unwrap_or(usize::MAX)
                 .min(lent.limits.max_output),
+            context: protocol::Context {
+                token: lent.token,
+                stats: lent.stats,
+                now: lent.now,
+                client: self.peer.ip(),
+                guards: lent.guards,
+            },
         }
     }
 
@@ -292,14 +302,7 @@ impl Connection {
         self.totals.commands += 1;
         self.last_request = lent.now;
         held.output.make_room(budget.reply_room, lent.limits);
-        let after = protocol::respond(
-            line,
-            &mut self.session,
-            lent.token,
-            lent.stats,
-            lent.now,
-            held.output.buf(),
-        );
+        let after = protocol::respond(line, &mut self.session, &budget.context, held.output.buf());
         if after == After::Close {
             self.answered_last_line(held);
             return;

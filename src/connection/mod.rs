@@ -80,11 +80,12 @@ mod output;
 
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
+use crate::guard::Guards;
 pub use crate::limits::{
     input_capacity_bound, longest_response, output_capacity_bound, Limits, MemoryPressure,
     SPARE_OUTPUT_KEEP,
@@ -94,7 +95,8 @@ use crate::metrics::Page;
 use crate::protocol::{self, AuthToken, Session};
 use crate::proxy::HeaderError;
 use crate::queue::{Link, Linked};
-use crate::stats::Stats;
+use crate::stats::{Client, Stats};
+use crate::summaries::Kind;
 use crate::timer::Timers;
 use crate::transport::{Transport, Wire};
 pub use output::{Held, Output, Spare};
@@ -114,6 +116,8 @@ pub struct Lent<'a> {
     /// The `--auth-file` token as it is now (SIGHUP may replace it), `None`
     /// when authentication is off.
     pub token: Option<&'a AuthToken>,
+    /// The per-address rules of the process.
+    pub guards: &'a Guards,
     /// Every socket's deadline.
     pub timers: &'a mut Timers,
     /// The loop's one read buffer. Its size is the read budget of one
@@ -202,9 +206,13 @@ pub enum CloseReason {
     Busy,
     /// Turned away: `--max-connections-per-ip` were open from its address.
     TooManyFromAddress,
+    /// Turned away: its address opened `--max-connection-rate-per-ip`
+    /// connections within the last second.
+    ConnectingTooFast,
     /// Turned away, and still there when its refusal's time was up.
     RefusalDeadline,
-    /// Its last `AUTH` attempt was one failure too many.
+    /// Its last `AUTH` attempt was one failure too many (or its address
+    /// is refused for its failures).
     TooManyAuthFailures,
     /// The client shut its writing side (EOF) and was answered.
     PeerClosed,
@@ -244,6 +252,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Shutdown => f.write_str("server shutting down"),
             CloseReason::Busy => f.write_str("server busy"),
             CloseReason::TooManyFromAddress => f.write_str("too many connections from its address"),
+            CloseReason::ConnectingTooFast => f.write_str("connecting too fast"),
             CloseReason::RefusalDeadline => f.write_str("turned away, and its time was up"),
             CloseReason::TooManyAuthFailures => f.write_str("too many auth failures"),
             CloseReason::PeerClosed => f.write_str("client closed its side"),
@@ -269,6 +278,11 @@ pub enum Refusal {
     Busy,
     /// `--max-connections-per-ip` are open from its address.
     TooManyFromAddress,
+    /// Its address opened `--max-connection-rate-per-ip` connections
+    /// within the last second.
+    TooFast,
+    /// Its address failed `AUTH` `--max-auth-failures-per-ip` times.
+    AuthFailures,
 }
 
 impl Refusal {
@@ -277,6 +291,8 @@ impl Refusal {
         match self {
             Refusal::Busy => protocol::BUSY,
             Refusal::TooManyFromAddress => protocol::TOO_MANY_FROM_ADDRESS,
+            Refusal::TooFast => protocol::CONNECTING_TOO_FAST,
+            Refusal::AuthFailures => protocol::TOO_MANY_AUTH_FAILURES,
         }
     }
 
@@ -285,6 +301,29 @@ impl Refusal {
         match self {
             Refusal::Busy => CloseReason::Busy,
             Refusal::TooManyFromAddress => CloseReason::TooManyFromAddress,
+            Refusal::TooFast => CloseReason::ConnectingTooFast,
+            Refusal::AuthFailures => CloseReason::TooManyAuthFailures,
+        }
+    }
+
+    /// In a few words, for the debug lines: `accepted PEER (busy: turned
+    /// away)`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Refusal::Busy => "busy",
+            Refusal::TooManyFromAddress => "too many from its address",
+            Refusal::TooFast => "connecting too fast",
+            Refusal::AuthFailures => "too many auth failures from its address",
+        }
+    }
+
+    /// The summary lines' kind it counts in.
+    pub fn kind(self) -> Kind {
+        match self {
+            Refusal::Busy => Kind::Busy,
+            Refusal::TooManyFromAddress => Kind::TooManyFromAddress,
+            Refusal::TooFast => Kind::ConnectingTooFast,
+            Refusal::AuthFailures => Kind::AuthFailures,
         }
     }
 }
@@ -326,6 +365,8 @@ pub struct Accepted {
     pub role: Role,
     /// It came on a `proxy` listener: a PROXY header comes first.
     pub proxied: bool,
+    /// The index of the listener that accepted it (the same in every loop).
+    pub listener: u16,
 }
 
 /// Yes-or-no facts about a connection that change as it runs.
@@ -357,6 +398,8 @@ pub struct Connection {
     /// PROXY header has named another client. Out of line: most
     /// connections have none.
     via: Option<Box<SocketAddr>>,
+    /// The index of the listener that accepted it.
+    listener: u16,
     role: Role,
     state: State,
     /// Set once, when the connection starts to close.
@@ -603,9 +646,13 @@ impl Connection {
         }
     }
 
-    /// The client's address as the limits count it.
-    pub fn client_ip(&self) -> IpAddr {
-        self.peer.ip()
+    /// The client as the admission counts know it: its address (behind a
+    /// balancer, the one its header carried) and its listener.
+    pub fn client(&self) -> Client {
+        Client {
+            ip: self.peer.ip(),
+            listener: usize::from(self.listener),
+        }
     }
 
     /// Runs `work` with what the connection holds in hand: its own `Held`,

@@ -28,6 +28,7 @@ impl Connection {
             peer,
             role,
             proxied,
+            listener,
         } = accepted;
         let now = lent.now;
         let mut conn = Connection {
@@ -35,6 +36,7 @@ impl Connection {
             transport,
             peer,
             via: None,
+            listener,
             role,
             state: State::Open,
             reason: None,

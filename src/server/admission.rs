@@ -18,7 +18,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use log::{debug, warn};
@@ -27,10 +27,11 @@ use mio::{Interest, Registry, Token};
 
 use super::event_loop::EventLoop;
 use crate::connection::{Accepted, Connection, Refusal, Role};
+use crate::guard::Turned;
 use crate::limits::{MAX_AWAITING_HEADER, MAX_METRICS_CONNECTIONS, MAX_REFUSING};
 use crate::protocol;
 use crate::queue::QueueId;
-use crate::stats::Full;
+use crate::stats::{Client, Full};
 use crate::summaries::Kind;
 use crate::sys;
 use crate::transport::{TlsFailed, Transport};
@@ -50,8 +51,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub(crate) enum ListenerKind {
     /// The line protocol, over TLS or not, behind a balancer or not.
     Protocol { tls: bool, proxy: bool },
-    /// The metrics endpoint (HTTP/1.1).
-    Metrics,
+    /// The metrics endpoint (HTTP/1.1, over TLS or not).
+    Metrics { tls: bool },
 }
 
 /// One listening socket of a loop.
@@ -75,6 +76,15 @@ impl Listener {
 
     pub(super) fn socket_mut(&mut self) -> &mut TcpListener {
         &mut self.socket
+    }
+
+    pub(super) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether it serves the line protocol (not the metrics endpoint).
+    pub(super) fn is_protocol(&self) -> bool {
+        matches!(self.kind, ListenerKind::Protocol { .. })
     }
 }
 
@@ -196,7 +206,11 @@ impl EventLoop {
         // back while an earlier one is unacknowledged (up to 40 ms).
         let _ = stream.set_nodelay(true);
         let kind = self.accepting.listeners[index].kind;
-        let role = match self.role_for(peer, kind) {
+        let client = Client {
+            ip: peer.ip(),
+            listener: index,
+        };
+        let role = match self.role_for(client, peer, kind) {
             Admission::As(role) => role,
             Admission::Busy => return turn_away_at_once(stream, peer, kind),
             // Dropping the stream closes it.
@@ -209,7 +223,7 @@ impl EventLoop {
             Err(e) => {
                 warn!("cannot start a TLS session for {peer}: {}", e.0);
                 if role == Role::Client {
-                    self.stats.client_left(peer.ip());
+                    self.stats.client_left(client);
                 }
                 return;
             }
@@ -228,6 +242,8 @@ impl EventLoop {
             peer,
             role,
             proxied,
+            // Listeners are few (one per --listen address): far below 2^16.
+            listener: u16::try_from(index).unwrap_or(u16::MAX),
         };
         let (conns, mut lent) = self.lend(key);
         let (conn, next) = Connection::start(accepted, &mut lent);
@@ -254,21 +270,26 @@ impl EventLoop {
         }
     }
 
-    /// What a newcomer is to be, within the caps of its kind.
-    fn role_for(&mut self, peer: SocketAddr, kind: ListenerKind) -> Admission {
+    /// What a newcomer is to be, within the caps of its kind. `client` is
+    /// `peer` as a client of its listener (behind a balancer, a client
+    /// comes later, with its header).
+    fn role_for(&mut self, client: Client, peer: SocketAddr, kind: ListenerKind) -> Admission {
         let proxy = match kind {
-            ListenerKind::Metrics if self.metrics_place(peer) => {
+            ListenerKind::Metrics { .. } if self.metrics_place(peer) => {
                 return Admission::As(Role::Metrics)
             }
-            ListenerKind::Metrics => return Admission::Closed,
+            ListenerKind::Metrics { .. } => return Admission::Closed,
             ListenerKind::Protocol { proxy, .. } => proxy,
         };
+        if proxy && !self.trusts_balancer(peer) {
+            return Admission::Closed;
+        }
         // Sockets count for the whole process; only this loop's own
         // lingering sockets can be cut short to make room. With none to
         // cut, the newcomer cannot be a slab entry: it would hold a
         // descriptor the budget does not have.
         if self.process.out_of_sockets() && self.evict_lingering(1) == 0 {
-            self.count_refusal(Refusal::Busy);
+            self.count_refusal(Refusal::Busy, None);
             return Admission::Busy;
         }
         let role = if proxy {
@@ -282,15 +303,33 @@ impl EventLoop {
                 Role::Undecided
             }
         } else {
-            match self.open_client(peer.ip()) {
+            match self.open_client(client) {
                 None => Role::Client,
                 Some(refusal) => Role::Refused(refusal),
             }
         };
         match role {
-            Role::Refused(refusal) if !self.refuse(peer, refusal) => Admission::Closed,
+            Role::Refused(refusal) if !self.refuse(peer, None, refusal) => Admission::Closed,
             role => Admission::As(role),
         }
+    }
+
+    /// On a `proxy` listener, whether `peer` may send a PROXY header: it is
+    /// in `--proxy-from`, or the option is not given (every peer is then
+    /// trusted; a warning at start said so). An untrusted peer is closed at
+    /// once, before anything is allocated for it.
+    fn trusts_balancer(&mut self, peer: SocketAddr) -> bool {
+        let ranges = &self.config.proxy_from;
+        if ranges.is_empty() || ranges.iter().any(|range| range.contains(peer.ip())) {
+            return true;
+        }
+        debug!("turned away {peer}: not a trusted balancer (--proxy-from)");
+        self.stats.count_rejected();
+        self.stats.count_limit_hit(Kind::UntrustedBalancer);
+        self.process
+            .summaries
+            .note(Kind::UntrustedBalancer, self.turn.now);
+        false
     }
 
     /// A connection waiting for its PROXY header is no client yet; a peer
@@ -323,11 +362,13 @@ impl EventLoop {
     }
 
     /// A newcomer is turned away: counted in `rejected`, in the metrics by
-    /// reason, and in the summary lines. It gets its line, unless
+    /// reason, and in the summary lines. Behind a balancer, `proxied` is
+    /// the client its PROXY header named: the summary names it, as the
+    /// socket's peer (the balancer) says nothing. It gets its line, unless
     /// `MAX_REFUSING` are being turned away already: then it is closed at
     /// once (returns false).
-    fn refuse(&mut self, peer: SocketAddr, refusal: Refusal) -> bool {
-        self.count_refusal(refusal);
+    fn refuse(&mut self, peer: SocketAddr, proxied: Option<SocketAddr>, refusal: Refusal) -> bool {
+        self.count_refusal(refusal, proxied);
         if self.census.refusing >= MAX_REFUSING {
             debug!(
                 "turned away {peer}: {} (closed at once: {MAX_REFUSING} connections are being turned away)",
@@ -338,16 +379,22 @@ impl EventLoop {
         true
     }
 
-    /// Counts a client from `ip` as open, if `--max-connections` and
+    /// Counts a client from `ip` as open, if the per-address rules
+    /// (connection rate, `AUTH` failures), `--max-connections` and
     /// `--max-connections-per-ip` allow it; else says which refusal it
-    /// gets. Both limits count the whole process: the check and the count
+    /// gets. The limits count the whole process: the check and the count
     /// are one step, so two loops cannot both take the last place.
-    fn open_client(&mut self, ip: IpAddr) -> Option<Refusal> {
+    fn open_client(&mut self, client: Client) -> Option<Refusal> {
+        match self.process.guards.admits(client.ip, self.turn.now) {
+            Ok(()) => {}
+            Err(Turned::TooFast) => return Some(Refusal::TooFast),
+            Err(Turned::AuthFailures) => return Some(Refusal::AuthFailures),
+        }
         let max = (
             self.config.max_connections,
             self.config.max_connections_per_ip,
         );
-        match self.stats.try_open_client(ip, max.0, max.1) {
+        match self.stats.try_open_client(client, max.0, max.1) {
             Ok(()) => None,
             Err(Full::Server) => Some(Refusal::Busy),
             Err(Full::Address) => Some(Refusal::TooManyFromAddress),
@@ -356,14 +403,17 @@ impl EventLoop {
 
     /// A connection is turned away: counted in `rejected`, in the metrics
     /// by reason, and in the summary lines.
-    fn count_refusal(&mut self, refusal: Refusal) {
-        let kind = match refusal {
-            Refusal::Busy => Kind::Busy,
-            Refusal::TooManyFromAddress => Kind::TooManyFromAddress,
-        };
+    fn count_refusal(&mut self, refusal: Refusal, proxied: Option<SocketAddr>) {
+        let kind = refusal.kind();
         self.stats.count_rejected();
         self.stats.count_limit_hit(kind);
-        self.process.summaries.note(kind, self.turn.now);
+        match proxied {
+            Some(client) => self
+                .process
+                .summaries
+                .note_client(kind, client, self.turn.now),
+            None => self.process.summaries.note(kind, self.turn.now),
+        }
     }
 
     /// A connection on a `proxy` listener has read its PROXY header: it is
@@ -379,12 +429,13 @@ impl EventLoop {
             return;
         };
         let (client, via, role) = (conn.peer(), conn.via(), conn.role());
+        let counted = conn.client();
         let role = match role {
             Role::Refused(refusal) => Role::Refused(refusal),
-            _ => match self.open_client(client.ip()) {
+            _ => match self.open_client(counted) {
                 None => Role::Client,
                 Some(refusal) => {
-                    if !self.refuse(client, refusal) {
+                    if !self.refuse(client, Some(client), refusal) {
                         self.close(key);
                         return;
                     }
@@ -394,11 +445,8 @@ impl EventLoop {
             },
         };
         let turned_away = match role {
-            Role::Refused(Refusal::Busy) => " (busy: turned away)",
-            Role::Refused(Refusal::TooManyFromAddress) => {
-                " (too many from its address: turned away)"
-            }
-            _ => "",
+            Role::Refused(refusal) => format!(" ({}: turned away)", refusal.describe()),
+            _ => String::new(),
         };
         match via {
             Some(balancer) => debug!("proxied {client} via {balancer}{turned_away}"),
@@ -468,7 +516,8 @@ impl EventLoop {
     /// The transport for a connection of a listener of `kind`.
     fn transport_for(&self, kind: ListenerKind) -> Result<Transport, TlsFailed> {
         #[cfg(feature = "tls")]
-        if let ListenerKind::Protocol { tls: true, .. } = kind {
+        if let ListenerKind::Protocol { tls: true, .. } | ListenerKind::Metrics { tls: true } = kind
+        {
             if let Some(config) = &self.current.tls_config {
                 return Transport::tls(config.clone());
             }
@@ -485,9 +534,8 @@ impl EventLoop {
                 debug!("accepted {peer}{on} (proxy listener: waiting for its PROXY header)")
             }
             Role::Client | Role::Undecided => debug!("accepted {peer}{on}"),
-            Role::Refused(Refusal::Busy) => debug!("accepted {peer}{on} (busy: turned away)"),
-            Role::Refused(Refusal::TooManyFromAddress) => {
-                debug!("accepted {peer}{on} (too many from its address: turned away)")
+            Role::Refused(refusal) => {
+                debug!("accepted {peer}{on} ({}: turned away)", refusal.describe())
             }
             Role::Metrics => debug!("metrics: accepted {peer}"),
         }

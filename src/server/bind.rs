@@ -20,12 +20,13 @@ use super::event_loop::{EventLoop, LoopStart, LISTENER_BASE, WAKER};
 use super::{Announced, Server, StartError};
 use crate::config::{read_token_file, show_duration, Config, Host, ListenAddr, ListenerOption};
 use crate::config::{TokenFile, TokenFileError};
+use crate::guard::{AuthFailures, ConnectionRate, Grouping, Guards};
 use crate::limits::{Limits, MAX_METRICS_CONNECTIONS};
 use crate::metrics::{self, MetricsError, Page};
 use crate::process::{Process, Reloadable};
 use crate::protocol::AuthToken;
 use crate::stats::Counters;
-use crate::summaries::Summaries;
+use crate::summaries::{Kind, Summaries};
 use crate::sys;
 
 /// The listen backlog: room for a burst of connects beyond what std and mio
@@ -85,15 +86,19 @@ pub(super) fn bind(
         metrics: metrics.as_ref().map(|(_, addr)| *addr),
     };
 
+    warn_of_open_balancer_listeners(&config, &per_loop[0]);
+
     let (polls, wakers) = pollers(loop_count)?;
     let now = Instant::now();
-    let counters = Counters::new(now, loop_count);
+    let grouping = Grouping::new(u8::try_from(config.ipv6_prefix).unwrap_or(64));
+    let counters = Counters::for_server(now, loop_count, grouping, per_loop[0].len());
     let process = Arc::new(Process::new(
         counters.clone(),
         summaries_for(&config, descriptor_limit),
         socket_budget,
         wakers,
         reloadable,
+        guards_for(&config, grouping, now),
     ));
     let loops = make_loops(&config, polls, per_loop, metrics, &counters, &process, now)?;
     Ok(Server {
@@ -138,8 +143,14 @@ fn make_loops(
             .collect();
         let page = match metrics.take().filter(|_| index == 0) {
             Some((socket, addr)) => {
-                listeners.push(Listener::new(socket, addr, ListenerKind::Metrics));
-                Some(Page::new(metrics_settings(config), now))
+                let tls = config
+                    .metrics_listen
+                    .as_ref()
+                    .is_some_and(|l| cfg!(feature = "tls") && l.has(ListenerOption::Tls));
+                let mut page = Page::new(metrics_settings(config, &listeners), now);
+                listeners.push(Listener::new(socket, addr, ListenerKind::Metrics { tls }));
+                page.token = process.reloadable().metrics_token;
+                Some(page)
             }
             None => None,
         };
@@ -167,20 +178,53 @@ fn load_files(config: &Config) -> Result<Reloadable, StartError> {
         Some(files) => Some(crate::tls::load(&files).map_err(StartError::Tls)?),
         None => None,
     };
-    let token = match &config.auth_file {
-        Some(path) => Some(Arc::new(load_token(path).map_err(|source| {
-            StartError::TokenFile {
+    let token_of = |option: &'static str, file: &Option<std::path::PathBuf>| match file {
+        Some(path) => load_token(option, path)
+            .map(|token| Some(Arc::new(token)))
+            .map_err(|source| StartError::TokenFile {
+                option,
                 path: path.clone(),
                 source,
-            }
-        })?)),
-        None => None,
+            }),
+        None => Ok(None),
     };
     Ok(Reloadable {
         #[cfg(feature = "tls")]
         tls_config,
-        token,
+        token: token_of("--auth-file", &config.auth_file)?,
+        metrics_token: token_of("--metrics-token-file", &config.metrics_token_file)?,
     })
+}
+
+/// A `proxy` listener that a peer other than the balancer can reach, with
+/// no `--proxy-from` to tell the balancer apart: any such peer can claim
+/// any client address. Loopback ones only the machine itself reaches.
+fn warn_of_open_balancer_listeners(config: &Config, bound: &[Bound]) {
+    if !config.proxy_from.is_empty() {
+        return;
+    }
+    for b in bound {
+        if b.from.has(ListenerOption::Proxy) && !b.addr.ip().is_loopback() {
+            warn!(
+                "--listen {}: any peer that reaches {} may send a PROXY header and claim any client address; \
+                 name the balancers with --proxy-from CIDR",
+                b.from, b.addr
+            );
+        }
+    }
+}
+
+/// The per-address rules the options turn on.
+fn guards_for(config: &Config, grouping: Grouping, now: Instant) -> Guards {
+    let count = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    Guards {
+        grouping,
+        rate: (config.max_connection_rate_per_ip > 0)
+            .then(|| ConnectionRate::new(count(config.max_connection_rate_per_ip), now)),
+        // Failures exist only where AUTH does.
+        auth: (config.auth_file.is_some() && config.max_auth_failures_per_ip > 0)
+            .then(|| AuthFailures::new(count(config.max_auth_failures_per_ip), now)),
+    }
 }
 
 /// The first loop's listeners: the sockets systemd passed, then every
@@ -373,15 +417,41 @@ fn socket_budget(descriptor_limit: u64, listeners: usize, loops: usize, metrics:
 
 /// The summary lines' texts, with the limits they name.
 fn summaries_for(config: &Config, descriptor_limit: u64) -> Summaries {
-    Summaries::new(
-        config.max_connections,
-        config.max_connections_per_ip,
-        descriptor_limit,
-        config.max_line,
-        &show_duration(config.idle_timeout),
-        &show_duration(config.write_timeout),
-        &show_duration(config.handshake_timeout),
-    )
+    Summaries::new(|kind| match kind {
+        Kind::Busy => format!("server busy (--max-connections {})", config.max_connections),
+        Kind::TooManyFromAddress => format!(
+            "too many from one address (--max-connections-per-ip {})",
+            config.max_connections_per_ip
+        ),
+        Kind::OutOfDescriptors => {
+            format!("out of file descriptors (open file limit {descriptor_limit})")
+        }
+        Kind::LineTooLong => format!("request line too long (--max-line {})", config.max_line),
+        Kind::IdleTimeout => format!(
+            "idle timeout (--idle-timeout {})",
+            show_duration(config.idle_timeout)
+        ),
+        Kind::WriteTimeout => format!(
+            "write timeout: peer took no bytes (--write-timeout {})",
+            show_duration(config.write_timeout)
+        ),
+        Kind::HandshakeTimeout => format!(
+            "handshake timeout (--handshake-timeout {})",
+            show_duration(config.handshake_timeout)
+        ),
+        Kind::UntrustedBalancer => {
+            let ranges: Vec<String> = config.proxy_from.iter().map(ToString::to_string).collect();
+            format!("untrusted balancer (--proxy-from {})", ranges.join(","))
+        }
+        Kind::ConnectingTooFast => format!(
+            "connecting too fast (--max-connection-rate-per-ip {})",
+            config.max_connection_rate_per_ip
+        ),
+        Kind::AuthFailures => format!(
+            "too many auth failures from one address (--max-auth-failures-per-ip {})",
+            config.max_auth_failures_per_ip
+        ),
+    })
 }
 
 /// What a listener's connections are: by its options.
@@ -393,37 +463,46 @@ fn kind_of(from: &ListenAddr) -> ListenerKind {
 }
 
 /// What the metrics endpoint renders of the configuration.
-fn metrics_settings(config: &Config) -> metrics::Settings {
+fn metrics_settings(config: &Config, listeners: &[Listener]) -> metrics::Settings {
     metrics::Settings {
         max_connections: config.max_connections,
         max_memory: config.max_memory,
+        listeners: listeners
+            .iter()
+            .filter(|l| l.is_protocol())
+            .map(|l| l.addr().to_string())
+            .collect(),
     }
 }
 
-/// The TLS files of the configuration, if any listener has the `tls`
-/// option (validation made sure both the certificate and key are given).
+/// The TLS files of the configuration, if any listener (the metrics one
+/// included) has the `tls` option (validation made sure both the
+/// certificate and key are given).
 #[cfg(feature = "tls")]
 pub(super) fn tls_files(config: &Config) -> Option<crate::tls::TlsFiles> {
-    if !config.listen.iter().any(|l| l.has(ListenerOption::Tls)) {
+    if !config.serves_tls() {
         return None;
     }
     Some(crate::tls::TlsFiles {
         cert: config.tls_cert.clone()?,
         key: config.tls_key.clone()?,
         client_ca: config.tls_client_ca.clone(),
+        ocsp: config.tls_ocsp.clone(),
+        min_version: config.tls_min_version,
     })
 }
 
-/// Reads the `--auth-file` token, and warns when others may read the file.
-/// Never logs the token itself.
-pub(super) fn load_token(path: &Path) -> Result<AuthToken, TokenFileError> {
+/// Reads a token file (`option` names it: `--auth-file`,
+/// `--metrics-token-file`), and warns when others may read it. Never logs
+/// the token itself.
+pub(super) fn load_token(option: &str, path: &Path) -> Result<AuthToken, TokenFileError> {
     let TokenFile {
         token,
         readable_by_others,
     } = read_token_file(path)?;
     if readable_by_others {
         warn!(
-            "--auth-file {} is readable by other users; make it readable by the server's user only (chmod 600)",
+            "{option} {} is readable by other users; make it readable by the server's user only (chmod 600)",
             path.display()
         );
     }

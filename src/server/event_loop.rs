@@ -205,7 +205,7 @@ pub(super) struct Duties {
     /// connections it holds.
     notifier: Option<Notifier>,
     /// What the metrics endpoint renders, lent to metrics connections.
-    page: Option<Page>,
+    pub(super) page: Option<Page>,
 }
 
 impl EventLoop {
@@ -451,6 +451,7 @@ impl EventLoop {
             limits: &self.limits,
             stats: &self.stats,
             token: self.current.token.as_deref(),
+            guards: &self.process.guards,
             timers: &mut self.timers,
             read_buf: &mut self.turn.read_buf,
             spare: &mut self.turn.spare,
@@ -622,7 +623,7 @@ impl EventLoop {
             // but mio asks for an explicit deregister first.
             let _ = self.poll.registry().deregister(conn.stream_mut());
             if conn.counts_as_client() {
-                self.stats.client_left(conn.client_ip());
+                self.stats.client_left(conn.client());
             }
             if conn.role() != Role::Metrics {
                 if let Some(kind) = conn.reason().and_then(limit_kind) {

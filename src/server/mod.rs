@@ -92,8 +92,10 @@ pub enum StartError {
     /// A TLS certificate, key or CA file cannot be used (it is named).
     #[cfg(feature = "tls")]
     Tls(crate::tls::TlsError),
-    /// The `--auth-file` could not be read, or holds no token.
+    /// The `--auth-file` (or `--metrics-token-file`) could not be read, or
+    /// holds no token.
     TokenFile {
+        option: &'static str,
         path: PathBuf,
         source: TokenFileError,
     },
@@ -123,10 +125,12 @@ impl std::fmt::Display for StartError {
             }
             StartError::Setup { what, source } => write!(f, "cannot set up {what}: {source}"),
             #[cfg(feature = "tls")]
-            StartError::Tls(e) => write!(f, "cannot use TLS file {e}"),
-            StartError::TokenFile { path, source } => {
-                write!(f, "cannot use --auth-file {}: {source}", path.display())
-            }
+            StartError::Tls(e) => write!(f, "cannot use {e}"),
+            StartError::TokenFile {
+                option,
+                path,
+                source,
+            } => write!(f, "cannot use {option} {}: {source}", path.display()),
             StartError::Metrics(e) => write!(f, "{e}"),
         }
     }

@@ -3,11 +3,13 @@
 //! Signals reach loop 0 only, through a pipe its `poll` watches (no work
 //! is done in the handler). SIGINT and SIGTERM start a graceful shutdown of
 //! every loop (a second one stops them at once); SIGHUP re-reads the files
-//! (TLS certificate, key and client CA; the `--auth-file` token) and
+//! (TLS certificate, key, client CA and OCSP response; the `--auth-file`
+//! and `--metrics-token-file` tokens) and
 //! publishes what it read; each loop picks it up at its next turn. Files
 //! are read only if they are regular files, without blocking
 //! ([`crate::files`]): a FIFO in place of the token cannot stop the loop.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use log::{error, info};
@@ -78,41 +80,21 @@ impl EventLoop {
     /// read is published to every loop.
     fn reload(&mut self) {
         let mut reloaded = self.process.reloadable();
-        let mut reloadable = false;
         #[cfg(feature = "tls")]
-        if let Some(files) = super::bind::tls_files(&self.config) {
-            reloadable = true;
-            match crate::tls::load(&files) {
-                Ok(config) => {
-                    reloaded.tls_config = Some(config);
-                    info!(
-                        "reload: TLS certificate {} and key {} reloaded{}",
-                        files.cert.display(),
-                        files.key.display(),
-                        files
-                            .client_ca
-                            .as_ref()
-                            .map(|ca| format!(", client CA {}", ca.display()))
-                            .unwrap_or_default()
-                    );
-                }
-                Err(e) => error!("reload: keeping the old TLS configuration: cannot use {e}"),
-            }
-        }
-        if let Some(path) = &self.config.auth_file {
-            reloadable = true;
-            match load_token(path) {
-                Ok(token) => {
-                    reloaded.token = Some(Arc::new(token));
-                    info!("reload: token reloaded from {}", path.display());
-                }
-                Err(e) => error!(
-                    "reload: cannot reload the token from {}: {e}; keeping the old token",
-                    path.display()
-                ),
-            }
-        }
-        if !reloadable {
+        let tls = self.reload_tls(&mut reloaded);
+        #[cfg(not(feature = "tls"))]
+        let tls = false;
+        let auth = reload_token(
+            ("token", "--auth-file"),
+            self.config.auth_file.as_deref(),
+            &mut reloaded.token,
+        );
+        let metrics = reload_token(
+            ("metrics token", "--metrics-token-file"),
+            self.config.metrics_token_file.as_deref(),
+            &mut reloaded.metrics_token,
+        );
+        if !(tls || auth || metrics) {
             info!("reload: received SIGHUP; nothing to reload (no certificate, key or token file is configured)");
             return;
         }
@@ -122,12 +104,67 @@ impl EventLoop {
         self.pick_up_reload();
     }
 
+    /// The TLS files, if any listener serves TLS: returns whether there
+    /// are any.
+    #[cfg(feature = "tls")]
+    fn reload_tls(&self, reloaded: &mut crate::process::Reloadable) -> bool {
+        let Some(files) = super::bind::tls_files(&self.config) else {
+            return false;
+        };
+        match crate::tls::load(&files) {
+            Ok(config) => {
+                reloaded.tls_config = Some(config);
+                let also = [
+                    ("client CA", files.client_ca.as_ref()),
+                    ("OCSP response", files.ocsp.as_ref()),
+                ]
+                .into_iter()
+                .filter_map(|(what, file)| file.map(|f| format!(", {what} {}", f.display())))
+                .collect::<String>();
+                info!(
+                    "reload: TLS certificate {} and key {} reloaded{also}",
+                    files.cert.display(),
+                    files.key.display(),
+                );
+            }
+            Err(e) => error!("reload: keeping the old TLS configuration: cannot use {e}"),
+        }
+        true
+    }
+
     /// Takes what the latest SIGHUP reloaded, if this loop has not yet:
     /// one relaxed load per turn when nothing changed.
     pub(super) fn pick_up_reload(&mut self) {
         let reloads = self.process.reloads();
         if reloads != self.current.reloads_seen {
             self.current = Current::new(&self.process);
+            if let Some(page) = self.duties.page.as_mut() {
+                page.token = self.process.reloadable().metrics_token;
+            }
         }
     }
+}
+
+/// Reads a token file again, if one is configured: returns whether one
+/// is. `what` and `option` name it. A file that cannot be used keeps the
+/// old token.
+fn reload_token(
+    (what, option): (&str, &str),
+    path: Option<&Path>,
+    token: &mut Option<Arc<AuthToken>>,
+) -> bool {
+    let Some(path) = path else {
+        return false;
+    };
+    match load_token(option, path) {
+        Ok(new) => {
+            *token = Some(Arc::new(new));
+            info!("reload: {what} reloaded from {}", path.display());
+        }
+        Err(e) => error!(
+            "reload: cannot reload the {what} from {}: {e}; keeping the old {what}",
+            path.display()
+        ),
+    }
+    true
 }
