@@ -8,12 +8,23 @@
 # With --tls both servers listen with TLS only, on one certificate made for
 # the run (a throwaway CA and a server certificate for localhost and
 # 127.0.0.1, written with openssl beside the CSV), and the scenarios are the
-# TLS ones: PING at depth 1 and 32, full handshakes per second, and RSS per
-# idle TLS connection.
+# TLS ones: PING at depth 1 and 32, full handshakes per second, resumed
+# handshakes per second (loopline-bench --tls-resume: each of the 50 slots
+# resumes its previous session; a server that does not resume fails that
+# scenario, loudly), and RSS per idle TLS connection.
 #
 # Usage: scripts/compare.sh [--quick] [--repeats R] [--duration S] [--warmup S]
 #                           [--threads T] [--idle N] [--servers "loopline redis"]
 #                           [--csv PATH] [--no-build] [--tls]
+#                           [--loopline-args "ARGS"]
+#
+# --loopline-args passes extra options to the loopline server, split on
+# spaces (no quoting inside), after the script's own --listen and
+# --max-connections, e.g.
+#   scripts/compare.sh --loopline-args "--max-connection-rate-per-ip 60000 --max-auth-failures-per-ip 10"
+# Not --listen, --tls-cert, --tls-key or --max-connections: the script
+# passes those itself, and loopline refuses an option given twice. Redis is
+# started as always.
 #
 # Everything runs on loopback: both servers listen on 127.0.0.1 only and are
 # stopped when the script exits. The machine this was written for has 2 cores:
@@ -28,6 +39,7 @@ IDLE_CONNS=""  # default: 10000, or 5000 with --tls
 TLS=0
 SERVERS="loopline redis"
 BUILD=1
+LOOPLINE_ARGS=""  # --loopline-args: extra loopline options, split on spaces
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Results of a run go to an ignored folder; the reference results the docs
 # cite (docs/results/) are written only when --csv names a path there.
@@ -51,7 +63,11 @@ Options:
                      the raw runs go beside it, as PATH without .csv plus -runs.jsonl
   --no-build         do not build the release binaries
   --tls              the TLS scenarios, both servers on one fresh certificate
-                     (written beside the CSV, in PATH without .csv plus -tls/)
+                     (written beside the CSV, in PATH without .csv plus -tls/);
+                     churn runs both full and resumed handshakes
+  --loopline-args "ARGS"
+                     extra options for the loopline server (split on spaces),
+                     e.g. "--max-connection-rate-per-ip 60000 --max-auth-failures-per-ip 10"
 EOF
 }
 
@@ -67,11 +83,15 @@ while [ $# -gt 0 ]; do
         --csv) CSV="$2"; shift ;;
         --no-build) BUILD=0 ;;
         --tls) TLS=1 ;;
+        --loopline-args) LOOPLINE_ARGS="$2"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
     shift
 done
+
+# --loopline-args as words (plain words only, no quoting inside)
+read -r -a LL_EXTRA <<<"$LOOPLINE_ARGS"
 
 if [ -z "$IDLE_CONNS" ]; then
     if [ "$TLS" = 1 ]; then IDLE_CONNS=5000; else IDLE_CONNS=10000; fi
@@ -190,7 +210,7 @@ start_loopline() {
         listen=(--listen 127.0.0.1:0,tls --tls-cert "$TLS_DIR/cert.pem" --tls-key "$TLS_DIR/key.pem")
     fi
     RUST_LOG=info "$LOOPLINE" "${listen[@]}" --max-connections 20000 \
-        2>"$TMP/loopline.log" &
+        ${LL_EXTRA[@]+"${LL_EXTRA[@]}"} 2>"$TMP/loopline.log" &
     LL_PID=$!
     local i
     LL_ADDR=""
@@ -226,12 +246,15 @@ if [ "$TLS" = 0 ]; then
         "churn_c50|churn|connect+QUIT churn, 50 at once|-c 50"
     )
 else
-    # every connection a full handshake (the generator never resumes a
-    # session): churn counts handshakes per second
+    # churn counts handshakes per second: full ones (the generator's
+    # default: resumption off, every connection a full handshake), and
+    # resumed ones (--tls-resume: each slot offers the session its previous
+    # connection got; the generator counts how many the server resumed)
     SCENARIOS=(
         "ping_tls_c50_p1|load|TLS PING, 50 conns, depth 1|-c 50 -P 1"
         "ping_tls_c50_p32|load|TLS PING, 50 conns, depth 32|-c 50 -P 32"
         "churn_tls_c50|churn|TLS handshake+QUIT, 50 at once|-c 50"
+        "churn_tls_resumed_c50|churn|TLS resumed hs+QUIT, 50 at once|-c 50 --tls-resume"
         "idle_tls_${IDLE_CONNS}|hold|${IDLE_CONNS} idle TLS conns|-c ${IDLE_CONNS}"
     )
 fi
@@ -269,6 +292,7 @@ json_field() { # json key -> value (flat JSON; "null" when absent)
 }
 
 RAW="$TMP/raw.tsv"     # scenario server repeat metric value
+FAILED=()              # runs whose handshakes were not of the kind asked for
 JSONL="${CSV%.csv}-runs.jsonl"
 mkdir -p "$(dirname "$CSV")" "$(dirname "$JSONL")"
 : >"$RAW"
@@ -281,6 +305,39 @@ record() { # scenario server repeat json metric...
         printf '%s\t%s\t%s\t%s\t%s\n' "$sc" "$sv" "$rep" "$m" "$(json_field "$json" "$m")" >>"$RAW"
     done
     printf '{"scenario":"%s","server":"%s","repeat":%s,%s\n' "$sc" "$sv" "$rep" "${json#\{}" >>"$JSONL"
+}
+
+record_fields() { # scenario server repeat json metric...: into RAW only
+    local sc="$1" sv="$2" rep="$3" json="$4" m
+    shift 4
+    for m in "$@"; do
+        printf '%s\t%s\t%s\t%s\t%s\n' "$sc" "$sv" "$rep" "$m" "$(json_field "$json" "$m")" >>"$RAW"
+    done
+}
+
+# A TLS churn run measured what its scenario is about: with --tls-resume,
+# at least 90% of the handshakes resumed (loopline-bench's resume_shortfall
+# is 0); without, none did. Otherwise says so loudly and returns 1.
+handshakes_as_asked() { # server scenario-name opts json
+    local server="$1" name="$2" opts="$3" json="$4" fraction shortfall resumed full
+    fraction="$(json_field "$json" resumed_fraction)"
+    shortfall="$(json_field "$json" resume_shortfall)"
+    resumed="$(json_field "$json" handshakes_resumed)"
+    full="$(json_field "$json" handshakes_full)"
+    case " $opts " in
+        *" --tls-resume "*)
+            if [ "$shortfall" = 0 ] && awk -v f="$fraction" 'BEGIN { exit !(f != "null" && f + 0 >= 0.9) }'; then
+                return 0
+            fi
+            log "FAILED: $server did not resume TLS sessions in $name: $resumed resumed, $full full (resumed fraction $fraction, need 0.9); its rate is full handshakes and is left out"
+            ;;
+        *)
+            if [ "$resumed" = 0 ] || [ "$resumed" = null ]; then return 0; fi
+            log "FAILED: $name should be full handshakes, but $server resumed $resumed of $((resumed + full)); its rate is left out"
+            ;;
+    esac
+    FAILED+=("$server/$name")
+    return 1
 }
 
 run_one() { # server scenario-line repeat
@@ -311,7 +368,20 @@ run_one() { # server scenario-line repeat
     fi
     case "$kind" in
         load) record "$name" "$server" "$rep" "$json" rps p50_us p99_us p999_us server_cpu_us_per_resp errors ;;
-        churn) record "$name" "$server" "$rep" "$json" cps p50_us p99_us p999_us server_cpu_us_per_conn errors ;;
+        churn)
+            if [ "$TLS" = 1 ] && ! handshakes_as_asked "$server" "$name" "$opts" "$json"; then
+                # not the handshakes this scenario measures: everything but
+                # the rate is kept (the raw run too), the rate is left out
+                record "$name" "$server" "$rep" "$json" p50_us p99_us p999_us server_cpu_us_per_conn errors \
+                    handshakes_full handshakes_resumed resumed_fraction
+                printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$server" "$rep" cps null >>"$RAW"
+            else
+                record "$name" "$server" "$rep" "$json" cps p50_us p99_us p999_us server_cpu_us_per_conn errors
+                if [ "$TLS" = 1 ]; then
+                    record_fields "$name" "$server" "$rep" "$json" handshakes_full handshakes_resumed resumed_fraction
+                fi
+            fi
+            ;;
         hold) record "$name" "$server" "$rep" "$json" bytes_per_conn held errors ;;
     esac
     if [ "$kind" = hold ]; then
@@ -323,7 +393,7 @@ run_one() { # server scenario-line repeat
 # --- run ------------------------------------------------------------------
 has_server redis && start_redis
 has_server loopline && start_loopline
-log "servers: ${SERVERS}; redis $(has_server redis && echo "127.0.0.1:$REDIS_PORT pid $REDIS_PID" || echo -), loopline $(has_server loopline && echo "$LL_ADDR pid $LL_PID" || echo -)"
+log "servers: ${SERVERS}; redis $(has_server redis && echo "127.0.0.1:$REDIS_PORT pid $REDIS_PID" || echo -), loopline $(has_server loopline && echo "$LL_ADDR pid $LL_PID${LOOPLINE_ARGS:+ (extra options: $LOOPLINE_ARGS)}" || echo -)"
 log "$([ "$TLS" = 1 ] && echo "over TLS; ")repeats $REPEATS, duration ${DURATION}s, warm-up ${WARMUP}s, generator threads $THREADS"
 
 for rep in $(seq "$REPEATS"); do
@@ -389,7 +459,16 @@ done
 echo
 echo "ratio = loopline / Redis (for responses/s and conns/s higher is better; for RSS and CPU lower is better)."
 if [ "$TLS" = 1 ]; then
-    echo "TLS: both servers on the same certificate (ECDSA P-256, $TLS_DIR); every connection a full handshake."
+    echo "TLS: both servers on the same certificate (ECDSA P-256, $TLS_DIR); every connection a full handshake,"
+    echo "     except in churn_tls_resumed_c50 (each slot resumes its previous session; TLS 1.3 tickets unless the server picks 1.2)."
+    for name in churn_tls_c50 churn_tls_resumed_c50; do
+        printf '     %s: resumed fraction (median) loopline %s, Redis %s\n' "$name" \
+            "$(fmt "$(median "$name" loopline resumed_fraction)" 3)" "$(fmt "$(median "$name" redis resumed_fraction)" 3)"
+    done
 fi
 echo "server CPU = utime+stime of the server process over the measured window, per response (per connection for churn)."
 echo "CSV: $CSV   raw runs: $JSONL"
+if [ "${#FAILED[@]}" -gt 0 ]; then
+    log "FAILED: ${#FAILED[@]} run(s) did not make the handshakes their scenario measures (rate left out): ${FAILED[*]}"
+    exit 1
+fi

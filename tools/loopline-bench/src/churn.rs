@@ -4,16 +4,20 @@
 //!
 //! Over TLS a cycle is connect -> full handshake (no resumption) ->
 //! greeting -> request -> reply -> close: connections/s are full handshakes
-//! per second.
+//! per second. With `--tls-resume` each slot offers the session its
+//! previous connection was given, so after a slot's first cycle they are
+//! resumed handshakes per second, if the server resumes: every cycle's
+//! handshake is counted as resumed or full, and a run with `--tls-resume`
+//! where fewer than 90% resumed warns on stderr and fails.
 //!
 //! By default the slot waits for the server to close first, as a client of
 //! loopline's QUIT does; `--close-first` closes right after the reply.
 
 use crate::cli::Workload;
 use crate::connect::{close_with_reset, connect_outcome, peer_closing, poll_events, Connector};
-use crate::link::Link;
+use crate::link::{ClientTls, Link};
 use crate::measure::{elapsed_ns, new_latency_histogram, run_measured, MeasuredWorker};
-use crate::report::ChurnSummary;
+use crate::report::{ChurnSummary, TlsHandshakes};
 use crate::responses::{read_responses, Greeting, ReadOutcome, ResponseScanner};
 use crate::POLL_SLICE;
 use hdrhistogram::Histogram;
@@ -52,6 +56,9 @@ struct ChurnCounts {
     cycle_time: Histogram<u64>,
     failed_cycles: u64,
     error_lines: u64,
+    /// Complete cycles (over TLS) whose handshake was full, or resumed.
+    handshakes_full: u64,
+    handshakes_resumed: u64,
 }
 
 /// One thread's event loop over its share of the slots.
@@ -60,6 +67,10 @@ struct ChurnWorker {
     poll: Poll,
     slots: Vec<Option<Cycle>>,
     connector: Connector,
+    /// With `--tls-resume`: each slot's TLS settings, holding the session
+    /// cache only that slot uses. Empty otherwise (the connector's shared
+    /// settings serve every slot).
+    slot_tls: Vec<ClientTls>,
     read_buffer: Vec<u8>,
     counts: ChurnCounts,
     warmup_end: Instant,
@@ -73,7 +84,12 @@ impl ChurnWorker {
         if now >= self.end {
             return;
         }
-        let Some(link) = self.connector.open(self.poll.registry(), Token(i)) else {
+        let registry = self.poll.registry();
+        let opened = match self.slot_tls.get(i) {
+            Some(tls) => self.connector.open_with(registry, Token(i), Some(tls)),
+            None => self.connector.open(registry, Token(i)),
+        };
+        let Some(link) = opened else {
             self.counts.failed_cycles += 1;
             return;
         };
@@ -99,6 +115,11 @@ impl ChurnWorker {
                     self.counts
                         .cycle_time
                         .saturating_record(elapsed_ns(now, cycle.started));
+                    match cycle.link.handshake_resumed() {
+                        Some(true) => self.counts.handshakes_resumed += 1,
+                        Some(false) => self.counts.handshakes_full += 1,
+                        None => {}
+                    }
                 } else {
                     self.counts.failed_cycles += 1;
                 }
@@ -205,8 +226,13 @@ impl MeasuredWorker for ChurnWorker {
 
     fn new(workload: Arc<Workload>, share: usize, thread_index: usize) -> io::Result<ChurnWorker> {
         let now = Instant::now();
+        let slot_tls = match &workload.tls {
+            Some(tls) if workload.tls_resume => (0..share).map(|_| tls.for_one_client()).collect(),
+            _ => Vec::new(),
+        };
         Ok(ChurnWorker {
             poll: Poll::new()?,
+            slot_tls,
             slots: (0..share).map(|_| None).collect(),
             // A slot reconnects all the time: only thread 0 reports its
             // first failed connect, so a refused target costs one line.
@@ -218,6 +244,8 @@ impl MeasuredWorker for ChurnWorker {
                 cycle_time: new_latency_histogram(),
                 failed_cycles: 0,
                 error_lines: 0,
+                handshakes_full: 0,
+                handshakes_resumed: 0,
             },
             warmup_end: now,
             end: now,
@@ -275,6 +303,12 @@ impl MeasuredWorker for ChurnWorker {
 
 pub fn run(workload: Workload) -> ExitCode {
     let slots = workload.connections;
+    let tls = workload.tls.is_some().then_some(TlsHandshakes {
+        version: workload.tls_version,
+        resume: workload.tls_resume,
+        full: 0,
+        resumed: 0,
+    });
     let (run, per_thread) = run_measured::<ChurnWorker>(workload);
     let mut summary = ChurnSummary {
         run,
@@ -282,6 +316,7 @@ pub fn run(workload: Workload) -> ExitCode {
         cycles: 0,
         cycle_time: new_latency_histogram(),
         errors: 0,
+        tls,
     };
     for counts in per_thread {
         let Some(counts) = counts else {
@@ -293,11 +328,40 @@ pub fn run(workload: Workload) -> ExitCode {
         summary.cycle_time.add(&counts.cycle_time).ok();
         summary.cycles += counts.cycles;
         summary.errors += counts.failed_cycles + counts.error_lines;
+        if let Some(tls) = &mut summary.tls {
+            tls.full += counts.handshakes_full;
+            tls.resumed += counts.handshakes_resumed;
+        }
     }
     summary.print();
-    if summary.cycles == 0 {
+    let shortfall = summary.tls.as_ref().map_or(0, warn_about_handshakes);
+    if summary.cycles == 0 || shortfall > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Says loudly on stderr when the handshakes were not of the kind asked
+/// for: with `--tls-resume`, fewer than 90% resumed (the figures are then
+/// mostly full handshakes); without, any that resumed. Returns the
+/// shortfall (see [`TlsHandshakes::shortfall`]).
+fn warn_about_handshakes(tls: &TlsHandshakes) -> u64 {
+    let total = tls.full + tls.resumed;
+    let percent = tls.resumed_fraction().map_or(0.0, |f| f * 100.0);
+    let shortfall = tls.shortfall();
+    if shortfall > 0 {
+        eprintln!(
+            "loopline-bench: WARNING: --tls-resume, but only {} of {total} handshakes resumed ({percent:.1}%, under {:.0}%): the server did {} full handshakes; these are NOT resumed-handshake figures",
+            tls.resumed,
+            TlsHandshakes::RESUMED_ENOUGH * 100.0,
+            tls.full,
+        );
+    } else if !tls.resume && tls.resumed > 0 {
+        eprintln!(
+            "loopline-bench: WARNING: resumption is off, yet {} of {total} handshakes resumed ({percent:.1}%): these are NOT full-handshake figures",
+            tls.resumed
+        );
+    }
+    shortfall
 }

@@ -33,6 +33,30 @@ pub enum LineEnding {
     Lf,
 }
 
+/// The TLS versions the client offers (`--tls-version`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TlsVersion {
+    /// TLS 1.3 and 1.2: the server picks (1.3 where it has it).
+    Auto,
+    /// TLS 1.2 only (to measure its resumption: session ID or RFC 5077 ticket).
+    #[value(name = "1.2")]
+    V1_2,
+    /// TLS 1.3 only.
+    #[value(name = "1.3")]
+    V1_3,
+}
+
+impl TlsVersion {
+    /// As the option spells it, for the result lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsVersion::Auto => "auto",
+            TlsVersion::V1_2 => "1.2",
+            TlsVersion::V1_3 => "1.3",
+        }
+    }
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "loopline-bench",
@@ -154,9 +178,29 @@ pub struct Args {
     pub allow_non_loopback: bool,
 
     /// Speak TLS (every mode): each connection makes a full handshake (no
-    /// session resumption) before its greeting and requests. Needs --tls-ca.
+    /// session resumption, unless --tls-resume) before its greeting and
+    /// requests. Needs --tls-ca.
     #[arg(long)]
     pub tls: bool,
+
+    /// Churn mode over TLS: each slot keeps the session of its previous
+    /// connection (TLS 1.3 tickets; TLS 1.2 session ID or ticket) and offers
+    /// it on its next connect, so cycles after a slot's first are resumed
+    /// handshakes. The result counts the handshakes that really resumed; if
+    /// fewer than 90% did, it says so on stderr, sets `resume_shortfall`
+    /// and exits with failure.
+    #[arg(long, requires = "tls")]
+    pub tls_resume: bool,
+
+    /// TLS versions to offer (with --tls): auto (1.3 and 1.2), 1.2 or 1.3.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "VERSION",
+        default_value_t = TlsVersion::Auto,
+        requires = "tls"
+    )]
+    pub tls_version: TlsVersion,
 
     /// The CA certificate(s) to trust, as a PEM file (with --tls).
     #[arg(long, value_name = "FILE", requires = "tls")]
@@ -203,8 +247,13 @@ pub struct Workload {
     pub close_first: bool,
     pub close_with_reset: bool,
     pub source_ips: usize,
-    /// With `--tls`: the settings every connection's TLS session shares.
+    /// With `--tls`: the settings every connection's TLS session shares
+    /// (with `--tls-resume`, each churn slot gets its own copy holding its
+    /// own session cache: [`ClientTls::for_one_client`]).
     pub tls: Option<ClientTls>,
+    /// `--tls-resume`: churn slots resume their previous session.
+    pub tls_resume: bool,
+    pub tls_version: TlsVersion,
 }
 
 /// A command line that cannot run: the message names the option.
@@ -259,6 +308,11 @@ impl Workload {
                 bytes
             })
             .collect();
+        if args.tls_resume && args.mode != Mode::Churn {
+            return usage(
+                "--tls-resume applies to --mode churn only (the other modes connect once)".into(),
+            );
+        }
         let tls = tls_settings(args)?;
         Ok(Workload {
             mode: args.mode,
@@ -282,11 +336,14 @@ impl Workload {
             close_with_reset: args.close_rst,
             source_ips: args.source_ips,
             tls,
+            tls_resume: args.tls_resume,
+            tls_version: args.tls_version,
         })
     }
 }
 
-/// The TLS settings `--tls`, `--tls-ca` and `--tls-name` ask for.
+/// The TLS settings `--tls`, `--tls-ca`, `--tls-name`, `--tls-version`
+/// and `--tls-resume` ask for.
 #[cfg(feature = "tls")]
 fn tls_settings(args: &Args) -> Result<Option<ClientTls>, UsageError> {
     if !args.tls {
@@ -297,7 +354,7 @@ fn tls_settings(args: &Args) -> Result<Option<ClientTls>, UsageError> {
             "--tls needs --tls-ca FILE (the CA to trust)".into(),
         ));
     };
-    ClientTls::new(ca_file, &args.tls_name)
+    ClientTls::new(ca_file, &args.tls_name, args.tls_version, args.tls_resume)
         .map(Some)
         .map_err(|e| UsageError(e.to_string()))
 }
@@ -433,6 +490,16 @@ mod tests {
         // --tls-ca and --tls-name mean nothing without --tls.
         assert!(Args::try_parse_from(["loopline-bench", "--tls-ca", "ca.pem"]).is_err());
         assert!(Args::try_parse_from(["loopline-bench", "--tls-name", "x"]).is_err());
+        assert!(Args::try_parse_from(["loopline-bench", "--tls-resume"]).is_err());
+        assert!(Args::try_parse_from(["loopline-bench", "--tls-version", "1.2"]).is_err());
+        let args = Args::parse_from(["loopline-bench", "--tls", "--tls-version", "1.2"]);
+        assert_eq!(args.tls_version, TlsVersion::V1_2);
+        assert!(!args.tls_resume);
+        assert!(Args::try_parse_from(["loopline-bench", "--tls", "--tls-version", "1.1"]).is_err());
+        // Resumption needs reconnects: churn only.
+        let args = Args::parse_from(["loopline-bench", "--tls", "--tls-resume"]);
+        let err = Workload::from_args(&args).unwrap_err().to_string();
+        assert!(err.contains("--tls-resume"), "{err}");
         let args = Args::parse_from(["loopline-bench", "--tls"]);
         let err = Workload::from_args(&args).unwrap_err().to_string();
         assert!(err.contains("--tls"), "{err}");

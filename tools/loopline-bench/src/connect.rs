@@ -190,6 +190,32 @@ impl Connector {
         let started = self
             .start_connect()
             .and_then(|stream| Link::new(stream, self.tls.as_ref()));
+        self.register(registry, token, started)
+    }
+
+    /// [`Connector::open`] with TLS settings of the caller's own instead of
+    /// the run's (a churn slot's, holding its session cache with
+    /// `--tls-resume`).
+    pub fn open_with(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        tls: Option<&ClientTls>,
+    ) -> Option<Link> {
+        let started = self
+            .start_connect()
+            .and_then(|stream| Link::new(stream, tls));
+        self.register(registry, token, started)
+    }
+
+    /// Registers a started link (see [`Connector::open`]); reports the
+    /// first failure to start one.
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        started: io::Result<Link>,
+    ) -> Option<Link> {
         let mut link = match started {
             Ok(link) => link,
             Err(e) => {

@@ -39,6 +39,15 @@ pub type ClientTls = crate::tls::TlsClient;
 #[derive(Debug, Clone)]
 pub enum ClientTls {}
 
+#[cfg(not(feature = "tls"))]
+impl ClientTls {
+    /// As `crate::tls::TlsClient::for_one_client`; never called, as no
+    /// value exists.
+    pub fn for_one_client(&self) -> ClientTls {
+        match *self {}
+    }
+}
+
 /// One connection: the socket, and the TLS session over it with `--tls`.
 pub struct Link {
     stream: TcpStream,
@@ -90,6 +99,19 @@ impl Link {
             return session.is_handshaking();
         }
         false
+    }
+
+    /// How the TLS handshake went: `Some(true)` resumed a session,
+    /// `Some(false)` was a full handshake; `None` for plain TCP, or while
+    /// it is too early to tell.
+    pub fn handshake_resumed(&self) -> Option<bool> {
+        #[cfg(feature = "tls")]
+        if let Some(session) = &self.session {
+            return session
+                .handshake_kind()
+                .map(|kind| kind == rustls::HandshakeKind::Resumed);
+        }
+        None
     }
 
     /// Writes the TLS output waiting in the session (trap 3) until it is

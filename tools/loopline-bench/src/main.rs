@@ -18,7 +18,10 @@
 //! and [`report`] (the human and JSON result lines).
 //!
 //! With `--tls` every mode runs over TLS (rustls, ring provider): each
-//! connection makes a full handshake first; the counting is the same.
+//! connection makes a full handshake first (resumption off); the counting
+//! is the same. `--tls-version 1.2|1.3` offers one version only; in churn
+//! mode `--tls-resume` makes each slot resume its previous session, and
+//! the result says how many handshakes really resumed.
 //!
 //! Every mode prints one human line and one JSON line on stdout; progress and
 //! warnings go to stderr. Only loopback targets are accepted unless
@@ -74,10 +77,16 @@ fn main() -> ExitCode {
             "loopline-bench: {:?} {}{} request `{}`, {} greeting line(s), {} line(s) per response",
             workload.mode,
             workload.target,
-            if workload.tls.is_some() {
-                " over TLS"
-            } else {
-                ""
+            match (&workload.tls, workload.tls_resume) {
+                (None, _) => String::new(),
+                (Some(_), false) => format!(
+                    " over TLS ({}, full handshakes)",
+                    workload.tls_version.name()
+                ),
+                (Some(_), true) => format!(
+                    " over TLS ({}, resuming sessions)",
+                    workload.tls_version.name()
+                ),
             },
             cli::show_bytes(&workload.request),
             workload.greeting_lines,

@@ -2,6 +2,7 @@
 //! stdout (scripts read the JSON line: its keys are an interface), progress
 //! and warnings go to stderr.
 
+use crate::cli::TlsVersion;
 use crate::measure::{percentile_us, MeasuredRun};
 use hdrhistogram::Histogram;
 use std::fmt;
@@ -234,6 +235,81 @@ pub struct ChurnSummary {
     pub cycle_time: Histogram<u64>,
     /// Failed cycles plus error lines.
     pub errors: u64,
+    /// Over TLS: how the complete cycles' handshakes went.
+    pub tls: Option<TlsHandshakes>,
+}
+
+/// The handshakes of a churn run over TLS: what was asked for, and how
+/// many of the complete cycles' handshakes were full or resumed (rustls's
+/// `handshake_kind()`), so that a run that silently did full handshakes
+/// shows.
+pub struct TlsHandshakes {
+    /// `--tls-version`.
+    pub version: TlsVersion,
+    /// `--tls-resume`: resumed handshakes were asked for.
+    pub resume: bool,
+    pub full: u64,
+    pub resumed: u64,
+}
+
+impl TlsHandshakes {
+    /// The share of handshakes that must resume for a `--tls-resume` run
+    /// to count as measuring resumption (a slot's first connection, and
+    /// any after a ticket ran out, are full).
+    pub const RESUMED_ENOUGH: f64 = 0.9;
+
+    /// Resumed handshakes / all handshakes; `None` for none.
+    pub fn resumed_fraction(&self) -> Option<f64> {
+        let total = self.full + self.resumed;
+        (total > 0).then(|| self.resumed as f64 / total as f64)
+    }
+
+    /// With `--tls-resume` and fewer than [`Self::RESUMED_ENOUGH`] of the
+    /// handshakes resumed: how many were full (non-zero whenever that
+    /// happened). 0 otherwise, and for a run with no handshakes at all
+    /// (which fails for having no cycles).
+    pub fn shortfall(&self) -> u64 {
+        match self.resumed_fraction() {
+            Some(fraction) if self.resume && fraction < Self::RESUMED_ENOUGH => self.full,
+            _ => 0,
+        }
+    }
+
+    /// For the human line: `; TLS auto, --tls-resume: 990 of 1000
+    /// handshakes resumed (99.0%), 10 full`.
+    fn human(&self) -> String {
+        let percent = json_number(self.resumed_fraction().map(|f| f * 100.0), 1);
+        format!(
+            "; TLS {}, {}: {} of {} handshakes resumed ({percent}%), {} full{}",
+            self.version.name(),
+            if self.resume {
+                "--tls-resume"
+            } else {
+                "resumption off"
+            },
+            self.resumed,
+            self.full + self.resumed,
+            self.full,
+            if self.shortfall() > 0 {
+                " -- RESUMPTION FAILED: these are mostly full handshakes"
+            } else {
+                ""
+            }
+        )
+    }
+
+    /// For the JSON line, after a comma.
+    fn json_fields(&self) -> String {
+        format!(
+            "\"tls_version\":\"{}\",\"tls_resume\":{},\"handshakes_full\":{},\"handshakes_resumed\":{},\"resumed_fraction\":{},\"resume_shortfall\":{}",
+            self.version.name(),
+            u8::from(self.resume),
+            self.full,
+            self.resumed,
+            json_number(self.resumed_fraction(), 4),
+            self.shortfall(),
+        )
+    }
 }
 
 impl ChurnSummary {
@@ -247,7 +323,7 @@ impl ChurnSummary {
         let (cps, server_cpu, client_cpu) = run.per_unit(self.cycles);
         let percentiles = Percentiles::of(&self.cycle_time);
         let human = format!(
-            "churn {}: {} slots {}: {cps:.0} connections/s, cycle {}; errors {}; client CPU {} us/conn{}",
+            "churn {}: {} slots {}: {cps:.0} connections/s, cycle {}; errors {}; client CPU {} us/conn{}{}",
             run.target,
             self.slots,
             describe_window(run),
@@ -255,9 +331,10 @@ impl ChurnSummary {
             self.errors,
             json_number(client_cpu, 2),
             server_cpu_clause(server_cpu, 2, "conn"),
+            self.tls.as_ref().map_or(String::new(), TlsHandshakes::human),
         );
         let json = format!(
-            "{{\"mode\":\"churn\",\"addr\":\"{}\",\"connections\":{},\"threads\":{},\"duration_s\":{:.3},\"cycles\":{},\"cps\":{cps:.1},{},\"errors\":{},\"server_cpu_us_per_conn\":{},\"client_cpu_us_per_conn\":{}}}",
+            "{{\"mode\":\"churn\",\"addr\":\"{}\",\"connections\":{},\"threads\":{},\"duration_s\":{:.3},\"cycles\":{},\"cps\":{cps:.1},{},\"errors\":{},\"server_cpu_us_per_conn\":{},\"client_cpu_us_per_conn\":{}{}}}",
             run.target,
             self.slots,
             run.threads,
@@ -267,6 +344,9 @@ impl ChurnSummary {
             self.errors,
             json_number(server_cpu, 3),
             json_number(client_cpu, 3),
+            self.tls
+                .as_ref()
+                .map_or(String::new(), |tls| format!(",{}", tls.json_fields())),
         );
         [human, json]
     }
@@ -331,6 +411,7 @@ mod tests {
             cycles: 100,
             cycle_time: hundred_samples(),
             errors: 0,
+            tls: None,
         }
     }
 
@@ -393,6 +474,80 @@ mod tests {
             json,
             r#"{"mode":"churn","addr":"127.0.0.1:9000","connections":3,"threads":2,"duration_s":0.500,"cycles":0,"cps":0.0,"p50_us":null,"p99_us":null,"p999_us":null,"errors":7,"server_cpu_us_per_conn":null,"client_cpu_us_per_conn":null}"#
         );
+    }
+
+    #[test]
+    fn churn_lines_over_tls_are_pinned() {
+        let summary = ChurnSummary {
+            tls: Some(TlsHandshakes {
+                version: TlsVersion::Auto,
+                resume: false,
+                full: 100,
+                resumed: 0,
+            }),
+            ..churn_summary()
+        };
+        let [human, json] = summary.lines();
+        assert_eq!(human, "churn 127.0.0.1:9000: 3 slots (1 thread, 0.5s after 0.0s warm-up): 200 connections/s, cycle p50 50.0 us, p99 99.0 us, p99.9 100.0 us; errors 0; client CPU 10.00 us/conn; server CPU 2.50 us/conn; TLS auto, resumption off: 0 of 100 handshakes resumed (0.0%), 100 full");
+        assert_eq!(
+            json,
+            r#"{"mode":"churn","addr":"127.0.0.1:9000","connections":3,"threads":1,"duration_s":0.500,"cycles":100,"cps":200.0,"p50_us":50.0,"p99_us":99.0,"p999_us":100.0,"errors":0,"server_cpu_us_per_conn":2.500,"client_cpu_us_per_conn":10.000,"tls_version":"auto","tls_resume":0,"handshakes_full":100,"handshakes_resumed":0,"resumed_fraction":0.0000,"resume_shortfall":0}"#
+        );
+
+        let resumed = ChurnSummary {
+            tls: Some(TlsHandshakes {
+                version: TlsVersion::V1_2,
+                resume: true,
+                full: 3,
+                resumed: 97,
+            }),
+            ..churn_summary()
+        };
+        let [human, json] = resumed.lines();
+        assert!(
+            human
+                .ends_with("; TLS 1.2, --tls-resume: 97 of 100 handshakes resumed (97.0%), 3 full"),
+            "{human}"
+        );
+        assert!(
+            json.ends_with(r#","tls_version":"1.2","tls_resume":1,"handshakes_full":3,"handshakes_resumed":97,"resumed_fraction":0.9700,"resume_shortfall":0}"#),
+            "{json}"
+        );
+
+        let not_resumed = ChurnSummary {
+            tls: Some(TlsHandshakes {
+                version: TlsVersion::V1_3,
+                resume: true,
+                full: 20,
+                resumed: 80,
+            }),
+            ..churn_summary()
+        };
+        let [human, json] = not_resumed.lines();
+        assert!(
+            human.ends_with("; TLS 1.3, --tls-resume: 80 of 100 handshakes resumed (80.0%), 20 full -- RESUMPTION FAILED: these are mostly full handshakes"),
+            "{human}"
+        );
+        assert!(
+            json.ends_with(r#""resumed_fraction":0.8000,"resume_shortfall":20}"#),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn resumption_shortfall_is_counted_only_when_asked_for() {
+        let handshakes = |resume, full, resumed| TlsHandshakes {
+            version: TlsVersion::Auto,
+            resume,
+            full,
+            resumed,
+        };
+        assert_eq!(handshakes(true, 0, 0).shortfall(), 0);
+        assert_eq!(handshakes(true, 10, 90).shortfall(), 0);
+        assert_eq!(handshakes(true, 11, 89).shortfall(), 11);
+        assert_eq!(handshakes(true, 50, 0).shortfall(), 50);
+        assert_eq!(handshakes(false, 50, 0).shortfall(), 0);
+        assert_eq!(handshakes(true, 0, 0).resumed_fraction(), None);
     }
 
     #[test]

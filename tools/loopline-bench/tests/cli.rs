@@ -330,8 +330,9 @@ impl Drop for TestCertificates {
 }
 
 /// Every mode over TLS against a real loopline with a TLS listener on
-/// 127.0.0.1:0: responses, full handshakes per second, held connections,
-/// and a wrong server name failing every connection.
+/// 127.0.0.1:0: responses, full handshakes per second, resumed ones (TLS
+/// 1.3 and 1.2) with their count, held connections, and a wrong server
+/// name failing every connection.
 #[cfg(feature = "tls")]
 #[test]
 fn every_mode_speaks_tls_to_a_real_loopline() {
@@ -389,6 +390,30 @@ fn every_mode_speaks_tls_to_a_real_loopline() {
     let m = json_line(&out);
     assert!(num(&m, "cps") > 0.0, "{out}");
     assert_eq!(num(&m, "errors"), 0.0, "{out}");
+    // Resumption off: every handshake full, each one counted.
+    assert_eq!(m["tls_resume"], "0", "{out}");
+    assert_eq!(num(&m, "handshakes_resumed"), 0.0, "{out}");
+    assert_eq!(num(&m, "handshakes_full"), num(&m, "cycles"), "{out}");
+    assert_eq!(num(&m, "resume_shortfall"), 0.0, "{out}");
+
+    // --tls-resume: each slot resumes its previous session (loopline gives
+    // TLS 1.3 tickets, and TLS 1.2 tickets and session IDs).
+    for version in ["auto", "1.2"] {
+        let resume = ["--tls-resume", "--tls-version", version];
+        let (ok, out) = bench(&[&tls[..], &churn, &resume].concat());
+        assert!(
+            ok,
+            "churn over TLS {version} with --tls-resume failed:\n{out}"
+        );
+        let m = json_line(&out);
+        assert_eq!(m["tls_version"], version, "{out}");
+        assert_eq!(m["tls_resume"], "1", "{out}");
+        assert_eq!(num(&m, "errors"), 0.0, "{out}");
+        assert!(num(&m, "handshakes_resumed") > 0.0, "{out}");
+        assert!(num(&m, "resumed_fraction") >= 0.9, "{out}");
+        assert_eq!(num(&m, "resume_shortfall"), 0.0, "{out}");
+        assert!(out.contains("handshakes resumed"), "{out}");
+    }
 
     let pid = std::process::id().to_string();
     let hold = [
