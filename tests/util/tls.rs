@@ -277,3 +277,137 @@ pub(super) fn read_plaintext(
             _ => e,
         })
 }
+
+/// OCSP for `--tls-ocsp`: this CA answers for its own server certificate,
+/// offline, with `openssl ocsp` as the responder.
+impl Pki {
+    /// Writes, and returns the path of, a DER OCSP response (signed by this
+    /// CA, good for a day) saying the server certificate ([`Pki::cert`], as
+    /// it is now) is good: what a CA's responder would give the server to
+    /// staple. `openssl ocsp` makes the request, answers it from an
+    /// `index.txt` naming the certificate valid, and checks the answer.
+    pub fn ocsp_response(&self) -> PathBuf {
+        let cert = path(&self.cert);
+        let serial = openssl_output(&self.dir, &["x509", "-in", &cert, "-noout", "-serial"]);
+        let serial = serial
+            .trim()
+            .strip_prefix("serial=")
+            .unwrap_or_else(|| panic!("no serial in {serial:?}"))
+            .to_string();
+        let not_after = openssl_output(&self.dir, &["x509", "-in", &cert, "-noout", "-enddate"]);
+        let not_after = index_time(
+            not_after
+                .trim()
+                .strip_prefix("notAfter=")
+                .unwrap_or_else(|| panic!("no notAfter in {not_after:?}")),
+        );
+        let subject = openssl_output(
+            &self.dir,
+            &[
+                "x509", "-in", &cert, "-noout", "-subject", "-nameopt", "compat",
+            ],
+        );
+        let subject = subject.trim().trim_start_matches("subject=").trim();
+        // The CA database `openssl ca` keeps, one line per certificate:
+        // status, expiry, revocation date (none), serial, file, subject.
+        std::fs::write(
+            self.dir.join("ocsp-index.txt"),
+            format!("V\t{not_after}\t\t{serial}\tunknown\t{subject}\n"),
+        )
+        .unwrap();
+        openssl(
+            &self.dir,
+            &[
+                "ocsp",
+                "-issuer",
+                "ca.pem",
+                "-cert",
+                &cert,
+                "-reqout",
+                "ocsp-request.der",
+                "-no_nonce",
+            ],
+        );
+        openssl(
+            &self.dir,
+            &[
+                "ocsp",
+                "-index",
+                "ocsp-index.txt",
+                "-rsigner",
+                "ca.pem",
+                "-rkey",
+                "ca.key",
+                "-CA",
+                "ca.pem",
+                "-reqin",
+                "ocsp-request.der",
+                "-respout",
+                "ocsp-response.der",
+                "-ndays",
+                "1",
+            ],
+        );
+        // The response verifies against the CA and says `good`.
+        let status = openssl_output(
+            &self.dir,
+            &[
+                "ocsp",
+                "-respin",
+                "ocsp-response.der",
+                "-issuer",
+                "ca.pem",
+                "-cert",
+                &cert,
+                "-CAfile",
+                "ca.pem",
+            ],
+        );
+        assert!(
+            status.contains(&format!("{cert}: good")),
+            "the OCSP response does not say the certificate is good: {status}"
+        );
+        self.dir.join("ocsp-response.der")
+    }
+}
+
+/// Runs `openssl ARGS` in `dir` and returns what it printed on stdout;
+/// panics with its output if it fails.
+fn openssl_output(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl not found ({e}): apt-get install openssl"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A certificate date as `openssl x509 -enddate` prints it (`Dec  8
+/// 21:48:27 2026 GMT`) in the form of an `index.txt` (`261208214827Z`).
+fn index_time(openssl_date: &str) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let fields: Vec<&str> = openssl_date.split_whitespace().collect();
+    let [month, day, time, year, "GMT"] = fields[..] else {
+        panic!("not a certificate date: {openssl_date:?}")
+    };
+    let month = MONTHS
+        .iter()
+        .position(|m| *m == month)
+        .unwrap_or_else(|| panic!("no month in {openssl_date:?}"))
+        + 1;
+    let day: u32 = day.parse().expect("a day");
+    let time = time.replace(':', "");
+    // UTCTime (two digits) before 2050, GeneralizedTime from then on.
+    let year = match year.parse::<u32>().expect("a year") {
+        y if y < 2050 => format!("{:02}", y % 100),
+        y => y.to_string(),
+    };
+    format!("{year}{month:02}{day:02}{time}Z")
+}
