@@ -8,20 +8,21 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use loopline::framing::{cut_line, Cut};
-use loopline::protocol::{respond, Context, Session};
+use loopline::protocol::Loopline;
+use loopline::service::{Context, Service};
 use loopline::stats::Stats;
 
 /// Cuts every line of `buf` and answers it into `out`, as a connection does
 /// with one read (authentication off).
 fn serve_read(buf: &[u8], stats: &Stats, now: Instant, out: &mut Vec<u8>) -> usize {
-    let mut session = Session::new(None);
+    let mut session = Loopline.session(&Context::new(stats, now));
     // One context per read, as a connection builds one per batch of lines.
-    let context = Context::without_auth(stats, now);
+    let context = Context::new(stats, now);
     let mut used = 0;
     let mut lines = 0;
     while let Cut::Line { line, used: n } = cut_line(&buf[used..], 1024) {
         used += n;
-        respond(line, &mut session, &context, out);
+        Loopline.respond(line, &mut session, &context, out);
         lines += 1;
     }
     lines
@@ -62,10 +63,11 @@ fn benches(c: &mut Criterion) {
     c.bench_function("respond/STATS", |b| {
         b.iter(|| {
             out.clear();
-            black_box(respond(
+            let context = Context::new(&stats, now);
+            black_box(Loopline.respond(
                 b"STATS",
-                &mut Session::new(None),
-                &Context::without_auth(&stats, now),
+                &mut Loopline.session(&context),
+                &context,
                 &mut out,
             ))
         })

@@ -16,18 +16,20 @@ use std::time::Duration;
 
 use std::ffi::OsString;
 
+use clap::builder::Resettable;
 use clap::error::{ContextKind, ContextValue};
 use clap::parser::ValueSource;
-use clap::{Command, CommandFactory, FromArgMatches, Parser};
+use clap::{Args, Command, CommandFactory, FromArgMatches, Parser};
 
 use crate::files::{self, FileError};
 use crate::guard::Cidr;
 use crate::limits::{Limits, LINGER_TIMEOUT};
-use crate::protocol::AuthToken;
+use crate::token::AuthToken;
 pub use crate::transport::TlsVersion;
 
-/// What the end of `--help` says: the forms of a DUR, logging, exit codes,
-/// signals and examples. The man page is generated from it too.
+/// What the end of `--help` says of the engine's options: the forms of a
+/// DUR, logging, exit codes, signals. A program adds its own after it (its
+/// examples). The man page is generated from it too.
 const AFTER_HELP: &str = "\
 DUR is a number of seconds (2, 0.5) or a number with a unit: 500ms, 2s, 5m, 1h.
 
@@ -88,25 +90,18 @@ READY=1 once it listens, STOPPING=1 when it shuts down, and its number of \
 connections; with JOURNAL_STREAM each log line starts with its syslog \
 priority instead of a time.
 
-With --auth-file, a client must send 'AUTH <token>' before PING, ECHO or \
-STATS; the token is the file's first line. Keep the file readable by the \
-server's user only: the server warns otherwise.
-
-Examples:
-  loopline --listen 127.0.0.1:9000
-  loopline --listen localhost:9000 --idle-timeout 5m
-  LOOPLINE_LISTEN='127.0.0.1:9000 [::1]:9000' loopline";
+--auth-file gives the protocol a token to check (for loopline, 'AUTH \
+<token>'); the token is the file's first line. Keep the file readable by \
+the server's user only: the server warns otherwise.";
 
 /// Everything the server needs to start. Build it with [`Config::parse`]
 /// (from the command line) or by hand (in tests and embedding programs);
 /// `Server::bind` checks a hand-built one with [`Config::validate`].
+///
+/// The engine's options, every one: a program's command line is these and
+/// its own ([`command`]).
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "loopline",
-    version,
-    about = "A TCP line-protocol server (PING, ECHO, QUIT, HELP, STATS, AUTH) on a hand-rolled mio event loop, one per thread with --threads",
-    after_help = AFTER_HELP
-)]
+#[command(after_help = AFTER_HELP)]
 pub struct Config {
     /// Address to listen on, as HOST:PORT (see HOST below), optionally
     /// followed by listener options, comma-separated: tls, proxy (see
@@ -216,8 +211,9 @@ pub struct Config {
           value_parser = bounds::MAX_CONNECTION_RATE_PER_IP.parser())]
     pub max_connection_rate_per_ip: u64,
 
-    /// Require 'AUTH <token>' before PING, ECHO and STATS; the token is the
-    /// first line of FILE. SIGHUP reads it again.
+    /// The token the protocol checks (loopline: 'AUTH TOKEN' before PING,
+    /// ECHO and STATS): TOKEN is the first line of FILE. SIGHUP reads it
+    /// again.
     #[arg(long, env = "LOOPLINE_AUTH_FILE", value_name = "FILE")]
     pub auth_file: Option<PathBuf>,
 
@@ -256,8 +252,8 @@ pub struct Config {
     pub metrics_listen: Option<ListenAddr>,
 
     /// With --metrics-listen: a request must carry 'Authorization: Bearer
-    /// <token>', the token being the first line of FILE; others get 401.
-    /// SIGHUP reads it again.
+    /// TOKEN', TOKEN being the first line of FILE; others get 401. SIGHUP
+    /// reads it again.
     #[arg(long, env = "LOOPLINE_METRICS_TOKEN_FILE", value_name = "FILE")]
     pub metrics_token_file: Option<PathBuf>,
 }
@@ -300,43 +296,71 @@ pub fn env_name(long: &str) -> String {
     )
 }
 
-/// A parsed command line (and environment), with what the values alone do
-/// not tell.
+/// A parsed command line (and environment): the engine's options, the
+/// service's own (`A`), and what the values alone do not tell.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub struct Options<A> {
     pub config: Config,
     /// `--listen` holds its default: given neither on the command line nor
     /// in `LOOPLINE_LISTEN`. Listeners passed by systemd replace the
     /// default, and add to explicit ones.
     pub listen_is_default: bool,
+    /// The service's own options.
+    pub service: A,
 }
 
-impl Options {
+/// A program's whole command line: `A`'s (its name, version and about,
+/// and its own options, if any), then every engine option ([`Config`]),
+/// and the engine's notes after the options (`--help`'s end, and the man
+/// page's).
+pub fn command<A: CommandFactory>() -> Command {
+    let own = A::command();
+    // Flattening applies the engine's own about (its doc comment) to the
+    // command: the program's stays.
+    let keep = |text: Option<&clap::builder::StyledStr>| {
+        text.cloned().map_or(Resettable::Reset, Resettable::Value)
+    };
+    let about = keep(own.get_about());
+    let long_about = keep(own.get_long_about());
+    // The engine's notes, then the program's (its examples, say).
+    let after_help = match own.get_after_help() {
+        Some(theirs) => format!("{AFTER_HELP}\n\n{theirs}"),
+        None => AFTER_HELP.to_string(),
+    };
+    Config::augment_args(own)
+        .about(about)
+        .long_about(long_about)
+        .after_help(after_help)
+}
+
+impl<A: FromArgMatches + CommandFactory> Options<A> {
     /// Parses the process's command line and `LOOPLINE_*` environment. On a
     /// usage error, prints clap's message (with a tip naming the variable
     /// when the bad value came from the environment) and exits with status
     /// 2; `--help` and `--version` print and exit 0.
-    pub fn parse() -> Options {
+    pub fn parse() -> Options<A> {
         let args: Vec<OsString> = std::env::args_os().collect();
         Options::try_parse_from(&args).unwrap_or_else(|e| e.exit())
     }
 
     /// [`Options::parse`] from `args` (the program name first) and the
     /// process's environment, returning the error instead of exiting.
-    pub fn try_parse_from<I, T>(args: I) -> Result<Options, clap::Error>
+    pub fn try_parse_from<I, T>(args: I) -> Result<Options<A>, clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        let mut command = Config::command();
+        let mut command = command::<A>();
         let parsed = command.try_get_matches_from_mut(&args).and_then(|matches| {
             let config = Config::from_arg_matches(&matches)?;
+            let service = A::from_arg_matches(&matches)?;
             let listen_is_default =
                 matches.value_source("listen") == Some(ValueSource::DefaultValue);
             Ok(Options {
                 config,
                 listen_is_default,
+                service,
             })
         });
         parsed.map_err(|mut e| {
@@ -630,6 +654,9 @@ pub enum ConfigError {
     },
     /// No `--listen` address: the server would serve nothing.
     NoListener,
+    /// `--auth-file` for a protocol that authenticates no one
+    /// (`Service::authenticates`): a token nobody checks.
+    AuthUnused,
     /// A `tls` listener without this option (`--tls-cert` or `--tls-key`).
     TlsNeeds(&'static str),
     /// A TLS option given, and no listener with the `tls` option: the
@@ -647,6 +674,7 @@ impl ConfigError {
             ConfigError::Number { bounds, .. } => bounds.option,
             ConfigError::Duration { bounds, .. } => bounds.option,
             ConfigError::NoListener => "--listen",
+            ConfigError::AuthUnused => "--auth-file",
             ConfigError::TlsNeeds(option) => option,
             ConfigError::TlsUnused { option, .. } => option,
         }
@@ -684,6 +712,10 @@ impl fmt::Display for ConfigError {
                     "--listen must be given at least once: there is nothing to serve"
                 )
             }
+            ConfigError::AuthUnused => write!(
+                f,
+                "--auth-file is given, but this server's protocol has no authentication: nobody would check the token"
+            ),
         }
     }
 }
@@ -1097,6 +1129,8 @@ impl Limits {
             handshake_timeout: nonzero(config.handshake_timeout),
             // Validated: between 1 and 1024.
             loops: usize::try_from(config.threads).unwrap_or(1),
+            // The server sets the service's own bound (`Service::longest_response`).
+            longest_response: crate::limits::echoing_response(bytes(config.max_line)),
         }
     }
 }
@@ -1512,7 +1546,7 @@ mod tests {
             idle_timeout: Duration::MAX,
             ..Config::default()
         };
-        match crate::Server::bind(config) {
+        match crate::Server::bind(config, crate::protocol::Loopline) {
             Err(crate::StartError::Config(e)) => assert_eq!(e.option(), "--idle-timeout"),
             Err(other) => panic!("unexpected error: {other}"),
             Ok(_) => panic!("bound a server with an idle timeout of Duration::MAX"),

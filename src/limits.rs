@@ -39,6 +39,10 @@ pub struct Limits {
     /// may fill only its share of the room left under `--max-memory`
     /// ([`Limits::memory_share`]).
     pub loops: usize,
+    /// The most bytes one response may take: what the service says
+    /// (`Service::longest_response`) for `max_line`. Room for it is made
+    /// before each response, and the output buffer's bound counts it.
+    pub longest_response: usize,
 }
 
 impl Limits {
@@ -126,11 +130,18 @@ pub const LINGER_READS_PER_TURN: usize = 4;
 /// so one burst does not hold memory until exit.
 pub const SPARE_OUTPUT_KEEP: usize = 128 * 1024;
 
-/// The longest response line, in bytes, for a given `--max-line`: `OK `, an
-/// echoed line and its LF, or an `ERR usage: NAME ...` line; STATS and the
-/// fixed lines are far shorter than the floor of 512.
+/// The longest response line, in bytes, with these limits: the service's
+/// own bound ([`Limits::longest_response`]).
 pub fn longest_response(limits: &Limits) -> usize {
-    limits.max_line.saturating_add(64).max(512)
+    limits.longest_response
+}
+
+/// The longest response of a service that echoes its request line, for a
+/// given `--max-line`: `OK `, the line and its LF, or an `ERR usage: NAME
+/// ...` line; fixed lines are far shorter than the floor of 512. The
+/// default of `Service::longest_response`.
+pub fn echoing_response(max_line: usize) -> usize {
+    max_line.saturating_add(64).max(512)
 }
 
 /// The most a connection's input buffer may ever hold, as capacity: an
@@ -193,6 +204,7 @@ impl MemoryPressure {
     }
 
     /// Updates the state for a new process-wide total.
+    #[inline]
     pub fn update(&mut self, buffered: u64, max_memory: usize) {
         let max = max_memory as u64;
         if buffered > max {

@@ -45,9 +45,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::ListenAddr;
 pub use crate::limits::{MAX_HTTP_HEAD, MAX_METRICS_CONNECTIONS, METRICS_KEEP_ALIVE};
-use crate::protocol::AuthToken;
 use crate::stats::{Outcomes, Snapshot, Stats};
 use crate::summaries::Kind;
+use crate::token::AuthToken;
 
 /// The most headers a head may carry; more answers `431`.
 const MAX_HEADERS: usize = 64;

@@ -27,9 +27,9 @@ use mio::Waker;
 
 use crate::guard::Guards;
 use crate::limits::MemoryCap;
-use crate::protocol::AuthToken;
 use crate::stats::Counters;
 use crate::summaries::{Kind, Summaries};
+use crate::token::AuthToken;
 
 /// What SIGHUP reloads: new connections use the latest.
 #[derive(Clone, Default)]

@@ -1,88 +1,33 @@
-//! The loopline protocol: one request line in, one response line out.
+//! The loopline protocol, one [`Service`] among others: one request line
+//! in, one response line out.
 //!
-//! This module knows nothing of sockets, buffers or timers. It is handed a
-//! complete request line (LF and CR already removed by [`crate::framing`])
-//! and appends exactly one response line, ending in LF, to `out`. The exact
-//! bytes are the contract of docs/protocol.md.
+//! This module knows nothing of sockets, buffers or timers: the engine hands
+//! [`Loopline::respond`] a complete request line (LF and CR already removed
+//! by [`crate::framing`]) and it appends exactly one response line, ending
+//! in LF, to `out`. The exact bytes are the contract of docs/protocol.md.
 //!
 //! Authentication is part of the protocol: what a connection may do depends
-//! on its [`Session`] (has it sent the right `AUTH` yet?) and on the server's
-//! [`AuthToken`], if `--auth-file` gave one. Both are handed in by the caller.
+//! on its [`Session`] (has it sent the right `AUTH` yet?) and on the
+//! server's token, if `--auth-file` gave one ([`Context::token`]). The
+//! engine counts failures per address ([`Context::auth_failed`]).
 
-use std::fmt;
-use std::hint::black_box;
 use std::io::Write as _;
-use std::net::IpAddr;
-use std::time::Instant;
 
-use crate::guard::Guards;
-use crate::stats::Stats;
+use crate::service::{After, Context, Notice, Service};
 
 /// Every command, as `HELP` lists them when authentication is off.
 pub const HELP_REPLY: &[u8] = b"OK commands: PING ECHO QUIT HELP STATS\n";
 /// The same, with `--auth-file`: `AUTH` is a command too.
 pub const HELP_REPLY_WITH_AUTH: &[u8] = b"OK commands: PING ECHO QUIT HELP STATS AUTH\n";
 
-/// The greeting sent on accept.
-pub const GREETING: &[u8] = b"READY\n";
-/// Sent instead of the greeting when `--max-connections` are open; then close.
-pub const BUSY: &[u8] = b"ERR server busy\n";
-/// Sent when a request line passes `--max-line`; then close.
-pub const LINE_TOO_LONG: &[u8] = b"ERR line too long\n";
-/// Sent after `--idle-timeout` without a complete request; then close.
-pub const IDLE_TIMEOUT: &[u8] = b"ERR idle timeout\n";
-/// Sent on graceful shutdown after every response already due; then close.
-pub const SHUTTING_DOWN: &[u8] = b"ERR server shutting down\n";
-/// Sent instead of the greeting when the client's address already has
-/// `--max-connections-per-ip` connections open; then close.
-pub const TOO_MANY_FROM_ADDRESS: &[u8] = b"ERR too many connections from your address\n";
-/// Sent instead of the greeting when the client's address opened
-/// `--max-connection-rate-per-ip` connections within the last second.
-pub const CONNECTING_TOO_FAST: &[u8] = b"ERR connecting too fast\n";
-/// The answer to the `AUTH` that is one failure too many (for the
-/// connection, or for its address), and the line a new connection from an
-/// address refused for its failures gets instead of the greeting; then
-/// close.
-pub const TOO_MANY_AUTH_FAILURES: &[u8] = b"ERR too many auth failures\n";
+/// Why a connection ended after its `QUIT`, for the close line.
+pub const QUIT: &str = "client sent QUIT";
+/// Why a connection ended after an `AUTH` too many.
+pub const TOO_MANY_AUTH_FAILURES: &str = "too many auth failures";
 
 /// Failed `AUTH` attempts a connection may make; the last of them is
 /// answered with `ERR too many auth failures` and closes it.
 pub const MAX_AUTH_FAILURES: u8 = 3;
-
-/// The shared secret of `--auth-file`: never empty, never logged (its
-/// `Debug` shows no byte of it).
-/// No `PartialEq`: the only comparison is [`AuthToken::matches`].
-#[derive(Clone)]
-pub struct AuthToken(Box<[u8]>);
-
-impl AuthToken {
-    /// A token of these bytes; `None` if there are none.
-    pub fn new(bytes: &[u8]) -> Option<AuthToken> {
-        (!bytes.is_empty()).then(|| AuthToken(bytes.into()))
-    }
-
-    /// Whether `given` is the token, in time that does not depend on where
-    /// the two first differ: every byte of the token is compared, and the
-    /// differences are OR-ed together, with no early exit. `black_box`
-    /// keeps the compiler from turning the loop back into one that stops
-    /// at the first difference. The time depends only on the token's
-    /// length (the server's own, fixed) and on whether `given` is shorter
-    /// (a branch on its length, never on its content).
-    pub fn matches(&self, given: &[u8]) -> bool {
-        let mut difference = u8::from(self.0.len() != given.len());
-        for (i, &expected) in self.0.iter().enumerate() {
-            let byte = given.get(i).copied().unwrap_or(0);
-            difference = black_box(difference | (expected ^ byte));
-        }
-        difference == 0
-    }
-}
-
-impl fmt::Debug for AuthToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AuthToken(<hidden>)")
-    }
-}
 
 /// What the protocol remembers about one connection between its lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,10 +43,11 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new connection's session: cleared at once if no token is required.
-    pub fn new(token: Option<&AuthToken>) -> Session {
+    /// A new connection's session: cleared at once if no token is
+    /// required (`authenticating` false).
+    pub fn new(authenticating: bool) -> Session {
         Session {
-            cleared: token.is_none(),
+            cleared: !authenticating,
             auth_failures: 0,
         }
     }
@@ -110,57 +56,6 @@ impl Session {
     pub fn failed_too_often(&self) -> bool {
         self.auth_failures >= MAX_AUTH_FAILURES
     }
-}
-
-/// What answering a line may look at besides the line and the session:
-/// the same for every line of a batch, so the connection builds it once.
-#[derive(Debug, Clone, Copy)]
-pub struct Context<'a> {
-    /// The `--auth-file` token as it is now, `None` when authentication is
-    /// off.
-    pub token: Option<&'a AuthToken>,
-    /// Server-wide counters: read for `STATS`; a failed `AUTH` counts in
-    /// `auth_failures`.
-    pub stats: &'a Stats,
-    /// The time of this loop turn, for `STATS`'s uptime and the guards.
-    pub now: Instant,
-    /// The client's address (behind a balancer: the one its PROXY header
-    /// carried), for the per-address `AUTH` failure count.
-    pub client: IpAddr,
-    /// The per-address rules (`--max-auth-failures-per-ip`).
-    pub guards: &'a Guards,
-}
-
-impl<'a> Context<'a> {
-    /// A context with authentication off: no token, and no per-address
-    /// rule (benchmarks, fuzzing, tests).
-    pub fn without_auth(stats: &'a Stats, now: Instant) -> Context<'a> {
-        Context::with_token(None, stats, now)
-    }
-
-    /// A context with this token and no per-address rule, for a client on
-    /// the unspecified address.
-    pub fn with_token(token: Option<&'a AuthToken>, stats: &'a Stats, now: Instant) -> Context<'a> {
-        Context {
-            token,
-            stats,
-            now,
-            client: IpAddr::from([0, 0, 0, 0]),
-            guards: &NO_GUARDS,
-        }
-    }
-}
-
-/// The guards of a context that has none.
-static NO_GUARDS: Guards = Guards::OFF;
-
-/// What the connection does after the response has been queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum After {
-    /// Go on reading requests.
-    KeepOpen,
-    /// That was the last line (`BYE`): execute nothing more, flush, close.
-    Close,
 }
 
 /// The commands.
@@ -180,7 +75,9 @@ impl Command {
     /// An ASCII letter and its capital differ only in bit 0x20, and no other
     /// byte with that bit set equals a lowercase letter; so OR-ing 0x20 into
     /// every byte of an all-letter name folds its case exactly, and the name
-    /// is compared as one integer instead of byte by byte.
+    /// is compared as one integer instead of byte by byte. Inlined: it
+    /// runs once per request.
+    #[inline(always)]
     fn from_name(name: &[u8]) -> Option<Command> {
         const FOLD4: u32 = 0x2020_2020;
         if let Ok(four) = <[u8; 4]>::try_from(name) {
@@ -198,18 +95,84 @@ impl Command {
     }
 }
 
-/// Answers one request line. Appends exactly one line ending in `\n` to `out`.
-///
-/// `session` is the connection's, `token` the server's (`None` when
-/// authentication is off). `stats` is read for `STATS`, and counts a
-/// failed `AUTH` in `auth_failures`; `now` is read for `STATS`.
-///
-/// Inlined into the connection's loop over lines, by force: with its eight
-/// machine words of arguments, a call passes two on the stack, and the
-/// compiler, left to the `#[inline]` hint, has called it: 23 instructions
-/// more per pipelined `PING` (217 against 240, by `scripts/instructions.sh`).
+/// The `loopline` program's command line: its name, version and about,
+/// and its examples; every option is the engine's ([`crate::config::Config`]).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "loopline",
+    version,
+    about = "A TCP line-protocol server (PING, ECHO, QUIT, HELP, STATS, AUTH) on a hand-rolled mio event loop, one per thread with --threads",
+    after_help = LOOPLINE_AFTER_HELP
+)]
+pub struct LooplineCommand {}
+
+/// What `loopline --help` says after the engine's notes.
+const LOOPLINE_AFTER_HELP: &str = "\
+With --auth-file, a client must send 'AUTH <token>' before PING, ECHO or \
+STATS.
+
+Examples:
+  loopline --listen 127.0.0.1:9000
+  loopline --listen localhost:9000 --idle-timeout 5m
+  LOOPLINE_LISTEN='127.0.0.1:9000 [::1]:9000' loopline";
+
+/// loopline's protocol: `PING`, `ECHO`, `QUIT`, `HELP`, `STATS` and `AUTH`
+/// (docs/protocol.md). It keeps no state of its own: the counters `STATS`
+/// reports are the engine's, and the token is the server's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Loopline;
+
+impl Service for Loopline {
+    type Session = Session;
+
+    fn session(&self, cx: &Context) -> Session {
+        Session::new(cx.token().is_some())
+    }
+
+    /// Answers one request line. Appends exactly one line ending in `\n`
+    /// to `out`.
+    ///
+    /// Inlined into the connection's loop over lines, by force: with its
+    /// arguments, a call passes some on the stack, and the compiler, left
+    /// to the `#[inline]` hint, has called it: 23 instructions more per
+    /// pipelined `PING` (217 against 240, by `scripts/instructions.sh`).
+    #[inline(always)]
+    fn respond(
+        &self,
+        line: &[u8],
+        session: &mut Session,
+        cx: &Context,
+        out: &mut Vec<u8>,
+    ) -> After {
+        respond(line, session, cx, out)
+    }
+
+    fn notice(&self, notice: Notice) -> &[u8] {
+        notice.line()
+    }
+
+    /// Its last line was `BYE`, or the answer to an `AUTH` too many.
+    fn close_reason(&self, session: &Session) -> &'static str {
+        if session.failed_too_often() {
+            TOO_MANY_AUTH_FAILURES
+        } else {
+            QUIT
+        }
+    }
+
+    /// `ECHO` echoes the line, `STATS` is about 200 bytes: the default.
+    fn longest_response(&self, max_line: usize) -> usize {
+        crate::limits::echoing_response(max_line)
+    }
+
+    fn authenticates(&self) -> bool {
+        true
+    }
+}
+
+/// The protocol's answer to `line` (see [`Loopline`]).
 #[inline(always)]
-pub fn respond(line: &[u8], session: &mut Session, context: &Context, out: &mut Vec<u8>) -> After {
+fn respond(line: &[u8], session: &mut Session, context: &Context, out: &mut Vec<u8>) -> After {
     // When authentication is off, `cleared` is always set: this is the one
     // branch it costs per request.
     if !session.cleared && waits_for_auth(line) {
@@ -252,11 +215,11 @@ pub fn respond(line: &[u8], session: &mut Session, context: &Context, out: &mut 
             out.extend_from_slice(b"BYE\n");
             return After::Close;
         }
-        (Command::Help, None) => out.extend_from_slice(match context.token {
+        (Command::Help, None) => out.extend_from_slice(match context.token() {
             Some(_) => HELP_REPLY_WITH_AUTH,
             None => HELP_REPLY,
         }),
-        (Command::Stats, None) => write_stats(context.stats, context.now, out),
+        (Command::Stats, None) => write_stats(context, out),
     }
     After::KeepOpen
 }
@@ -286,15 +249,15 @@ fn authenticate(
     context: &Context,
     out: &mut Vec<u8>,
 ) -> After {
-    let Some(token) = context.token else {
+    let Some(token) = context.token() else {
         out.extend_from_slice(b"ERR auth not enabled\n");
         return After::KeepOpen;
     };
     // Its address failed too often (on any connection): not even a right
     // token is looked at until the period is over.
-    if context.guards.auth_refused(context.client, context.now) {
+    if context.auth_refused() {
         session.auth_failures = MAX_AUTH_FAILURES;
-        out.extend_from_slice(TOO_MANY_AUTH_FAILURES);
+        out.extend_from_slice(Notice::TooManyAuthFailures.line());
         return After::Close;
     }
     if given.is_some_and(|given| token.matches(given)) {
@@ -302,21 +265,20 @@ fn authenticate(
         out.extend_from_slice(b"OK\n");
         return After::KeepOpen;
     }
-    context.stats.count_auth_failure();
-    context.guards.auth_failed(context.client, context.now);
+    context.auth_failed();
     session.auth_failures = session.auth_failures.saturating_add(1);
     if session.failed_too_often() {
-        out.extend_from_slice(TOO_MANY_AUTH_FAILURES);
+        out.extend_from_slice(Notice::TooManyAuthFailures.line());
         return After::Close;
     }
     out.extend_from_slice(b"ERR invalid token\n");
     After::KeepOpen
 }
 
-fn write_stats(stats: &Stats, now: Instant, out: &mut Vec<u8>) {
-    let uptime = now.saturating_duration_since(stats.started()).as_secs();
+fn write_stats(context: &Context, out: &mut Vec<u8>) {
+    let uptime = context.uptime().as_secs();
     // The whole process's counters, every loop's summed.
-    let stats = stats.snapshot();
+    let stats = context.counters();
     // Writing into a Vec cannot fail.
     let _ = writeln!(
         out,
@@ -338,18 +300,16 @@ fn write_stats(stats: &Stats, now: Instant, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::Stats;
+    use crate::token::AuthToken;
+    use std::time::Instant;
 
     fn reply(line: &[u8]) -> (Vec<u8>, After) {
         let now = Instant::now();
         let stats = Stats::new(now);
-        let mut session = Session::new(None);
+        let mut session = Session::new(false);
         let mut out = Vec::new();
-        let after = respond(
-            line,
-            &mut session,
-            &Context::without_auth(&stats, now),
-            &mut out,
-        );
+        let after = respond(line, &mut session, &Context::new(&stats, now), &mut out);
         (out, after)
     }
 
@@ -364,7 +324,7 @@ mod tests {
         fn new() -> Authed {
             let token = AuthToken::new(b"s3cret").unwrap();
             Authed {
-                session: Session::new(Some(&token)),
+                session: Session::new(true),
                 token,
                 stats: Stats::new(Instant::now()),
             }
@@ -447,17 +407,6 @@ mod tests {
                 (b"ERR auth not enabled\n".to_vec(), After::KeepOpen)
             );
         }
-    }
-
-    #[test]
-    fn tokens_match_only_themselves() {
-        let token = AuthToken::new(b"abc").unwrap();
-        assert!(token.matches(b"abc"));
-        for other in [&b""[..], b"ab", b"abd", b"abc\0", b"abc\r", b"ABC", b"xbc"] {
-            assert!(!token.matches(other), "{other:?}");
-        }
-        assert!(AuthToken::new(b"").is_none());
-        assert!(!format!("{token:?}").contains("abc"));
     }
 
     fn text(line: &[u8]) -> Vec<u8> {
@@ -560,8 +509,8 @@ mod tests {
         let mut out = Vec::new();
         respond(
             b"STATS",
-            &mut Session::new(None),
-            &Context::without_auth(&stats, now),
+            &mut Session::new(false),
+            &Context::new(&stats, now),
             &mut out,
         );
         let line = String::from_utf8(out).unwrap();

@@ -208,7 +208,8 @@ impl Counters {
     }
 
     /// Bytes held in client buffers in the whole process now: what
-    /// `--max-memory` caps.
+    /// `--max-memory` caps. Asked after every call into a connection.
+    #[inline]
     pub fn buffered(&self) -> u64 {
         self.loops.iter().map(|l| l.buffered.load(Relaxed)).sum()
     }

@@ -127,6 +127,7 @@ impl Timers {
     }
 
     /// `at` in the heap's unit.
+    #[inline]
     pub fn moment(&self, at: Instant) -> Moment {
         Moment(self.nanos(at))
     }
@@ -145,6 +146,7 @@ impl Timers {
 
     /// Removes the earliest deadline if it is due at `now`, and returns its
     /// key: earliest first.
+    #[inline]
     pub fn pop_due(&mut self, now: Moment) -> Option<usize> {
         let first = *self.heap.first()?;
         if first.due > now.0 {

@@ -87,7 +87,7 @@ fn steady_state_requests_allocate_nothing_on_the_server() {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         ..Default::default()
     };
-    let server = loopline::Server::bind(config).unwrap();
+    let server = loopline::Server::bind(config, loopline::protocol::Loopline).unwrap();
     let addr = server.local_addrs()[0];
     let stop = server.shutdown_handle();
     let running = std::thread::spawn(move || {

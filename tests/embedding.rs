@@ -23,7 +23,7 @@ fn runs_until_its_shutdown_handle_fires(threads: u64) {
         threads,
         ..Default::default()
     };
-    let server = loopline::Server::bind(config).expect("bind");
+    let server = loopline::Server::bind(config, loopline::protocol::Loopline).expect("bind");
     let addr = server.local_addrs()[0];
     assert_ne!(addr.port(), 0);
     let shutdown = server.shutdown_handle();
@@ -68,7 +68,7 @@ fn binding_a_taken_address_is_a_typed_error() {
         listen: vec![addr.into()],
         ..Default::default()
     };
-    match loopline::Server::bind(config) {
+    match loopline::Server::bind(config, loopline::protocol::Loopline) {
         Err(e @ loopline::StartError::Listen { .. }) => {
             assert!(e.to_string().contains(&addr.to_string()))
         }

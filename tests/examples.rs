@@ -16,12 +16,11 @@ mod util;
 
 use std::io::{self, Write};
 use std::net::Shutdown;
-use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use util::{Client, Server};
+use util::{example_path, Client, Server};
 
 /// How long we listen for something that must NOT arrive.
 const QUIET: Duration = Duration::from_millis(300);
@@ -32,27 +31,6 @@ fn start_example(name: &str, extra_args: &[&str]) -> Server {
     let mut command = Command::new(example_path(name));
     command.arg("127.0.0.1:0").args(extra_args);
     Server::spawn(command)
-}
-
-/// Where cargo put the example binary: the test executable is
-/// target/<profile>/deps/examples-<hash>, examples are in
-/// target/<profile>/examples/.
-fn example_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable is in target/<profile>/deps");
-    let path = profile_dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} is missing: a plain `cargo test` builds the examples first; \
-         otherwise run `cargo build --examples`",
-        path.display()
-    );
-    path
 }
 
 // ---------------------------------------------------------------------------
@@ -307,4 +285,45 @@ fn flood_without_reading(extra_args: &[&str]) {
         peak < rss_at_start + 8 * 1024,
         "server peak RSS {peak} kB vs {rss_at_start} kB at start: output not bounded"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Step 6: your own protocol on the engine
+// ---------------------------------------------------------------------------
+
+/// The tutorial's session with the tally, as written there: shared counts,
+/// a session of its own per connection, and the engine's options (here
+/// `--idle-timeout`) for free.
+#[test]
+fn step6_tally_counts_for_everyone_and_remembers_each_connection() {
+    let mut command = Command::new(example_path("step6_tally"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--idle-timeout", "2s"])
+        .env("RUST_LOG", "info");
+    let server = Server::spawn(command);
+    let mut first = server.client();
+    for (request, answer) in [
+        ("ADD apple", "OK 1"),
+        ("ADD apple", "OK 2"),
+        ("ADD pear", "OK 1"),
+        ("COUNT apple", "OK 2"),
+        ("MINE", "OK 3"),
+        ("count kiwi", "OK 0"),
+        ("EAT apple", "ERR unknown command"),
+    ] {
+        first.send(format!("{request}\n").as_bytes());
+        first.expect_line(answer);
+    }
+    // Another connection sees the same counts, and has made no ADD.
+    let mut second = server.client();
+    second.send(b"ADD apple\nMINE\n");
+    second.expect_line("OK 3");
+    second.expect_line("OK 1");
+    second.send(b"QUIT\n");
+    second.expect_line("BYE");
+    second.expect_eof();
+    // The engine's idle timeout, with the engine's line.
+    first.expect_line("ERR idle timeout");
+    first.expect_eof();
+    server.assert_no_panic();
 }

@@ -8,12 +8,12 @@
 
 use std::path::Path;
 
-use clap::CommandFactory;
-
-/// The man page the current code generates.
+/// The man page the current code generates: the `loopline` program's
+/// whole command line (its name and about, the engine's options).
 fn generated_page() -> Vec<u8> {
     let mut page = Vec::new();
-    clap_mangen::Man::new(loopline::Config::command())
+    let command = loopline::config::command::<loopline::protocol::LooplineCommand>();
+    clap_mangen::Man::new(command)
         .render(&mut page)
         .expect("render the man page");
     page

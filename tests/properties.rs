@@ -33,7 +33,8 @@ use loopline::connection::{
     State, SPARE_OUTPUT_KEEP,
 };
 use loopline::framing::{cut_line, final_line, unfinished_too_long, Cut};
-use loopline::protocol::{self, After};
+use loopline::protocol::Loopline;
+use loopline::service::{After, Context, Service};
 use loopline::stats::Stats;
 use loopline::timer::Timers;
 use model::{ClientEnd, Expected, Transcript};
@@ -469,6 +470,7 @@ fn limits_for(setup: &Setup) -> Limits {
         tcp_keepalive: None,
         handshake_timeout: None,
         loops: 1,
+        longest_response: loopline::limits::echoing_response(setup.max_line),
     }
 }
 
@@ -477,7 +479,7 @@ fn limits_for(setup: &Setup) -> Limits {
 /// `--max-output` (at most one read's worth), so after it the output bound
 /// grows by a reply per held line.
 fn check(
-    conn: &Connection,
+    conn: &Connection<Loopline>,
     next: Next,
     setup: &Setup,
     after_shutdown: bool,
@@ -542,8 +544,8 @@ fn check(
 
 /// The connection, its loan from the "loop", and (edge-triggered) its polls.
 struct Harness<'a> {
-    conn: Connection,
-    cx: Lent<'a>,
+    conn: Connection<Loopline>,
+    cx: Lent<'a, Loopline>,
     polls: Vec<(mio::Poll, mio::Events)>,
     /// The second descriptor of the socket (registered for writable edges
     /// when they come apart); closed with the connection.
@@ -743,6 +745,7 @@ fn run_state_machine(setup: &Setup, script: &Script, ops: &[Op]) -> Result<(), T
     let mut spare = loopline::connection::Spare::default();
     let mut memory = loopline::connection::MemoryPressure::default();
     let mut cx = Lent {
+        service: &Loopline,
         now,
         key: 0,
         limits: &limits,
@@ -1054,8 +1057,9 @@ proptest! {
         });
         let now = started + Duration::from_secs(up_s);
         let mut out = before.clone();
-        let mut session = protocol::Session::new(None);
-        let after = protocol::respond(&line, &mut session, &protocol::Context::without_auth(&stats, now), &mut out);
+        let context = Context::new(&stats, now);
+        let mut session = Loopline.session(&context);
+        let after = Loopline.respond(&line, &mut session, &context, &mut out);
         prop_assert!(out.starts_with(&before), "respond changed what was there");
         let reply = &out[before.len()..];
         prop_assert_eq!(reply.last(), Some(&b'\n'), "reply {:?}", Bytes(reply.to_vec()));
@@ -1063,6 +1067,6 @@ proptest! {
         let (want, quit) = model::answer(&line);
         let expected = Transcript { lines: vec![want], session_over: quit };
         agrees(&expected, reply, "respond vs the model")?;
-        prop_assert_eq!(after == After::Close, quit);
+        prop_assert_eq!(after != After::KeepOpen, quit);
     }
 }

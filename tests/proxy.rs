@@ -367,6 +367,31 @@ fn a_reachable_proxy_listener_without_proxy_from_is_warned_about() {
     }
 }
 
+// ---- The engine's rule, whatever the protocol ------------------------
+
+// Over both transports (a header, then the TLS handshake), with one loop
+// and two, and against the key-value example too.
+util::engine_rule!(behind_a_header_a_client_is_served_and_counted_under_its_address);
+
+/// The client a header names is the one the limits count: two
+/// connections naming the same client are one too many under
+/// `--max-connections-per-ip 1`, one naming another is served.
+fn behind_a_header_a_client_is_served_and_counted_under_its_address(transport: util::Transport) {
+    let server = Server::start_proxied(transport, &["--max-connections-per-ip", "1"]);
+    let header = v1("203.0.113.9:4000".parse().unwrap());
+    let mut first = server.connect_behind_header(&header);
+    first.expect_line("READY");
+    first.probe();
+    let mut second = server.connect_behind_header(&header);
+    second.expect_line("ERR too many connections from your address");
+    second.expect_eof();
+    let mut other = server.connect_behind_header(&v1("203.0.113.10:4000".parse().unwrap()));
+    other.expect_line("READY");
+    other.probe();
+    first.probe();
+    server.assert_no_panic();
+}
+
 // ---- Raw sockets -----------------------------------------------------
 
 fn a_header_byte_by_byte_then_a_request_with_its_last_byte_loses_nothing() {

@@ -11,9 +11,14 @@ use util::{both_transports, Server, Transport, PATIENCE};
 both_transports!(
     sigterm_shuts_down_gracefully,
     sigint_shuts_down_gracefully,
+    held_quit_answered_at_shutdown_keeps_bye_last,
+);
+
+// The engine's rules: against the key-value example too.
+util::engine_rule!(
     shutdown_timeout_closes_clients_that_do_not_read,
     no_new_connections_after_shutdown,
-    held_quit_answered_at_shutdown_keeps_bye_last,
+    an_idle_client_gets_the_shutdown_line_whatever_the_protocol,
 );
 
 fn shuts_down_on(transport: Transport, signal: &str) {
@@ -84,14 +89,15 @@ fn no_new_connections_after_shutdown(transport: Transport) {
     // server is shutting down). Whatever it is, it is never served.
     if let Ok(mut late) = server.try_connect() {
         // A write or read that fails is one more way of not being served.
-        let _ = late.try_send(b"PING\n");
+        let (probe, answer) = util::protocol().probe();
+        let _ = late.try_send(probe);
         let mut said = Vec::new();
         let mut chunk = [0u8; 4096];
         while let Ok(n @ 1..) = late.read_some(&mut chunk) {
             said.extend_from_slice(&chunk[..n]);
         }
         let said = String::from_utf8_lossy(&said);
-        assert!(!said.contains("PONG"), "served after shutdown: {said:?}");
+        assert!(!said.contains(answer), "served after shutdown: {said:?}");
     }
     assert_eq!(server.wait_exit().code(), Some(0));
 }
@@ -131,4 +137,20 @@ fn held_quit_answered_at_shutdown_keeps_bye_last(transport: Transport) {
     );
     assert_eq!(all.len(), 3 + 20_000_000 + 1 + 5 + 4);
     assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+/// A graceful shutdown, seen by a client that is idle and one that has
+/// just been answered: the engine's last line, then the careful close.
+fn an_idle_client_gets_the_shutdown_line_whatever_the_protocol(transport: Transport) {
+    let mut server = Server::start_over(transport, &[]);
+    let mut idle = server.client();
+    let mut answered = server.client();
+    answered.probe();
+    server.signal("TERM");
+    for c in [&mut idle, &mut answered] {
+        c.expect_line("ERR server shutting down");
+        c.expect_eof();
+    }
+    assert_eq!(server.wait_exit().code(), Some(0));
+    server.wait_for_log("shutdown complete");
 }

@@ -35,8 +35,9 @@ use loopline::connection::{
     Role, Spare, State, SPARE_OUTPUT_KEEP,
 };
 use loopline::framing::{cut_line, final_line, Cut};
-use loopline::protocol::{self, After, Context, Session};
+use loopline::protocol::{Loopline, Session};
 use loopline::proxy::{self, Parsed};
+use loopline::service::{After, Context, Service};
 use loopline::stats::Stats;
 use loopline::timer::Timers;
 use loopline::transport::Transport;
@@ -71,24 +72,20 @@ impl Opening {
 /// ended the session (QUIT, or a line too long, finished or not).
 fn replies(input: &[u8], max_line: usize, stats: &Stats, now: Instant) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
-    let mut session = Session::new(None);
+    let mut session = Session::new(false);
     let mut rest = input;
     loop {
         match cut_line(rest, max_line) {
             Cut::Line { line, used } => {
                 rest = &rest[used..];
-                if protocol::respond(
-                    line,
-                    &mut session,
-                    &Context::without_auth(&stats, now),
-                    &mut out,
-                ) == After::Close
+                if Loopline.respond(line, &mut session, &Context::new(&stats, now), &mut out)
+                    == After::Close
                 {
                     return (out, true);
                 }
             }
             Cut::TooLong => {
-                out.extend_from_slice(protocol::LINE_TOO_LONG);
+                out.extend_from_slice(loopline::service::Notice::LineTooLong.line());
                 return (out, true);
             }
             Cut::Partial => return (out, false),
@@ -102,7 +99,7 @@ fn replies(input: &[u8], max_line: usize, stats: &Stats, now: Instant) -> (Vec<u
 /// were consumed, the responses to those and the shutdown line.
 fn transcript(input: &[u8], max_line: usize, shutdown_at: Option<usize>, now: Instant) -> Vec<u8> {
     let stats = Stats::new(now);
-    let mut want = protocol::GREETING.to_vec();
+    let mut want = loopline::service::GREETING.to_vec();
     match shutdown_at {
         None => {
             let (out, ended) = replies(input, max_line, &stats, now);
@@ -112,11 +109,11 @@ fn transcript(input: &[u8], max_line: usize, shutdown_at: Option<usize>, now: In
                 .rposition(|&b| b == b'\n')
                 .map_or(0, |lf| lf + 1)..];
             if !ended && !tail.is_empty() {
-                let mut session = Session::new(None);
-                protocol::respond(
+                let mut session = Session::new(false);
+                Loopline.respond(
                     final_line(tail),
                     &mut session,
-                    &Context::without_auth(&stats, now),
+                    &Context::new(&stats, now),
                     &mut want,
                 );
             }
@@ -125,7 +122,7 @@ fn transcript(input: &[u8], max_line: usize, shutdown_at: Option<usize>, now: In
             let (out, ended) = replies(&input[..at], max_line, &stats, now);
             want.extend(out);
             if !ended {
-                want.extend_from_slice(protocol::SHUTTING_DOWN);
+                want.extend_from_slice(loopline::service::Notice::ShuttingDown.line());
             }
         }
     }
@@ -244,8 +241,8 @@ impl Peer {
 }
 
 struct Run<'a> {
-    conn: Connection,
-    cx: Lent<'a>,
+    conn: Connection<Loopline>,
+    cx: Lent<'a, Loopline>,
     max_line: usize,
     max_output: usize,
     read_buf: usize,
@@ -409,7 +406,7 @@ fn expected(
 ) -> Vec<u8> {
     let now = run.cx.now;
     match opening {
-        Opening::TurnedAway | Opening::TlsTurnedAway => Refusal::Busy.line().to_vec(),
+        Opening::TurnedAway | Opening::TlsTurnedAway => Refusal::Busy.notice().line().to_vec(),
         Opening::Client | Opening::Tls => transcript(input, run.max_line, shutdown_at, now),
         Opening::Proxied => {
             // The server looks at most this far for the header's end.
@@ -462,6 +459,7 @@ fuzz_target!(|data: &[u8]| {
         tcp_keepalive: None,
         handshake_timeout: None,
         loops: 1,
+        longest_response: loopline::limits::echoing_response(max_line),
     };
     let now = Instant::now();
     let stats = Stats::new(now);
@@ -470,6 +468,7 @@ fuzz_target!(|data: &[u8]| {
     let mut spare = Spare::default();
     let mut memory = loopline::connection::MemoryPressure::default();
     let cx = Lent {
+        service: &Loopline,
         now,
         key: 0,
         limits: &limits,

@@ -10,7 +10,8 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use loopline::protocol::{respond, After, Context, Session};
+use loopline::protocol::{Loopline, Session};
+use loopline::service::{After, Context, Service};
 use loopline::stats::Stats;
 
 fuzz_target!(|data: &[u8]| {
@@ -37,10 +38,10 @@ fuzz_target!(|data: &[u8]| {
 
     let mut out = b"earlier\n".to_vec();
     // Authentication off: the protocol every connection gets by default.
-    let after = respond(
+    let after = Loopline.respond(
         &line,
-        &mut Session::new(None),
-        &Context::without_auth(&stats, now),
+        &mut Session::new(false),
+        &Context::new(&stats, now),
         &mut out,
     );
     assert!(

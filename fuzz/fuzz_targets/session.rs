@@ -14,38 +14,35 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use loopline::framing::{cut_line, final_line, unfinished_too_long, Cut};
-use loopline::protocol::{self, After, Context, Session};
+use loopline::protocol::{Loopline, Session};
+use loopline::service::{After, Context, Service};
 use loopline::stats::Stats;
 
 /// The one-read reference: everything at once, then EOF.
 fn one_read(stream: &[u8], max_line: usize, stats: &mut Stats, now: Instant) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut session = Session::new(None);
+    let mut session = Session::new(false);
     let mut rest = stream;
     loop {
         match cut_line(rest, max_line) {
             Cut::Line { line, used } => {
                 rest = &rest[used..];
-                if protocol::respond(
-                    line,
-                    &mut session,
-                    &Context::without_auth(&stats, now),
-                    &mut out,
-                ) == After::Close
+                if Loopline.respond(line, &mut session, &Context::new(&stats, now), &mut out)
+                    == After::Close
                 {
                     return out;
                 }
             }
             Cut::TooLong => {
-                out.extend_from_slice(protocol::LINE_TOO_LONG);
+                out.extend_from_slice(loopline::service::Notice::LineTooLong.line());
                 return out;
             }
             Cut::Partial => {
                 if !rest.is_empty() {
-                    protocol::respond(
+                    Loopline.respond(
                         final_line(rest),
                         &mut session,
-                        &Context::without_auth(&stats, now),
+                        &Context::new(&stats, now),
                         &mut out,
                     );
                 }
@@ -72,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
     let mut stats = Stats::new(now);
 
     let want = one_read(stream, max_line, &mut stats, now);
-    let mut session = Session::new(None);
+    let mut session = Session::new(false);
 
     let mut out = Vec::new();
     let mut held: Vec<u8> = Vec::new();
@@ -104,19 +101,15 @@ fuzz_target!(|data: &[u8]| {
             match cut_line(&held[start..], max_line) {
                 Cut::Line { line, used } => {
                     start += used;
-                    if protocol::respond(
-                        line,
-                        &mut session,
-                        &Context::without_auth(&stats, now),
-                        &mut out,
-                    ) == After::Close
+                    if Loopline.respond(line, &mut session, &Context::new(&stats, now), &mut out)
+                        == After::Close
                     {
                         done = true;
                         break;
                     }
                 }
                 Cut::TooLong => {
-                    out.extend_from_slice(protocol::LINE_TOO_LONG);
+                    out.extend_from_slice(loopline::service::Notice::LineTooLong.line());
                     done = true;
                     break;
                 }
@@ -132,10 +125,10 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     if !done && !held.is_empty() {
-        protocol::respond(
+        Loopline.respond(
             final_line(&held),
             &mut session,
-            &Context::without_auth(&stats, now),
+            &Context::new(&stats, now),
             &mut out,
         );
     }

@@ -12,16 +12,17 @@ use std::net::Shutdown;
 
 use super::{CloseReason, Connection, Held, Lent, Next, Role, State};
 use crate::limits::LINGER_READS_PER_TURN;
+use crate::service::Service;
 use crate::transport::Wire;
 
-impl Connection {
+impl<S: Service> Connection<S> {
     /// Queues a last line and starts the close that follows it.
     pub(super) fn close_after(
         &mut self,
         line: &[u8],
         reason: CloseReason,
         held: &mut Held,
-        lent: &mut Lent,
+        lent: &mut Lent<S>,
     ) -> Next {
         held.output
             .make_room(crate::limits::longest_response(lent.limits), lent.limits);
@@ -45,14 +46,14 @@ impl Connection {
     /// or its address. Done before that line is written: a client that
     /// reads it and connects again at once must find its place free, even
     /// when another loop (`--threads`) takes the new connection.
-    fn stop_counting_as_client(&mut self, lent: &mut Lent) {
+    fn stop_counting_as_client(&mut self, lent: &mut Lent<S>) {
         if std::mem::take(&mut self.flags.counted_client) {
             lent.stats.client_left(self.client());
         }
     }
 
     /// Writes what is pending, through the transport, and counts it.
-    pub(super) fn flush(&mut self, held: &mut Held, lent: &mut Lent) -> Result<(), CloseReason> {
+    pub(super) fn flush(&mut self, held: &mut Held, lent: &mut Lent<S>) -> Result<(), CloseReason> {
         let mut wire = Wire::default();
         let result = held
             .output
@@ -67,7 +68,7 @@ impl Connection {
         &mut self,
         next: Next,
         held: &mut Held,
-        lent: &mut Lent,
+        lent: &mut Lent<S>,
     ) -> Next {
         if next == Next::Close {
             return next;
@@ -112,7 +113,7 @@ impl Connection {
     /// While output waits for the socket, the write-stall clock runs and
     /// the deadline is no later than its next look; once nothing waits, the
     /// clock stops (the deadline it set is looked at, and moved, lazily).
-    fn watch_stall(&mut self, held: &mut Held, lent: &mut Lent) {
+    fn watch_stall(&mut self, held: &mut Held, lent: &mut Lent<S>) {
         if self.output_waiting(held) {
             held.output
                 .start_stall_clock(&self.stream, self.totals.bytes_out, lent.now);
@@ -128,7 +129,7 @@ impl Connection {
     /// EOF after our last line), then read and discard what the peer still
     /// sends, for a bounded time (`--linger`, and never past a refusal's
     /// deadline). The loop also bounds how many sockets linger at once.
-    fn linger(&mut self, held: &mut Held, lent: &mut Lent) -> Next {
+    fn linger(&mut self, held: &mut Held, lent: &mut Lent<S>) -> Next {
         let _ = self.stream.shutdown(Shutdown::Write);
         if self.flags.peer_eof {
             // The peer already closed its side: nothing more can arrive.
@@ -148,7 +149,7 @@ impl Connection {
 
     /// Reads and drops input while lingering, until EOF or WouldBlock, at
     /// most [`LINGER_READS_PER_TURN`] reads per call.
-    pub(super) fn discard_input(&mut self, lent: &mut Lent) -> Next {
+    pub(super) fn discard_input(&mut self, lent: &mut Lent<S>) -> Next {
         for _ in 0..LINGER_READS_PER_TURN {
             match self.stream.read(lent.read_buf) {
                 Ok(0) => return Next::Close,
@@ -169,7 +170,7 @@ impl Connection {
     /// Graceful shutdown of a metrics connection: an answer being written
     /// is finished (it is small), then the connection closes; the others
     /// close now (HTTP has no line to say why).
-    pub(super) fn shut_down_metrics(&mut self, held: &mut Held, lent: &mut Lent) -> Next {
+    pub(super) fn shut_down_metrics(&mut self, held: &mut Held, lent: &mut Lent<S>) -> Next {
         match self.state {
             State::Open | State::Paused if self.output_waiting(held) => {
                 self.start_closing(held, CloseReason::Shutdown);

@@ -17,7 +17,7 @@ use super::{CloseReason, Connection, Held, Lent, Next, Role, State};
 use crate::framing::{self, Continued, Cut};
 use crate::limits::{input_capacity_bound, longest_response, MAX_HTTP_HEAD, READ_UNDER_PRESSURE};
 use crate::metrics::{self, HeadAnswer};
-use crate::protocol::{self, After};
+use crate::service::{After, Context, Notice, Service};
 use crate::transport::Wire;
 
 /// What answering a batch of lines may use before it must stop and look
@@ -28,14 +28,14 @@ struct ReplyBudget<'a> {
     /// Pending output past which a cap is passed: `--max-output`, or less
     /// when the process is near `--max-memory`.
     pause_above: usize,
-    /// What the protocol answers with besides the line: the same for the
+    /// What the service answers with besides the line: the same for the
     /// whole batch.
-    context: protocol::Context<'a>,
+    context: Context<'a>,
 }
 
-impl Connection {
+impl<S: Service> Connection<S> {
     /// The work of a live connection: what is held first, then the socket.
-    pub(super) fn serve(&mut self, readable: bool, held: &mut Held, lent: &mut Lent) -> Next {
+    pub(super) fn serve(&mut self, readable: bool, held: &mut Held, lent: &mut Lent<S>) -> Next {
         if self.role == Role::Metrics {
             return self.serve_http(readable, held, lent);
         }
@@ -52,7 +52,7 @@ impl Connection {
     /// A paused (or draining) client: send first, since this event may be
     /// the writable edge that lets it go on; then the lines it holds; then
     /// the socket, read by hand.
-    fn resume(&mut self, held: &mut Held, lent: &mut Lent) -> Next {
+    fn resume(&mut self, held: &mut Held, lent: &mut Lent<S>) -> Next {
         if let Err(reason) = self.flush(held, lent) {
             return self.fail(reason);
         }
@@ -70,7 +70,8 @@ impl Connection {
                 return Next::Wait;
             }
             // Every line that was due is answered: the last line.
-            return self.close_after(protocol::SHUTTING_DOWN, CloseReason::Shutdown, held, lent);
+            let line = lent.service.notice(Notice::ShuttingDown);
+            return self.close_after(line, CloseReason::Shutdown, held, lent);
         }
         if self.state != State::Open {
             return Next::Wait;
@@ -86,7 +87,7 @@ impl Connection {
     /// on every write), and either the process is below its memory cap or
     /// this connection has nothing pending (one that holds no output is
     /// always served). A metrics connection: its answer is all written.
-    pub(super) fn may_resume(&self, held: &Held, lent: &Lent) -> bool {
+    pub(super) fn may_resume(&self, held: &Held, lent: &Lent<S>) -> bool {
         let pending = held.output.pending();
         if self.role == Role::Metrics {
             return pending == 0;
@@ -95,7 +96,7 @@ impl Connection {
     }
 
     /// Reads once into the shared buffer and answers the complete lines.
-    pub(super) fn read_requests(&mut self, held: &mut Held, lent: &mut Lent) -> Next {
+    pub(super) fn read_requests(&mut self, held: &mut Held, lent: &mut Lent<S>) -> Next {
         loop {
             let mut budget = lent.read_buf.len();
             if self.memory_over(held, lent) {
@@ -145,7 +146,12 @@ impl Connection {
     /// Reads up to `budget` bytes of plaintext into the shared buffer:
     /// straight from the socket, or out of the TLS session (which reads
     /// records until the socket is drained). Retries an interrupted read.
-    fn read_some(&mut self, budget: usize, held: &mut Held, lent: &mut Lent) -> io::Result<usize> {
+    fn read_some(
+        &mut self,
+        budget: usize,
+        held: &mut Held,
+        lent: &mut Lent<S>,
+    ) -> io::Result<usize> {
         loop {
             let mut wire = Wire::default();
             let read =
@@ -162,7 +168,13 @@ impl Connection {
 
     /// Frames and answers the bytes of one read (into a buffer of
     /// `read_len` bytes); keeps what is left over.
-    fn take_input(&mut self, mut data: &[u8], read_len: usize, held: &mut Held, lent: &mut Lent) {
+    fn take_input(
+        &mut self,
+        mut data: &[u8],
+        read_len: usize,
+        held: &mut Held,
+        lent: &mut Lent<S>,
+    ) {
         let input_limit = input_capacity_bound(lent.limits, read_len);
         if !held.input.is_empty() {
             // An unfinished line from an earlier read: this read continues it.
@@ -213,7 +225,7 @@ impl Connection {
 
     /// Runs the lines held in `input` (after backpressure lifts). Returns
     /// whether every complete line in it was answered.
-    fn run_held_lines(&mut self, held: &mut Held, lent: &mut Lent) -> bool {
+    fn run_held_lines(&mut self, held: &mut Held, lent: &mut Lent<S>) -> bool {
         let mut lines = mem::take(&mut held.input);
         let (used, all_answered) = self.run_lines(&lines, held, lent);
         if matches!(self.state, State::Open | State::Paused | State::Draining) {
@@ -229,7 +241,7 @@ impl Connection {
     /// connection (QUIT, too long) or pauses it (backpressure). Returns the
     /// bytes consumed, and whether it stopped because no complete line was
     /// left.
-    fn run_lines(&mut self, data: &[u8], held: &mut Held, lent: &mut Lent) -> (usize, bool) {
+    fn run_lines(&mut self, data: &[u8], held: &mut Held, lent: &mut Lent<S>) -> (usize, bool) {
         // Worked out once per batch of lines, not per line: the hot path
         // then pays one comparison per reply for both caps.
         let budget = self.reply_budget(held, lent);
@@ -255,7 +267,7 @@ impl Connection {
 
     /// What answering may use before it must stop and look: room for one
     /// reply, and the pending output past which either cap is passed.
-    fn reply_budget<'a>(&self, held: &Held, lent: &Lent<'a>) -> ReplyBudget<'a> {
+    fn reply_budget<'a>(&self, held: &Held, lent: &Lent<'a, S>) -> ReplyBudget<'a> {
         // Pending output at which the process's total would pass
         // --max-memory (everything else this connection holds stays put
         // while lines are answered); none at all while pressure is on.
@@ -272,18 +284,18 @@ impl Connection {
             pause_above: usize::try_from(memory_threshold)
                 .unwrap_or(usize::MAX)
                 .min(lent.limits.max_output),
-            context: protocol::Context {
-                token: lent.token,
-                stats: lent.stats,
-                now: lent.now,
-                client: self.peer.ip(),
-                guards: lent.guards,
-            },
+            context: Context::serving(
+                lent.token,
+                lent.stats,
+                lent.now,
+                self.peer.ip(),
+                lent.guards,
+            ),
         }
     }
 
     /// Whether the next held or read line may be answered now.
-    fn may_answer(&self, held: &Held, lent: &Lent) -> bool {
+    fn may_answer(&self, held: &Held, lent: &Lent<S>) -> bool {
         match self.state {
             State::Open => true,
             // Draining answers held lines under the same backpressure.
@@ -297,14 +309,16 @@ impl Connection {
     // sometimes calls it, which costs ~30 instructions per request
     // (scripts/instructions.sh shows it).
     #[inline(always)]
-    fn answer(&mut self, line: &[u8], budget: &ReplyBudget, held: &mut Held, lent: &mut Lent) {
+    fn answer(&mut self, line: &[u8], budget: &ReplyBudget, held: &mut Held, lent: &mut Lent<S>) {
         lent.stats.add_commands(1);
         self.totals.commands += 1;
         self.last_request = lent.now;
         held.output.make_room(budget.reply_room, lent.limits);
-        let after = protocol::respond(line, &mut self.session, &budget.context, held.output.buf());
+        let after =
+            lent.service
+                .respond(line, &mut self.session, &budget.context, held.output.buf());
         if after == After::Close {
-            self.answered_last_line(held);
+            self.start_closing(held, CloseReason::Service);
             return;
         }
         // The hot path ends here: one comparison covers both caps.
@@ -313,26 +327,11 @@ impl Connection {
         }
     }
 
-    /// That reply was the connection's last line: `BYE`, or the answer to
-    /// one `AUTH` failure too many.
-    #[cold]
-    #[inline(never)]
-    fn answered_last_line(&mut self, held: &mut Held) {
-        self.start_closing(
-            held,
-            if self.session.failed_too_often() {
-                CloseReason::TooManyAuthFailures
-            } else {
-                CloseReason::Quit
-            },
-        );
-    }
-
     /// Pending output passed `--max-output`, or the process is at
     /// `--max-memory`: decide whether to stop answering.
     #[cold]
     #[inline(never)]
-    fn over_reply_budget(&mut self, held: &mut Held, lent: &mut Lent) {
+    fn over_reply_budget(&mut self, held: &mut Held, lent: &mut Lent<S>) {
         if held.output.pending() > lent.limits.max_output {
             // Backpressure: stop reading until the peer takes our output.
             self.pause();
@@ -350,18 +349,20 @@ impl Connection {
         }
     }
 
-    fn line_too_long(&mut self, held: &mut Held, lent: &mut Lent) {
+    fn line_too_long(&mut self, held: &mut Held, lent: &mut Lent<S>) {
         lent.stats.add_commands(1);
         self.totals.commands += 1;
         held.output
             .make_room(longest_response(lent.limits), lent.limits);
-        held.output.buf().extend_from_slice(protocol::LINE_TOO_LONG);
+        held.output
+            .buf()
+            .extend_from_slice(lent.service.notice(Notice::LineTooLong));
         self.start_closing(held, CloseReason::LineTooLong);
     }
 
     /// The client shut its writing side. It may still be reading: answer a
     /// last line that had no LF, flush everything, then close.
-    fn on_peer_eof(&mut self, held: &mut Held, lent: &mut Lent) -> Next {
+    fn on_peer_eof(&mut self, held: &mut Held, lent: &mut Lent<S>) -> Next {
         self.flags.peer_eof = true;
         if !held.input.is_empty() {
             let last = mem::take(&mut held.input);
@@ -377,7 +378,7 @@ impl Connection {
     /// every other connection its turn in between; the next head is parsed
     /// only once the previous answer is written (`Paused` until then), so a
     /// peer that sends without reading holds one answer and one head.
-    fn serve_http(&mut self, readable: bool, held: &mut Held, lent: &mut Lent) -> Next {
+    fn serve_http(&mut self, readable: bool, held: &mut Held, lent: &mut Lent<S>) -> Next {
         // Resumed (its answer is written, or this is the first call after
         // the handshake): the socket may hold bytes whose edge has passed.
         let mut may_read = readable || self.state == State::Paused;
@@ -417,7 +418,7 @@ impl Connection {
     /// Reads what the socket has of a request head, up to one byte past
     /// the longest one taken (a longer head is answered `431`). Returns
     /// whether the socket is drained.
-    fn read_head_bytes(&mut self, held: &mut Held, lent: &mut Lent) -> Result<bool, Next> {
+    fn read_head_bytes(&mut self, held: &mut Held, lent: &mut Lent<S>) -> Result<bool, Next> {
         let room = (MAX_HTTP_HEAD + 1)
             .saturating_sub(held.input.len())
             .clamp(1, lent.read_buf.len());
@@ -444,7 +445,7 @@ impl Connection {
 
     /// Answers the request head at the front of the input, if it is whole
     /// (or can never be: too long, malformed). Returns whether it did.
-    fn answer_head(&mut self, held: &mut Held, lent: &mut Lent) -> bool {
+    fn answer_head(&mut self, held: &mut Held, lent: &mut Lent<S>) -> bool {
         if held.input.is_empty() {
             return false;
         }

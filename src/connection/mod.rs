@@ -92,19 +92,22 @@ pub use crate::limits::{
 };
 use crate::limits::{METRICS_KEEP_ALIVE, REFUSAL_DEADLINE};
 use crate::metrics::Page;
-use crate::protocol::{self, AuthToken, Session};
 use crate::proxy::HeaderError;
 use crate::queue::{Link, Linked};
+use crate::service::{Notice, Service};
 use crate::stats::{Client, Stats};
 use crate::summaries::Kind;
 use crate::timer::Timers;
+use crate::token::AuthToken;
 use crate::transport::{Transport, Wire};
 pub use output::{Held, Output, Spare};
 
 /// What the loop lends a connection for one call: this turn's time, the
 /// limits, the counters, the deadlines and the loop's buffers. Built anew
 /// for each call (`EventLoop::lend`); nothing in it is the connection's own.
-pub struct Lent<'a> {
+pub struct Lent<'a, S: Service> {
+    /// The protocol the connection speaks, shared by every loop.
+    pub service: &'a S,
     /// The time of this loop turn (read once per wake-up, not per request).
     pub now: Instant,
     /// The connection's slab key: where its deadline is kept.
@@ -191,8 +194,10 @@ pub enum State {
 /// Why a connection closed, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
-    /// The client sent `QUIT`.
-    Quit,
+    /// The service said the line it answered was the last (`QUIT`, or an
+    /// `AUTH` failure too many); why, in its words, is
+    /// `Service::close_reason` of the connection's session.
+    Service,
     /// A request line passed `--max-line`.
     LineTooLong,
     /// No complete request for `--idle-timeout` (a metrics connection: no
@@ -245,7 +250,7 @@ pub enum CloseReason {
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CloseReason::Quit => f.write_str("client sent QUIT"),
+            CloseReason::Service => f.write_str("closed by the protocol after its last line"),
             CloseReason::LineTooLong => f.write_str("request line too long"),
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
             CloseReason::WriteTimeout => f.write_str("write timeout: peer took no bytes"),
@@ -286,13 +291,14 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The line it gets instead of `READY`.
-    pub fn line(self) -> &'static [u8] {
+    /// What it is told instead of the greeting (the service says in which
+    /// words: [`Service::notice`]).
+    pub fn notice(self) -> Notice {
         match self {
-            Refusal::Busy => protocol::BUSY,
-            Refusal::TooManyFromAddress => protocol::TOO_MANY_FROM_ADDRESS,
-            Refusal::TooFast => protocol::CONNECTING_TOO_FAST,
-            Refusal::AuthFailures => protocol::TOO_MANY_AUTH_FAILURES,
+            Refusal::Busy => Notice::Busy,
+            Refusal::TooManyFromAddress => Notice::TooManyFromAddress,
+            Refusal::TooFast => Notice::ConnectingTooFast,
+            Refusal::AuthFailures => Notice::TooManyAuthFailures,
         }
     }
 
@@ -386,8 +392,9 @@ struct Flags {
     counted_client: bool,
 }
 
-/// One socket the loop holds (see the module documentation).
-pub struct Connection {
+/// One socket the loop holds (see the module documentation), speaking the
+/// line protocol `S`.
+pub struct Connection<S: Service> {
     stream: TcpStream,
     /// Plain TCP, or a TLS session around the same socket.
     transport: Transport,
@@ -404,8 +411,8 @@ pub struct Connection {
     state: State,
     /// Set once, when the connection starts to close.
     reason: Option<CloseReason>,
-    /// Where it stands with the protocol (authentication).
-    session: Session,
+    /// What the protocol remembers of it between lines.
+    session: S::Session,
     /// What it holds between calls (input not yet executed, output not yet
     /// sent), out of line; `None` when it holds nothing, as an idle
     /// connection does.
@@ -421,13 +428,13 @@ pub struct Connection {
     link: Link,
 }
 
-impl Linked for Connection {
+impl<S: Service> Linked for Connection<S> {
     fn link(&mut self) -> &mut Link {
         &mut self.link
     }
 }
 
-impl Connection {
+impl<S: Service> Connection<S> {
     /// The socket, to register with or deregister from `Poll`.
     pub fn stream_mut(&mut self) -> &mut TcpStream {
         &mut self.stream
@@ -457,6 +464,11 @@ impl Connection {
     /// Why it closed (or is closing), if it is.
     pub fn reason(&self) -> Option<CloseReason> {
         self.reason
+    }
+
+    /// What the protocol remembers of it.
+    pub fn session(&self) -> &S::Session {
+        &self.session
     }
 
     /// The loop's queue it is in, if any.
@@ -532,7 +544,7 @@ impl Connection {
     /// The socket is ready (or may be: events can be spurious, so we just
     /// try and see). `readable` says whether to read; `hangup` that the
     /// event carried a closed or error flag (a hint only).
-    pub fn drive(&mut self, readable: bool, hangup: bool, lent: &mut Lent) -> Next {
+    pub fn drive(&mut self, readable: bool, hangup: bool, lent: &mut Lent<S>) -> Next {
         self.flags.hangup_hinted |= hangup;
         self.with_held(lent, |conn, held, lent| match conn.state {
             State::AwaitingHeader => conn.read_proxy_header(held, lent),
@@ -554,7 +566,7 @@ impl Connection {
 
     /// Its deadline came (the loop took it off the heap): whatever is due
     /// is done, and the next deadline set.
-    pub fn on_deadline(&mut self, lent: &mut Lent) -> Next {
+    pub fn on_deadline(&mut self, lent: &mut Lent<S>) -> Next {
         if matches!(self.role, Role::Refused(_)) && lent.now >= self.refusal_deadline() {
             return self.fail(CloseReason::RefusalDeadline);
         }
@@ -594,7 +606,7 @@ impl Connection {
     /// gets the line now. A paused one holds lines already read: they are
     /// due, and are answered as its output drains, within the same limits
     /// as ever (`Draining`). Bytes still in the socket are not read.
-    pub fn shut_down(&mut self, lent: &mut Lent) -> Next {
+    pub fn shut_down(&mut self, lent: &mut Lent<S>) -> Next {
         if self.role == Role::Metrics {
             return self.with_held(lent, |conn, held, lent| conn.shut_down_metrics(held, lent));
         }
@@ -604,7 +616,8 @@ impl Connection {
                 self.fail(CloseReason::Shutdown)
             }
             State::Open => self.with_held(lent, |conn, held, lent| {
-                conn.close_after(protocol::SHUTTING_DOWN, CloseReason::Shutdown, held, lent)
+                let line = lent.service.notice(Notice::ShuttingDown);
+                conn.close_after(line, CloseReason::Shutdown, held, lent)
             }),
             State::Paused => {
                 self.state = State::Draining;
@@ -635,7 +648,7 @@ impl Connection {
     /// Marks it finished; the loop calls this on its one close path. Its
     /// bytes stop counting in `STATS buffered` now (they are freed when the
     /// loop drops it at the end of the batch), and its deadline is gone.
-    pub fn mark_closed(&mut self, lent: &mut Lent) {
+    pub fn mark_closed(&mut self, lent: &mut Lent<S>) {
         self.state = State::Closed;
         lent.timers.cancel(lent.key);
         lent.stats.buffered_changed(self.counted_bytes, 0);
@@ -661,8 +674,8 @@ impl Connection {
     /// date, and the connection keeps only what it must.
     fn with_held<R>(
         &mut self,
-        lent: &mut Lent,
-        work: impl FnOnce(&mut Self, &mut Held, &mut Lent) -> R,
+        lent: &mut Lent<S>,
+        work: impl FnOnce(&mut Self, &mut Held, &mut Lent<S>) -> R,
     ) -> R {
         let (mut held, lease) = lent.spare.lend(self.held.take());
         let result = work(self, &mut held, lent);
@@ -673,7 +686,7 @@ impl Connection {
 
     /// Brings `STATS buffered` and `paused` up to date with what this
     /// connection holds now, and the process-wide memory pressure with them.
-    fn update_accounting(&mut self, held: &Held, lent: &mut Lent) {
+    fn update_accounting(&mut self, held: &Held, lent: &mut Lent<S>) {
         if self.state == State::Closed {
             return;
         }
@@ -698,20 +711,20 @@ impl Connection {
     /// Whether the process is over `--max-memory`, counting what this
     /// connection holds right now (the shared total is brought up to date
     /// only after each call, and one read can cross the cap).
-    fn memory_over(&self, held: &Held, lent: &Lent) -> bool {
+    fn memory_over(&self, held: &Held, lent: &Lent<S>) -> bool {
         lent.memory.on()
             || self.buffered_by_others(lent) + self.holding(held) > lent.limits.max_memory as u64
     }
 
     /// What every other connection holds (`STATS buffered` less this one's
     /// last count): the rest of the process's total while this one works.
-    fn buffered_by_others(&self, lent: &Lent) -> u64 {
+    fn buffered_by_others(&self, lent: &Lent<S>) -> u64 {
         lent.stats.buffered() - self.counted_bytes
     }
 
     /// Adds what crossed the socket to the server's and the connection's
     /// counters; bytes written are the peer's progress.
-    fn count_wire(&mut self, wire: Wire, held: &mut Held, lent: &mut Lent) {
+    fn count_wire(&mut self, wire: Wire, held: &mut Held, lent: &mut Lent<S>) {
         self.totals.bytes_in += wire.read;
         self.totals.bytes_out += wire.written;
         if self.is_client_traffic() {
@@ -761,7 +774,7 @@ impl Connection {
     /// opening, or the next look at its idle and write-stall clocks, and
     /// for a connection being turned away never later than its refusal's
     /// end. (Lingering sets its own, in `linger`.)
-    fn set_deadline(&mut self, held: &Held, lent: &mut Lent) {
+    fn set_deadline(&mut self, held: &Held, lent: &mut Lent<S>) {
         let own = match self.state {
             State::AwaitingHeader | State::Admitting | State::Handshaking { .. } => {
                 self.opening_deadline(lent.limits)
@@ -783,7 +796,7 @@ impl Connection {
     /// for `--idle-timeout`; a metrics connection with no request for its
     /// keep-alive time, or a request head unfinished for the opening
     /// timeout. While output is being sent it is not idle: the clock waits.
-    fn idle_check(&self, held: &Held, lent: &Lent) -> Option<Instant> {
+    fn idle_check(&self, held: &Held, lent: &Lent<S>) -> Option<Instant> {
         let limit = self.idle_limit(held, lent.limits)?;
         if self.state == State::Open && !self.output_waiting(held) {
             Some(self.last_request + limit)
@@ -812,7 +825,7 @@ impl Connection {
     /// How long the peer may take no bytes while output waits: a client's
     /// `--write-timeout` (none when 0); a metrics connection always has a
     /// limit, its keep-alive time when that option is 0.
-    fn stall_limit(&self, lent: &Lent) -> Option<Duration> {
+    fn stall_limit(&self, lent: &Lent<S>) -> Option<Duration> {
         match self.role {
             Role::Metrics => Some(lent.limits.write_timeout.unwrap_or(METRICS_KEEP_ALIVE)),
             _ => lent.limits.write_timeout,
@@ -821,7 +834,7 @@ impl Connection {
 
     /// The deadline came while serving or closing: an idle connection is
     /// closed with its line, a stalled one without.
-    fn check_clocks(&mut self, held: &mut Held, lent: &mut Lent) -> Next {
+    fn check_clocks(&mut self, held: &mut Held, lent: &mut Lent<S>) -> Next {
         if self.output_waiting(held) {
             if let Some(limit) = self.stall_limit(lent) {
                 let bytes_out = self.totals.bytes_out;
@@ -845,7 +858,10 @@ impl Connection {
         match self.role {
             Role::Metrics if self.between_requests(held) => self.fail(CloseReason::IdleTimeout),
             Role::Metrics => self.fail(CloseReason::RequestTimeout),
-            _ => self.close_after(protocol::IDLE_TIMEOUT, CloseReason::IdleTimeout, held, lent),
+            _ => {
+                let line = lent.service.notice(Notice::IdleTimeout);
+                self.close_after(line, CloseReason::IdleTimeout, held, lent)
+            }
         }
     }
 
@@ -873,7 +889,7 @@ mod tests {
     /// address, a write-stall clock, lives out of line).
     #[test]
     fn a_connection_entry_stays_small() {
-        let size = std::mem::size_of::<Connection>();
+        let size = std::mem::size_of::<Connection<crate::protocol::Loopline>>();
         eprintln!("Connection is {size} bytes");
         assert!(size <= 168, "Connection is {size} bytes");
     }

@@ -12,16 +12,16 @@ use std::time::Instant;
 
 use super::{Accepted, CloseReason, Connection, Flags, Held, Lent, Next, Role, State, Totals};
 use crate::limits::READ_BUFFER_SIZE;
-use crate::protocol::{self, Session};
 use crate::proxy::{self, Parsed};
+use crate::service::{Context, Service};
 use crate::transport::{Handshake, HandshakeError, Wire};
 
-impl Connection {
+impl<S: Service> Connection<S> {
     /// A newly accepted socket. Over plain TCP it gets its first line now
     /// (`READY`, or its refusal's line); over TLS, once the handshake has
     /// finished, so that the line travels inside the session like every
     /// other; on a `proxy` listener, the PROXY header comes first.
-    pub fn start(accepted: Accepted, lent: &mut Lent) -> (Connection, Next) {
+    pub fn start(accepted: Accepted, lent: &mut Lent<S>) -> (Connection<S>, Next) {
         let Accepted {
             stream,
             transport,
@@ -40,7 +40,13 @@ impl Connection {
             role,
             state: State::Open,
             reason: None,
-            session: Session::new(lent.token),
+            session: lent.service.session(&Context::serving(
+                lent.token,
+                lent.stats,
+                lent.now,
+                peer.ip(),
+                lent.guards,
+            )),
             held: None,
             last_request: now,
             counted_bytes: 0,
@@ -82,15 +88,16 @@ impl Connection {
     /// clock starts), or the refusal's line and the careful close that
     /// follows every last line. A metrics connection gets nothing: its
     /// client speaks first.
-    fn greet(&mut self, held: &mut Held, lent: &mut Lent) -> Next {
+    fn greet(&mut self, held: &mut Held, lent: &mut Lent<S>) -> Next {
         self.state = State::Open;
         self.last_request = lent.now;
         let next = match self.role {
             Role::Refused(refusal) => {
-                self.close_after(refusal.line(), refusal.reason(), held, lent)
+                let line = lent.service.notice(refusal.notice());
+                self.close_after(line, refusal.reason(), held, lent)
             }
             Role::Client | Role::Undecided => {
-                held.output.buf().extend_from_slice(protocol::GREETING);
+                held.output.buf().extend_from_slice(lent.service.greeting());
                 Next::Wait
             }
             Role::Metrics => Next::Wait,
@@ -107,7 +114,7 @@ impl Connection {
     /// socket for the code that reads it next. Nothing is buffered here: an
     /// unfinished header waits in the kernel, at most `proxy::HEADER_MAX`
     /// bytes of it matter, and each new segment raises a new readable edge.
-    pub(super) fn read_proxy_header(&mut self, held: &mut Held, lent: &mut Lent) -> Next {
+    pub(super) fn read_proxy_header(&mut self, held: &mut Held, lent: &mut Lent<S>) -> Next {
         let window = proxy::HEADER_MAX.min(lent.read_buf.len());
         let seen = loop {
             match self.stream.peek(&mut lent.read_buf[..window]) {
@@ -164,7 +171,7 @@ impl Connection {
     /// fresh connection of its transport would. The readable edge that
     /// brought the header may have brought what follows too, so that is
     /// read now, not on an event.
-    pub fn admitted(&mut self, role: Role, lent: &mut Lent) -> Next {
+    pub fn admitted(&mut self, role: Role, lent: &mut Lent<S>) -> Next {
         if self.state != State::Admitting {
             return Next::Wait;
         }
@@ -188,7 +195,7 @@ impl Connection {
     /// Greets, then reads at once what may already be waiting: bytes that
     /// came with the PROXY header or the client's last handshake flight
     /// raised their edge already (or are held inside the TLS session).
-    fn greet_and_read(&mut self, held: &mut Held, lent: &mut Lent) -> Next {
+    fn greet_and_read(&mut self, held: &mut Held, lent: &mut Lent<S>) -> Next {
         let next = self.greet(held, lent);
         if self.state == State::Open {
             self.serve(true, held, lent)
@@ -202,7 +209,7 @@ impl Connection {
     /// the session, and counts like any input (`Transport::held_by_session`).
     /// Once done, the first line, then any request that came in the same
     /// flight (rustls holds it already: no socket event will come for it).
-    pub(super) fn advance_handshake(&mut self, held: &mut Held, lent: &mut Lent) -> Next {
+    pub(super) fn advance_handshake(&mut self, held: &mut Held, lent: &mut Lent<S>) -> Next {
         if !matches!(self.state, State::Handshaking { .. }) {
             return Next::Wait;
         }
@@ -248,7 +255,7 @@ impl Connection {
     /// buffer's worth (the read budget every connection has per call), and
     /// no more than the room left under `--max-memory`; none while memory
     /// pressure is on.
-    fn handshake_budget(&self, held: &Held, lent: &Lent) -> usize {
+    fn handshake_budget(&self, held: &Held, lent: &Lent<S>) -> usize {
         if lent.memory.on() {
             return 0;
         }

@@ -332,6 +332,7 @@ fn stall_check_interval(limit: Duration) -> Duration {
 
 /// Makes room for `additional` more bytes in `buf`, growing by doubling as
 /// `Vec` does, but never past `limit` unless the bytes themselves need more.
+#[inline]
 pub(super) fn reserve_within(buf: &mut Vec<u8>, additional: usize, limit: usize) {
     let needed = buf.len() + additional;
     if needed > buf.capacity() {
@@ -367,6 +368,7 @@ mod tests {
             linger: Duration::from_secs(1),
             handshake_timeout: None,
             loops: 1,
+            longest_response: crate::limits::echoing_response(16),
         }
     }
 

@@ -29,8 +29,8 @@ use super::event_loop::EventLoop;
 use crate::connection::{Accepted, Connection, Refusal, Role};
 use crate::guard::Turned;
 use crate::limits::{MAX_AWAITING_HEADER, MAX_METRICS_CONNECTIONS, MAX_REFUSING};
-use crate::protocol;
 use crate::queue::QueueId;
+use crate::service::{Notice, Service};
 use crate::stats::{Client, Full};
 use crate::summaries::Kind;
 use crate::sys;
@@ -114,6 +114,7 @@ impl Accepting {
     }
 
     /// Whether a listener has accept budget left to use this turn.
+    #[inline]
     pub(super) fn wants_to_run(&self) -> bool {
         self.listeners.iter().any(|l| l.accept_again)
     }
@@ -127,7 +128,7 @@ impl Accepting {
     }
 }
 
-impl EventLoop {
+impl<S: Service> EventLoop<S> {
     /// Accepts the queued connections on listener `index`, at most
     /// `ACCEPTS_PER_TURN`: edge-triggered, the listener reports a burst of
     /// connects once, so if the budget runs out it sets `accept_again`.
@@ -212,7 +213,10 @@ impl EventLoop {
         };
         let role = match self.role_for(client, peer, kind) {
             Admission::As(role) => role,
-            Admission::Busy => return turn_away_at_once(stream, peer, kind),
+            Admission::Busy => {
+                let line = self.service.notice(Notice::Busy);
+                return turn_away_at_once(stream, peer, kind, line);
+            }
             // Dropping the stream closes it.
             Admission::Closed => return,
         };
@@ -492,7 +496,7 @@ impl EventLoop {
                     // (TLS) and before a header (PROXY): the others see
                     // the close.
                     if plain {
-                        let _ = stream.write(protocol::BUSY);
+                        let _ = stream.write(self.service.notice(Notice::Busy));
                     }
                     debug!("turned away {peer}: out of file descriptors");
                     // Close it before taking the spare back: its descriptor
@@ -556,14 +560,14 @@ enum Admission {
 
 /// The process holds its whole budget of sockets: a short write on a
 /// fresh socket cannot block, then the close.
-fn turn_away_at_once(mut stream: TcpStream, peer: SocketAddr, kind: ListenerKind) {
+fn turn_away_at_once(mut stream: TcpStream, peer: SocketAddr, kind: ListenerKind, line: &[u8]) {
     if kind
         == (ListenerKind::Protocol {
             tls: false,
             proxy: false,
         })
     {
-        let _ = stream.write(protocol::BUSY);
+        let _ = stream.write(line);
     }
     debug!("turned away {peer}: server busy (out of sockets: closed at once)");
 }

@@ -18,16 +18,19 @@ use mio::{Interest, Poll, Token, Waker};
 use super::admission::{Listener, ListenerKind};
 use super::event_loop::{EventLoop, LoopStart, LISTENER_BASE, WAKER};
 use super::{Announced, Server, StartError};
-use crate::config::{read_token_file, show_duration, Config, Host, ListenAddr, ListenerOption};
+use crate::config::{
+    read_token_file, show_duration, Config, ConfigError, Host, ListenAddr, ListenerOption,
+};
 use crate::config::{TokenFile, TokenFileError};
 use crate::guard::{AuthFailures, ConnectionRate, Grouping, Guards};
 use crate::limits::{Limits, MAX_METRICS_CONNECTIONS};
 use crate::metrics::{self, MetricsError, Page};
 use crate::process::{Process, Reloadable};
-use crate::protocol::AuthToken;
+use crate::service::Service;
 use crate::stats::Counters;
 use crate::summaries::{Kind, Summaries};
 use crate::sys;
+use crate::token::AuthToken;
 
 /// The listen backlog: room for a burst of connects beyond what std and mio
 /// give (128). The kernel caps it at net.core.somaxconn.
@@ -50,15 +53,19 @@ struct Bound {
 }
 
 /// Binds everything and prepares the loops (see the module documentation).
-pub(super) fn bind(
+pub(super) fn bind<S: Service>(
     config: Config,
     inherited: Vec<std::net::TcpListener>,
-) -> Result<Server, StartError> {
+    service: S,
+) -> Result<Server<S>, StartError> {
     // A `Config` built by hand has not been through clap's checks, and an
     // out-of-range value would overflow or panic deep in the loop.
     config
         .validate_with(inherited.len())
         .map_err(StartError::Config)?;
+    if config.auth_file.is_some() && !service.authenticates() {
+        return Err(StartError::Config(ConfigError::AuthUnused));
+    }
     let reloadable = load_files(&config)?;
     let descriptor_limit = check_descriptor_limit(config.max_connections);
     // Validated: between 1 and 1024.
@@ -100,7 +107,16 @@ pub(super) fn bind(
         reloadable,
         guards_for(&config, grouping, now),
     ));
-    let loops = make_loops(&config, polls, per_loop, metrics, &counters, &process, now)?;
+    let service = Arc::new(service);
+    let loops = make_loops(
+        &config,
+        &service,
+        polls,
+        per_loop,
+        metrics,
+        (&counters, &process),
+        now,
+    )?;
     Ok(Server {
         loops,
         process,
@@ -125,16 +141,19 @@ fn pollers(loops: usize) -> Result<(Vec<Poll>, Vec<Arc<Waker>>), StartError> {
 
 /// The loops, each with its poller and its listeners registered on it;
 /// loop 0 also serves the metrics endpoint, for every loop's counters.
-fn make_loops(
+fn make_loops<S: Service>(
     config: &Config,
+    service: &Arc<S>,
     polls: Vec<Poll>,
     mut per_loop: Vec<Vec<Bound>>,
     mut metrics: Option<(TcpListener, SocketAddr)>,
-    counters: &Arc<Counters>,
-    process: &Arc<Process>,
+    (counters, process): (&Arc<Counters>, &Arc<Process>),
     now: Instant,
-) -> Result<Vec<EventLoop>, StartError> {
-    let limits = Limits::from_config(config);
+) -> Result<Vec<EventLoop<S>>, StartError> {
+    let mut limits = Limits::from_config(config);
+    // The service's own bound on one response: room is made for it, and
+    // the output buffer's bound counts it.
+    limits.longest_response = service.longest_response(limits.max_line);
     let mut loops = Vec::with_capacity(polls.len());
     for (index, poll) in polls.into_iter().enumerate() {
         let mut listeners: Vec<Listener> = std::mem::take(&mut per_loop[index])
@@ -157,6 +176,7 @@ fn make_loops(
         register(&poll, &mut listeners)?;
         loops.push(EventLoop::new(LoopStart {
             index,
+            service: service.clone(),
             poll,
             listeners,
             config: config.clone(),

@@ -55,6 +55,7 @@ use crate::limits::{Limits, MemoryPressure, MAX_LINGERING, READ_BUFFER_SIZE};
 use crate::metrics::Page;
 use crate::process::Process;
 use crate::queue::{Queue, QueueId};
+use crate::service::Service;
 use crate::stats::Stats;
 use crate::summaries::Kind;
 use crate::systemd::Notifier;
@@ -72,8 +73,10 @@ pub(super) const LISTENER_BASE: usize = usize::MAX / 2;
 const EVENTS_PER_POLL: usize = 1024;
 
 /// What `EventLoop::new` needs.
-pub(super) struct LoopStart {
+pub(super) struct LoopStart<S: Service> {
     pub index: usize,
+    /// The protocol, shared by every loop.
+    pub service: Arc<S>,
     pub poll: Poll,
     /// Its listeners, registered with `poll` (loop 0's include the metrics
     /// listener).
@@ -88,12 +91,14 @@ pub(super) struct LoopStart {
 }
 
 /// One event loop (see the module documentation).
-pub(super) struct EventLoop {
+pub(super) struct EventLoop<S: Service> {
     /// Its place among the loops (0 handles the signals).
     pub(super) index: usize,
+    /// The protocol its connections speak, shared by every loop.
+    pub(super) service: Arc<S>,
     pub(super) poll: Poll,
     /// Every socket it holds, keyed by its `Token`.
-    pub(super) conns: Slab<Connection>,
+    pub(super) conns: Slab<Connection<S>>,
     /// One deadline per slab entry at most.
     pub(super) timers: Timers,
     /// This turn's time and the buffers and lists of a turn.
@@ -208,8 +213,8 @@ pub(super) struct Duties {
     pub(super) page: Option<Page>,
 }
 
-impl EventLoop {
-    pub(super) fn new(start: LoopStart) -> EventLoop {
+impl<S: Service> EventLoop<S> {
+    pub(super) fn new(start: LoopStart<S>) -> EventLoop<S> {
         let current = Current::new(&start.process);
         let memory = Memory {
             pressure: MemoryPressure::new(start.process.memory.clone()),
@@ -217,6 +222,7 @@ impl EventLoop {
         };
         EventLoop {
             index: start.index,
+            service: start.service,
             poll: start.poll,
             conns: Slab::new(),
             timers: Timers::new(start.now),
@@ -444,8 +450,9 @@ impl EventLoop {
 
     /// Splits the borrows: the slab on one side, what the connection at
     /// `key` is lent on the other.
-    pub(super) fn lend(&mut self, key: usize) -> (&mut Slab<Connection>, Lent<'_>) {
+    pub(super) fn lend(&mut self, key: usize) -> (&mut Slab<Connection<S>>, Lent<'_, S>) {
         let lent = Lent {
+            service: &*self.service,
             now: self.turn.now,
             key,
             limits: &self.limits,
@@ -631,7 +638,7 @@ impl EventLoop {
                     self.process.summaries.note(kind, now);
                 }
             }
-            log_close(&conn, now);
+            log_close(&*self.service, &conn, now);
         }
     }
 
@@ -702,7 +709,7 @@ impl EventLoop {
 }
 
 /// The queue a connection's state puts it in, if any.
-fn queue_for(conn: &Connection) -> Option<QueueId> {
+fn queue_for<S: Service>(conn: &Connection<S>) -> Option<QueueId> {
     match conn.state() {
         State::AwaitingHeader => Some(QueueId::AwaitingHeader),
         State::Lingering => Some(QueueId::Lingering),
@@ -723,14 +730,17 @@ fn limit_kind(reason: CloseReason) -> Option<Kind> {
 }
 
 /// The debug line of a close: the peer, why, how long, how much.
-fn log_close(conn: &Connection, now: Instant) {
+fn log_close<S: Service>(service: &S, conn: &Connection<S>, now: Instant) {
     if !log::log_enabled!(log::Level::Debug) {
         return;
     }
     let totals = conn.totals();
-    let reason = conn
-        .reason()
-        .map_or("closed".to_string(), |r| r.to_string());
+    let reason = match conn.reason() {
+        // The service's words, from the session it leaves behind.
+        Some(CloseReason::Service) => service.close_reason(conn.session()).to_string(),
+        Some(reason) => reason.to_string(),
+        None => "closed".to_string(),
+    };
     let what = if conn.role() == Role::Metrics {
         "metrics: closed"
     } else {
@@ -749,21 +759,25 @@ fn log_close(conn: &Connection, now: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Loopline;
     use crate::server::Server;
     use std::io::Read;
     use std::net::TcpStream as StdStream;
 
     /// The one loop of a server bound on a free port, driven by hand.
-    fn server() -> EventLoop {
+    fn server() -> EventLoop<Loopline> {
         let config = Config {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
             ..Default::default()
         };
-        Server::bind(config).expect("bind").loops.remove(0)
+        Server::bind(config, Loopline)
+            .expect("bind")
+            .loops
+            .remove(0)
     }
 
     /// Connects a client and accepts it, as a listener event would.
-    fn connect(server: &mut EventLoop) -> (StdStream, usize) {
+    fn connect(server: &mut EventLoop<Loopline>) -> (StdStream, usize) {
         let addr = server.accepting.local_addr(0);
         let client = StdStream::connect(addr).unwrap();
         client

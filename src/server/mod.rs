@@ -30,6 +30,7 @@ use log::{info, warn};
 use crate::config::{Config, ListenAddr, ListenerOption, TokenFileError};
 use crate::metrics::MetricsError;
 use crate::process::Process;
+use crate::service::Service;
 use crate::sys;
 use crate::systemd::Notifier;
 use event_loop::EventLoop;
@@ -170,10 +171,10 @@ impl ShutdownHandle {
 /// listeners. [`Server::bind`] binds every listener (so the real ports are
 /// known before it runs); [`Server::run`] runs the loops until a graceful
 /// shutdown ends.
-pub struct Server {
+pub struct Server<S: Service> {
     /// The loops, by index; loop 0 runs on the thread that calls `run`,
     /// and handles the signals.
-    loops: Vec<EventLoop>,
+    loops: Vec<EventLoop<S>>,
     /// What the loops share.
     process: Arc<Process>,
     /// What the start-up log says of the listeners.
@@ -194,10 +195,11 @@ struct Announced {
     metrics: Option<SocketAddr>,
 }
 
-impl Server {
-    /// Binds every `--listen` address, once per loop, and prepares the loops.
-    pub fn bind(config: Config) -> Result<Server, StartError> {
-        Server::bind_with(config, Vec::new())
+impl<S: Service> Server<S> {
+    /// Binds every `--listen` address, once per loop, and prepares the
+    /// loops, which will speak `service`'s protocol.
+    pub fn bind(config: Config, service: S) -> Result<Server<S>, StartError> {
+        Server::bind_with(config, Vec::new(), service)
     }
 
     /// Like [`Server::bind`], serving also `inherited`: listening sockets
@@ -207,8 +209,9 @@ impl Server {
     pub fn bind_with(
         config: Config,
         inherited: Vec<std::net::TcpListener>,
-    ) -> Result<Server, StartError> {
-        bind::bind(config, inherited)
+        service: S,
+    ) -> Result<Server<S>, StartError> {
+        bind::bind(config, inherited, service)
     }
 
     /// The bound addresses, with real ports, in `--listen` order.

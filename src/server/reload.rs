@@ -17,7 +17,8 @@ use log::{error, info};
 use super::bind::load_token;
 use super::event_loop::EventLoop;
 use crate::process::Process;
-use crate::protocol::AuthToken;
+use crate::service::Service;
+use crate::token::AuthToken;
 
 /// What the latest reload gave this loop: new connections use it (open TLS
 /// sessions keep the configuration they started with; a connection that
@@ -48,7 +49,7 @@ impl Current {
     }
 }
 
-impl EventLoop {
+impl<S: Service> EventLoop<S> {
     /// Signals reach loop 0 only; it tells every loop (itself included)
     /// through the shared flags and their wakers.
     pub(super) fn on_signal(&mut self) {

@@ -102,10 +102,164 @@ macro_rules! one_and_two_loops {
 #[allow(unused_imports)]
 pub(crate) use one_and_two_loops;
 
+/// Defines, for each named test body `fn NAME(transport: Transport)` that
+/// tests a rule of the engine (not of loopline's commands), a module `NAME`
+/// with the tests of [`both_transports!`], and the same body against the
+/// key-value example (`examples/kv.rs`, through [`with_kv`]): `kv_plain`,
+/// and `kv_two_loops_tls` (with the `tls` feature). Such a body speaks
+/// through [`Protocol`]: `c.probe()` is a request with a short answer in
+/// whichever protocol the server speaks.
+#[allow(unused_macros)]
+macro_rules! engine_rule {
+    ($($body:ident),+ $(,)?) => {$(
+        mod $body {
+            #[test]
+            fn plain() {
+                super::$body($crate::util::Transport::Plain);
+            }
+
+            #[cfg(feature = "tls")]
+            #[test]
+            fn tls() {
+                super::$body($crate::util::Transport::Tls);
+            }
+
+            #[test]
+            fn two_loops_plain() {
+                $crate::util::with_two_loops(|| super::$body($crate::util::Transport::Plain));
+            }
+
+            #[cfg(feature = "tls")]
+            #[test]
+            fn two_loops_tls() {
+                $crate::util::with_two_loops(|| super::$body($crate::util::Transport::Tls));
+            }
+
+            #[test]
+            fn kv_plain() {
+                $crate::util::with_kv(|| super::$body($crate::util::Transport::Plain));
+            }
+
+            #[cfg(feature = "tls")]
+            #[test]
+            fn kv_two_loops_tls() {
+                $crate::util::with_kv(|| {
+                    $crate::util::with_two_loops(|| super::$body($crate::util::Transport::Tls))
+                });
+            }
+        }
+    )+};
+}
+#[allow(unused_imports)]
+pub(crate) use engine_rule;
+
+/// The protocol a server started by the harness speaks: loopline's own
+/// (the `loopline` binary), or the key-value example's (`examples/kv.rs`),
+/// both on the same engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Loopline,
+    Kv,
+}
+
+impl Protocol {
+    /// A request that changes nothing and has a short answer, and that
+    /// answer: `PING` and `PONG`, or `GET` of a key nobody sets and `NIL`.
+    pub fn probe(self) -> (&'static [u8], &'static str) {
+        match self {
+            Protocol::Loopline => (b"PING\n", "PONG"),
+            Protocol::Kv => (b"GET probe\n", "NIL"),
+        }
+    }
+
+    /// A request with a large answer (1,000 bytes and more), and what must
+    /// be sent once before it (and its answer: one line): `ECHO` of 1,000
+    /// bytes; for kv, `GET` of a 1,000-byte value set first.
+    pub fn large_answer(self) -> (Option<(Vec<u8>, &'static str)>, Vec<u8>) {
+        let filler = "f".repeat(1000);
+        match self {
+            Protocol::Loopline => (None, format!("ECHO {filler}\n").into_bytes()),
+            Protocol::Kv => (
+                Some((format!("SET flood {filler}\n").into_bytes(), "OK")),
+                b"GET flood\n".to_vec(),
+            ),
+        }
+    }
+
+    /// Request number `i`, with `pad` in it, and its answer, as long as the
+    /// request: `ECHO` (an answer of its own, for order checks), or for kv
+    /// `GET` of the value [`Protocol::numbered_setup`] set (the same answer
+    /// for every `i`: only the count tells).
+    pub fn numbered(self, i: usize, pad: &str) -> (Vec<u8>, String) {
+        match self {
+            Protocol::Loopline => (
+                format!("ECHO {i:08} {pad}\n").into_bytes(),
+                format!("OK {i:08} {pad}"),
+            ),
+            Protocol::Kv => (b"GET numbered\n".to_vec(), format!("VALUE {pad}")),
+        }
+    }
+
+    /// What must be sent once before [`Protocol::numbered`] requests with
+    /// `pad`, and its answer (kv: the value they get).
+    pub fn numbered_setup(self, pad: &str) -> Option<(Vec<u8>, &'static str)> {
+        match self {
+            Protocol::Loopline => None,
+            Protocol::Kv => Some((format!("SET numbered {pad}\n").into_bytes(), "OK")),
+        }
+    }
+
+    /// The binary that speaks it.
+    fn program(self) -> std::path::PathBuf {
+        match self {
+            Protocol::Loopline => env!("CARGO_BIN_EXE_loopline").into(),
+            Protocol::Kv => example_path("kv"),
+        }
+    }
+}
+
+/// Where cargo put example `name`: the test executable is
+/// target/<profile>/deps/NAME-HASH, examples are in
+/// target/<profile>/examples/ (a plain `cargo test` builds them first;
+/// `cargo build --examples` does, for a run of one test file).
+pub fn example_path(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable is in target/<profile>/deps");
+    let path = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing: a plain `cargo test` builds the examples first; \
+         otherwise run `cargo build --examples`",
+        path.display()
+    );
+    path
+}
+
 thread_local! {
     /// The `--threads` of every server this test thread starts. libtest
     /// runs each test on a thread of its own, so this is per test.
     static LOOPS: std::cell::Cell<u32> = const { std::cell::Cell::new(1) };
+    /// The protocol of every server this test thread starts.
+    static PROTOCOL: std::cell::Cell<Protocol> = const { std::cell::Cell::new(Protocol::Loopline) };
+}
+
+/// Runs `body` with every server it starts (on this thread) being the
+/// key-value example instead of `loopline`: the same engine, another
+/// protocol.
+pub fn with_kv(body: impl FnOnce()) {
+    PROTOCOL.with(|p| p.set(Protocol::Kv));
+    body();
+    PROTOCOL.with(|p| p.set(Protocol::Loopline));
+}
+
+/// The protocol of servers started on this thread now.
+pub fn protocol() -> Protocol {
+    PROTOCOL.with(|p| p.get())
 }
 
 /// Runs `body` with every server it starts (on this thread) running two
@@ -154,6 +308,52 @@ impl Server {
                 server.transport = Transport::Tls;
                 server.pki = Some(pki);
                 server
+            }
+        }
+    }
+
+    /// Like [`Server::start_over`], with the listener's `proxy` option too
+    /// (a PROXY header first, before TLS): clients connect with
+    /// [`Server::connect_behind_header`].
+    pub fn start_proxied(transport: Transport, args: &[&str]) -> Server {
+        let mut all: Vec<String> = match transport {
+            Transport::Plain => vec!["--listen".into(), "127.0.0.1:0,proxy".into()],
+            #[cfg(feature = "tls")]
+            Transport::Tls => Vec::new(),
+        };
+        #[cfg(feature = "tls")]
+        let pki = (transport == Transport::Tls).then(tls::Pki::new);
+        #[cfg(feature = "tls")]
+        if let Some(pki) = &pki {
+            all = pki.server_args();
+            all[1] = "127.0.0.1:0,tls,proxy".into();
+        }
+        all.extend(args.iter().map(|arg| arg.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let mut server = Server::start_raw(&all, "debug");
+        server.transport = transport;
+        #[cfg(feature = "tls")]
+        {
+            server.pki = pki;
+        }
+        server
+    }
+
+    /// A client of a [`Server::start_proxied`] server whose first bytes
+    /// are `header` (a PROXY header, as a balancer sends), then its own
+    /// transport (over TLS, the handshake); greeting not yet read.
+    pub fn connect_behind_header(&self, header: &[u8]) -> Client {
+        match self.transport {
+            Transport::Plain => {
+                let mut c = Client::connect(self.addr);
+                c.send(header);
+                c
+            }
+            #[cfg(feature = "tls")]
+            Transport::Tls => {
+                let pki = self.pki.as_ref().expect("a TLS server has its PKI");
+                Client::connect_tls_behind_header(self.addr, header, pki.client_config(None))
+                    .expect("a TLS handshake behind a PROXY header")
             }
         }
     }
@@ -461,7 +661,7 @@ pub fn parse_listening(line: &str) -> SocketAddr {
 /// `loopline ARGS...` with RUST_LOG=`level`: the one place the tests name
 /// the binary.
 fn loopline_binary(args: &[&str], level: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_loopline"));
+    let mut command = Command::new(protocol().program());
     command.args(args).env("RUST_LOG", level);
     // Inside `with_two_loops`, every server runs two loops.
     if loops() > 1 {
@@ -734,6 +934,14 @@ impl Client {
         assert_eq!(self.read_line(), want);
     }
 
+    /// Sends the probe of the protocol servers speak on this thread
+    /// ([`Protocol::probe`]) and reads its answer.
+    pub fn probe(&mut self) {
+        let (request, answer) = protocol().probe();
+        self.send(request);
+        self.expect_line(answer);
+    }
+
     /// Reads exactly `n` bytes, whatever lines they hold; panics on EOF or
     /// timeout. For servers that answer in raw bytes, not lines.
     pub fn read_exact_bytes(&mut self, n: usize) -> Vec<u8> {
@@ -872,9 +1080,10 @@ impl Client {
         let _ = self.flood_without_reading(|| true);
     }
 
-    /// Shrinks this client's receive window, then pipelines `ECHO <1000
-    /// bytes>` lines (under the default 1024-byte line limit) and never
-    /// reads, so replies pile up in the server until it stops reading.
+    /// Shrinks this client's receive window, then pipelines requests with
+    /// 1,000-byte answers ([`Protocol::large_answer`]: `ECHO <1000 bytes>`,
+    /// under the default 1024-byte line limit) and never reads, so replies
+    /// pile up in the server until it stops reading.
     /// Returns Ok once a write has blocked for 200 ms and `stopped_reading`
     /// agrees, or the error of a write that failed (the server closed the
     /// connection). Panics if neither happens within PATIENCE.
@@ -890,7 +1099,12 @@ impl Client {
         self.stream
             .set_write_timeout(Some(Duration::from_millis(200)))
             .unwrap();
-        let requests = format!("ECHO {}\n", "f".repeat(1000)).repeat(64);
+        let (setup, request) = protocol().large_answer();
+        if let Some((setup, answer)) = setup {
+            self.send(&setup);
+            self.expect_line(answer);
+        }
+        let requests = request.repeat(64);
         // The wire bytes of one round of `requests`, and where we are in
         // them: a write cut short by the timeout goes on mid-line (over
         // TLS, mid-record), never starts anew. A round used up, the next
@@ -904,7 +1118,7 @@ impl Client {
                 "the server never stopped reading"
             );
             if at == wire.len() {
-                wire = self.wire_bytes(requests.as_bytes());
+                wire = self.wire_bytes(&requests);
                 at = 0;
             }
             match self.stream.write(&wire[at..]) {

@@ -353,7 +353,8 @@ fn every_mode_speaks_tls_to_a_real_loopline() {
         &key,
     ])
     .expect("server options");
-    let server = loopline::Server::bind(config).expect("start loopline");
+    let server =
+        loopline::Server::bind(config, loopline::protocol::Loopline).expect("start loopline");
     let addr = server.local_addrs()[0].to_string();
     let shutdown = server.shutdown_handle();
     let server_thread = thread::spawn(move || server.run());

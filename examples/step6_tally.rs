@@ -1,0 +1,106 @@
+//! Step 6: your own protocol, on loopline's engine.
+//!
+//! Steps 1 to 5 built an event loop by hand; loopline is that loop with
+//! every gap filled. This step keeps the loop and throws the commands away:
+//! a protocol of your own is a type that implements `loopline::Service`,
+//! and `loopline::serve` runs it with everything else (every limit, timers,
+//! backpressure, TLS and PROXY listeners, `--threads`, metrics, systemd,
+//! the whole command line).
+//!
+//! The protocol here is a tally:
+//!
+//! | request | answer |
+//! |---|---|
+//! | `ADD word` | `OK n`: the word has now been added n times, by anyone |
+//! | `COUNT word` | `OK n`: how many times it was added |
+//! | `MINE` | `OK n`: how many `ADD`s this connection made |
+//! | `QUIT` | `BYE`, then the close |
+//! | anything else | `ERR unknown command` |
+//!
+//! Run it:   cargo run --example step6_tally -- --listen 127.0.0.1:9006
+//! Talk:     nc 127.0.0.1 9006
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use loopline::service::{After, Context, Service};
+
+/// The shared state: every loop's connections add to the same counts.
+/// `Service` must be `Send + Sync`, so the map sits behind a lock.
+struct Tally {
+    counts: Mutex<HashMap<Vec<u8>, u64>>,
+}
+
+impl Service for Tally {
+    /// What one connection remembers between its lines: its own `ADD`s.
+    /// It lives inside the connection's slot in the loop, so keep it small.
+    type Session = u64;
+
+    /// A connection starts with nothing added.
+    fn session(&self, _: &Context) -> u64 {
+        0
+    }
+
+    /// One line in (LF and CR removed, at most `--max-line` bytes), one
+    /// line out, appended to `out`: the engine's buffer, lent for the call.
+    fn respond(&self, line: &[u8], mine: &mut u64, _: &Context, out: &mut Vec<u8>) -> After {
+        let (name, word) = match line.iter().position(|&b| b == b' ') {
+            Some(space) => (&line[..space], &line[space + 1..]),
+            None => (line, &b""[..]),
+        };
+        // Writing into a Vec cannot fail.
+        if name.eq_ignore_ascii_case(b"ADD") && !word.is_empty() {
+            let n = self.add(word);
+            *mine += 1;
+            let _ = writeln!(out, "OK {n}");
+        } else if name.eq_ignore_ascii_case(b"COUNT") && !word.is_empty() {
+            let n = self.count(word);
+            let _ = writeln!(out, "OK {n}");
+        } else if line.eq_ignore_ascii_case(b"MINE") {
+            let _ = writeln!(out, "OK {mine}");
+        } else if line.eq_ignore_ascii_case(b"QUIT") {
+            out.extend_from_slice(b"BYE\n");
+            // The engine sends BYE, then closes carefully.
+            return After::Close;
+        } else {
+            out.extend_from_slice(b"ERR unknown command\n");
+        }
+        After::KeepOpen
+    }
+}
+
+impl Tally {
+    fn add(&self, word: &[u8]) -> u64 {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        // A word already counted costs no allocation.
+        match counts.get_mut(word) {
+            Some(n) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                counts.insert(word.to_vec(), 1);
+                1
+            }
+        }
+    }
+
+    fn count(&self, word: &[u8]) -> u64 {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(word).copied().unwrap_or(0)
+    }
+}
+
+/// The program's own command line: its name and about. Every engine
+/// option (`--listen`, `--threads`, `--idle-timeout`, ...) is added to it.
+#[derive(clap::Parser)]
+#[command(name = "tally", version, about = "Counts words, on loopline's engine")]
+struct Args {}
+
+fn main() -> ExitCode {
+    loopline::serve(|_: Args| Tally {
+        counts: Mutex::new(HashMap::new()),
+    })
+}
