@@ -13,9 +13,22 @@
 # resumes its previous session; a server that does not resume fails that
 # scenario, loudly), and RSS per idle TLS connection.
 #
+# With --kv the loopline side is the key-value example on loopline's engine
+# (target/release/examples/kv, built by the build step) instead of the
+# loopline server, and the scenarios are SET and GET over 100,000 keys with
+# 64-byte values, 50 connections, at depth 1 and 32: kv gets `SET
+# key:NNNNN <64 x v>` (answer `OK`) and `GET key:NNNNN` (`VALUE <value>`),
+# Redis the same as inline commands (`+OK`; `$64` and the value: 2 lines).
+# Keys are drawn uniformly per request (loopline-bench --keys, {key}); before
+# each GET run loopline-bench preloads all 100,000 keys on the server
+# (--preload, not measured), so every GET hits (a miss, `NIL` or `$-1`,
+# counts as an error). The table, the CSV and the raw runs keep their
+# format: there the "loopline" columns (and "server":"loopline") are kv's
+# figures. --kv and --tls do not go together.
+#
 # Usage: scripts/compare.sh [--quick] [--repeats R] [--duration S] [--warmup S]
 #                           [--threads T] [--idle N] [--servers "loopline redis"]
-#                           [--csv PATH] [--no-build] [--tls]
+#                           [--csv PATH] [--no-build] [--tls | --kv]
 #                           [--loopline-args "ARGS"]
 #
 # --loopline-args passes extra options to the loopline server, split on
@@ -24,7 +37,7 @@
 #   scripts/compare.sh --loopline-args "--max-connection-rate-per-ip 60000 --max-auth-failures-per-ip 10"
 # Not --listen, --tls-cert, --tls-key or --max-connections: the script
 # passes those itself, and loopline refuses an option given twice. Redis is
-# started as always.
+# started as always. With --kv they go to kv, which takes loopline's options.
 #
 # Everything runs on loopback: both servers listen on 127.0.0.1 only and are
 # stopped when the script exits. The machine this was written for has 2 cores:
@@ -37,6 +50,7 @@ WARMUP=1
 THREADS=1
 IDLE_CONNS=""  # default: 10000, or 5000 with --tls
 TLS=0
+KV=0   # --kv: the loopline side is examples/kv, the scenarios SET and GET
 SERVERS="loopline redis"
 BUILD=1
 LOOPLINE_ARGS=""  # --loopline-args: extra loopline options, split on spaces
@@ -65,6 +79,10 @@ Options:
   --tls              the TLS scenarios, both servers on one fresh certificate
                      (written beside the CSV, in PATH without .csv plus -tls/);
                      churn runs both full and resumed handshakes
+  --kv               SET/GET scenarios, the loopline side being target/release/examples/kv
+                     (the key-value example; built with --example kv); 100,000 keys,
+                     64-byte values, GETs after a preload of every key; the CSV's
+                     "loopline" columns hold kv's figures. Not with --tls.
   --loopline-args "ARGS"
                      extra options for the loopline server (split on spaces),
                      e.g. "--max-connection-rate-per-ip 60000 --max-auth-failures-per-ip 10"
@@ -83,12 +101,17 @@ while [ $# -gt 0 ]; do
         --csv) CSV="$2"; shift ;;
         --no-build) BUILD=0 ;;
         --tls) TLS=1 ;;
+        --kv) KV=1 ;;
         --loopline-args) LOOPLINE_ARGS="$2"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
     shift
 done
+
+if [ "$TLS" = 1 ] && [ "$KV" = 1 ]; then
+    echo "compare.sh: --kv and --tls do not go together" >&2; exit 2
+fi
 
 # --loopline-args as words (plain words only, no quoting inside)
 read -r -a LL_EXTRA <<<"$LOOPLINE_ARGS"
@@ -103,6 +126,13 @@ log() { echo "compare.sh: $*" >&2; }
 cd "$ROOT"
 BENCH="$ROOT/target/release/loopline-bench"
 LOOPLINE="$ROOT/target/release/loopline"
+# What the loopline side is called in the logs and the printed table
+# (the CSV keeps "loopline" as its column names either way).
+LL_NAME=loopline
+if [ "$KV" = 1 ]; then
+    LOOPLINE="$ROOT/target/release/examples/kv"
+    LL_NAME=kv
+fi
 
 # --- prerequisites --------------------------------------------------------
 if has_server redis && ! command -v redis-server >/dev/null 2>&1; then
@@ -114,7 +144,10 @@ if has_server redis && ! command -v redis-server >/dev/null 2>&1; then
     # the package may start a system instance on 6379; we never use it
 fi
 if [ "$BUILD" = 1 ]; then
-    if has_server loopline; then
+    if has_server loopline && [ "$KV" = 1 ]; then
+        cargo build --release -p loopline-bench
+        cargo build --release -p loopline --example kv
+    elif has_server loopline; then
         cargo build --release -p loopline -p loopline-bench
     else
         cargo build --release -p loopline-bench
@@ -221,7 +254,7 @@ start_loopline() {
         kill -0 "$LL_PID" 2>/dev/null || break
         sleep 0.1
     done
-    log "loopline did not report 'listening on'; its log:"; cat "$TMP/loopline.log" >&2 || true
+    log "$LL_NAME did not report 'listening on'; its log:"; cat "$TMP/loopline.log" >&2 || true
     exit 1
 }
 
@@ -235,7 +268,20 @@ stop_loopline() {
 
 # --- scenarios ------------------------------------------------------------
 # name|kind|label|generator options (the request and greeting are per server)
-if [ "$TLS" = 0 ]; then
+KV_KEYS=100000
+KV_VALUE=64
+if [ "$KV" = 1 ]; then
+    # every request's key drawn uniformly from 0..KV_KEYS-1 (zero-padded,
+    # so key:00000 to key:99999); the get_ scenarios preload every key
+    # first (server_opts)
+    keyed="--keys $KV_KEYS --value-size $KV_VALUE"
+    SCENARIOS=(
+        "set_c50_p1|load|SET 64 B, 50 conns, depth 1|-c 50 -P 1 $keyed"
+        "get_c50_p1|load|GET 64 B, 50 conns, depth 1|-c 50 -P 1 $keyed"
+        "set_c50_p32|load|SET 64 B, 50 conns, depth 32|-c 50 -P 32 $keyed"
+        "get_c50_p32|load|GET 64 B, 50 conns, depth 32|-c 50 -P 32 $keyed"
+    )
+elif [ "$TLS" = 0 ]; then
     SCENARIOS=(
         "ping_c1_p1|load|PING, 1 conn, depth 1|-c 1 -P 1"
         "ping_c50_p1|load|PING, 50 conns, depth 1|-c 50 -P 1"
@@ -262,6 +308,30 @@ fi
 # Options that differ between the servers for a scenario, into SOPTS.
 server_opts() { # server scenario-name
     local server="$1" name="$2"
+    if [ "$KV" = 1 ]; then
+        # {key}: a key index per request; {value}: KV_VALUE bytes of `v`.
+        # GET runs preload every key first (answers: one line on both
+        # servers), so every GET hits: a miss (kv's NIL, Redis's $-1) is
+        # counted as an error line.
+        local set='SET key:{key} {value}' get='GET key:{key}'
+        if [ "$server" = loopline ]; then
+            # kv: READY greeting; LF-ended lines; one-line answers
+            # (OK, VALUE <value>)
+            SOPTS=(--skip-greeting 1 --eol lf)
+            case "$name" in
+                set*) SOPTS+=(--request "$set") ;;
+                get*) SOPTS+=(--request "$get" --preload "$set" --error-prefix=ERR,NIL) ;;
+            esac
+        else
+            # Redis inline commands: +OK; a GET hit is `$64` and the value
+            SOPTS=(--skip-greeting 0)
+            case "$name" in
+                set*) SOPTS+=(--request "$set") ;;
+                get*) SOPTS+=(--request "$get" --lines-per-response 2 --preload "$set" '--error-prefix=-ERR,$-1') ;;
+            esac
+        fi
+        return 0
+    fi
     if [ "$server" = loopline ]; then
         # READY greeting; LF-ended lines; one-line responses
         SOPTS=(--skip-greeting 1 --eol lf)
@@ -360,7 +430,7 @@ run_one() { # server scenario-line repeat
         hold) out="$("$BENCH" --mode hold "${common[@]}" --hold 0 $opts "${SOPTS[@]}" 2>>"$TMP/bench.err" </dev/null)" || true ;;
     esac
     json="$(printf '%s\n' "$out" | grep '^{' | head -n 1)"
-    printf '  %-8s %-34s %s\n' "$server" "$label" "$(printf '%s\n' "$out" | grep -v '^{' | head -n 1)" >&2
+    printf '  %-8s %-34s %s\n' "$([ "$server" = loopline ] && echo "$LL_NAME" || echo "$server")" "$label" "$(printf '%s\n' "$out" | grep -v '^{' | head -n 1)" >&2
     if [ -z "$json" ]; then
         log "no result from loopline-bench for $server/$name; its stderr:"
         tail -n 5 "$TMP/bench.err" >&2
@@ -393,7 +463,7 @@ run_one() { # server scenario-line repeat
 # --- run ------------------------------------------------------------------
 has_server redis && start_redis
 has_server loopline && start_loopline
-log "servers: ${SERVERS}; redis $(has_server redis && echo "127.0.0.1:$REDIS_PORT pid $REDIS_PID" || echo -), loopline $(has_server loopline && echo "$LL_ADDR pid $LL_PID${LOOPLINE_ARGS:+ (extra options: $LOOPLINE_ARGS)}" || echo -)"
+log "servers: ${SERVERS}$([ "$KV" = 1 ] && echo " (loopline side: $LOOPLINE)"); redis $(has_server redis && echo "127.0.0.1:$REDIS_PORT pid $REDIS_PID" || echo -), $LL_NAME $(has_server loopline && echo "$LL_ADDR pid $LL_PID${LOOPLINE_ARGS:+ (extra options: $LOOPLINE_ARGS)}" || echo -)"
 log "$([ "$TLS" = 1 ] && echo "over TLS; ")repeats $REPEATS, duration ${DURATION}s, warm-up ${WARMUP}s, generator threads $THREADS"
 
 for rep in $(seq "$REPEATS"); do
@@ -423,10 +493,17 @@ fmt() { # value decimals
     awk -v v="$1" -v d="$2" 'BEGIN { if (v == "") print "-"; else printf "%.*f", d, v }'
 }
 
+# The CSV's columns are the same in every mode: with --kv, "loopline" (and
+# every loopline_* column) is kv.
 echo "scenario,metric,loopline,redis,ratio,loopline_p50_us,redis_p50_us,loopline_p99_us,redis_p99_us,loopline_p999_us,redis_p999_us,loopline_server_cpu_us_per_op,redis_server_cpu_us_per_op,cpu_ratio,loopline_errors,redis_errors,repeats,duration_s" >"$CSV"
 
+short=ll
+if [ "$KV" = 1 ]; then
+    short=kv
+    printf '\n(--kv: the "kv" column is %s; in the CSV it is the "loopline" column)' "$LOOPLINE"
+fi
 printf '\n%-32s %-12s %12s %12s %6s | %16s | %16s | %18s %5s | %s\n' \
-    "scenario (medians of $REPEATS)" metric loopline redis ratio "p50 us ll/redis" "p99 us ll/redis" "srv CPU us/op l/r" ratio "errors l/r"
+    "scenario (medians of $REPEATS)" metric "$LL_NAME" redis ratio "p50 us $short/redis" "p99 us $short/redis" "srv CPU us/op ${short:0:1}/r" ratio "errors ${short:0:1}/r"
 for line in "${SCENARIOS[@]}"; do
     IFS='|' read -r name kind label opts <<<"$line"
     case "$kind" in
@@ -457,7 +534,7 @@ for line in "${SCENARIOS[@]}"; do
     unset v
 done
 echo
-echo "ratio = loopline / Redis (for responses/s and conns/s higher is better; for RSS and CPU lower is better)."
+echo "ratio = $LL_NAME / Redis (for responses/s and conns/s higher is better; for RSS and CPU lower is better)."
 if [ "$TLS" = 1 ]; then
     echo "TLS: both servers on the same certificate (ECDSA P-256, $TLS_DIR); every connection a full handshake,"
     echo "     except in churn_tls_resumed_c50 (each slot resumes its previous session; TLS 1.3 tickets unless the server picks 1.2)."

@@ -4,6 +4,7 @@
 //! `2s` and `5m` mean the same to both programs.
 
 use crate::link::ClientTls;
+use crate::template::{self, Template};
 use clap::{Parser, ValueEnum};
 use loopline::config::parse_duration;
 use std::fmt;
@@ -100,9 +101,38 @@ pub struct Args {
 
     /// The request line. Escapes \r \n \t \0 \\ \xHH are understood; if it does
     /// not end with a line feed, the --eol ending is appended. Default: `PING\r\n`
-    /// in load mode, `QUIT\r\n` in churn mode.
+    /// in load mode, `QUIT\r\n` in churn mode. In load mode `{key}` stands
+    /// for a key index drawn uniformly from 0..N (--keys) per request,
+    /// zero-padded to the width of N-1, and `{value}` for --value-size
+    /// bytes of `v`: e.g. 'SET key:{key} {value}'.
     #[arg(long, value_name = "BYTES")]
     pub request: Option<String>,
+
+    /// Load mode: how many keys `{key}` is drawn from (0..N), and how many
+    /// --preload runs over.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub keys: u64,
+
+    /// Bytes of the value `{value}` stands for in --request and --preload
+    /// (all `v`, so a value holds no line feed).
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    pub value_size: usize,
+
+    /// Load mode: a request sent once for every key 0..N-1 (--keys), in
+    /// order, pipelined, once the connections are open and before the
+    /// warm-up (not measured), e.g. 'SET key:{key} {value}' so that every
+    /// GET finds its key. Escapes and line ending as for --request.
+    #[arg(long, value_name = "BYTES")]
+    pub preload: Option<String>,
+
+    /// Lines in one response to a --preload request.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub preload_lines_per_response: usize,
+
+    /// Give up a --preload that takes longer than this (connections with
+    /// preload requests still unanswered are closed and count as errors).
+    #[arg(long, value_parser = parse_duration, value_name = "SECS", default_value = "120")]
+    pub preload_timeout: Duration,
 
     /// Append this many `x` bytes to the request, before its line ending
     /// (e.g. --request 'ECHO ' --payload 512).
@@ -222,8 +252,18 @@ pub struct Args {
 pub struct Workload {
     pub mode: Mode,
     pub target: SocketAddr,
-    /// One complete request, line ending included.
+    /// One complete request, line ending included (for a keyed request,
+    /// the one for key 0).
     pub request: Vec<u8>,
+    /// The request with its `{key}` and `{value}` placeholders resolved
+    /// (load mode renders one per request when it has a key).
+    pub request_template: Template,
+    /// Keys `{key}` is drawn from: 0..keys.
+    pub keys: u64,
+    /// `--preload`: sent once per key before the warm-up (load mode).
+    pub preload: Option<Template>,
+    pub preload_lines_per_response: usize,
+    pub preload_timeout: Duration,
     /// Connections (load, hold) or concurrent connect/close slots (churn).
     pub connections: usize,
     pub threads: usize,
@@ -284,6 +324,10 @@ impl Workload {
             ("--lines-per-response", args.lines_per_response),
             ("--threads", args.threads),
             ("--connect-window", args.connect_window),
+            (
+                "--preload-lines-per-response",
+                args.preload_lines_per_response,
+            ),
         ] {
             if value == 0 {
                 return usage(format!("{name} must be at least 1"));
@@ -293,11 +337,31 @@ impl Workload {
             Mode::Churn => "QUIT\\r\\n",
             Mode::Load | Mode::Hold => "PING\\r\\n",
         };
-        let request = build_request(
-            args.request.as_deref().unwrap_or(default_request),
-            args.payload,
-            args.eol,
+        if args.keys == 0 {
+            return usage("--keys must be at least 1".into());
+        }
+        let request_template = Template::new(
+            &build_request(
+                args.request.as_deref().unwrap_or(default_request),
+                args.payload,
+                args.eol,
+            ),
+            args.keys,
+            args.value_size,
         );
+        if request_template.is_keyed() && args.mode != Mode::Load {
+            return usage(format!(
+                "--request with {}: load mode only",
+                String::from_utf8_lossy(template::KEY)
+            ));
+        }
+        if args.preload.is_some() && args.mode != Mode::Load {
+            return usage("--preload applies to --mode load only".into());
+        }
+        let preload = args
+            .preload
+            .as_deref()
+            .map(|raw| Template::new(&build_request(raw, 0, args.eol), args.keys, args.value_size));
         let error_prefixes = args
             .error_prefix
             .iter()
@@ -317,7 +381,12 @@ impl Workload {
         Ok(Workload {
             mode: args.mode,
             target,
-            request,
+            request: request_template.base().to_vec(),
+            request_template,
+            keys: args.keys,
+            preload,
+            preload_lines_per_response: args.preload_lines_per_response,
+            preload_timeout: args.preload_timeout,
             connections: args.connections,
             // More threads than connections would leave threads with nothing.
             threads: args.threads.clamp(1, args.connections.max(1)),
@@ -479,6 +548,57 @@ mod tests {
         let args = Args::parse_from(["loopline-bench", "--addr", "192.0.2.1:9"]);
         let err = Workload::from_args(&args).unwrap_err().to_string();
         assert!(err.contains("--allow-non-loopback"), "{err}");
+    }
+
+    #[test]
+    fn keyed_requests_and_the_preload_are_read() {
+        let args = Args::parse_from([
+            "loopline-bench",
+            "--request",
+            "GET key:{key}",
+            "--eol",
+            "lf",
+            "--keys",
+            "1000",
+            "--value-size",
+            "3",
+            "--preload",
+            "SET key:{key} {value}",
+        ]);
+        let w = Workload::from_args(&args).unwrap();
+        assert!(w.request_template.is_keyed());
+        assert_eq!(w.request, b"GET key:000\n");
+        assert_eq!(w.keys, 1000);
+        let preload = w.preload.expect("a preload");
+        let mut out = Vec::new();
+        preload.render_into(999, &mut out);
+        assert_eq!(out, b"SET key:999 vvv\n");
+        assert_eq!(w.preload_lines_per_response, 1);
+        // Defaults: 100,000 keys, 64-byte values, no preload.
+        let w = Workload::from_args(&Args::parse_from(["loopline-bench"])).unwrap();
+        assert_eq!(w.keys, 100_000);
+        assert!(w.preload.is_none());
+        assert!(!w.request_template.is_keyed());
+        assert_eq!(w.request, b"PING\r\n");
+        let args = Args::parse_from(["loopline-bench", "--request", "SET k {value}"]);
+        let w = Workload::from_args(&args).unwrap();
+        assert_eq!(w.request.len(), "SET k \r\n".len() + 64);
+    }
+
+    #[test]
+    fn keys_and_preloads_outside_load_mode_are_refused() {
+        for bad in [
+            &["--keys", "0"][..],
+            &["--preload-lines-per-response", "0"],
+            &["--mode", "churn", "--request", "GET {key}"],
+            &["--mode", "churn", "--preload", "SET {key} x"],
+            &["--mode", "hold", "--preload", "SET {key} x"],
+        ] {
+            let args =
+                Args::parse_from(std::iter::once("loopline-bench").chain(bad.iter().copied()));
+            let err = Workload::from_args(&args).unwrap_err().to_string();
+            assert!(err.contains("--"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

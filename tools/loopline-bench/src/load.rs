@@ -9,13 +9,22 @@
 //!
 //! Latency is closed-loop round-trip time: a request's clock starts when it
 //! is queued, which is right when its predecessor's response is read.
+//!
+//! Keyed requests (`{key}` in `--request`): each queued request is rendered
+//! with a key drawn uniformly ([`crate::template`]) into the connection's
+//! output buffer, which is reused (sized for DEPTH requests at the start):
+//! still one `write` per batch and no allocation per request. `--preload`
+//! runs before the start line: each thread sends the preload request for
+//! its share of the keys, in order, over its connections, pipelined
+//! (depth at least [`PRELOAD_MIN_DEPTH`]), and waits for every answer.
 
 use crate::cli::Workload;
 use crate::connect::{close_with_reset, connect_outcome, peer_closing, poll_events, Connector};
 use crate::link::Link;
 use crate::measure::{elapsed_ns, new_latency_histogram, run_measured, MeasuredWorker};
-use crate::report::LoadSummary;
+use crate::report::{LoadSummary, PreloadSummary};
 use crate::responses::{read_responses, Greeting, ReadOutcome, ResponseScanner};
+use crate::template::KeyChooser;
 use crate::POLL_SLICE;
 use hdrhistogram::Histogram;
 use mio::event::Event;
@@ -28,6 +37,10 @@ use std::time::Instant;
 
 /// Read buffer per thread; responses are only counted, never kept.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Requests in flight per connection during `--preload`, at least (more
+/// with a deeper `--pipeline`).
+pub const PRELOAD_MIN_DEPTH: usize = 32;
 
 #[derive(Copy, Clone, PartialEq, Eq, Debug)]
 enum Phase {
@@ -53,8 +66,25 @@ struct LoadConnection {
     send_times: VecDeque<Instant>,
     /// Request bytes queued but not yet written.
     unsent_bytes: usize,
-    /// Offset inside the request of the next byte to write.
+    /// Offset inside the request of the next byte to write (requests that
+    /// are all the same, sent from the worker's `request_run`).
     write_offset: usize,
+    /// Rendered requests (keyed ones, or the preload's), the unsent ones
+    /// from `out_start` on; its capacity, set at the start, holds the
+    /// most that can be queued at once.
+    out: Vec<u8>,
+    out_start: usize,
+}
+
+impl LoadConnection {
+    /// Moves the unsent rendered bytes to the front of `out`, so new ones
+    /// can follow them without growing it.
+    fn compact_output(&mut self) {
+        if self.out_start > 0 {
+            self.out.drain(..self.out_start);
+            self.out_start = 0;
+        }
+    }
 }
 
 /// What one thread counted.
@@ -65,6 +95,12 @@ struct LoadCounts {
     error_lines: u64,
     connected: u64,
     unexpected: u64,
+    /// `--preload`: keys this thread was to preload, those answered, the
+    /// error lines among the answers, and how long it took.
+    preload_keys: u64,
+    preloaded: u64,
+    preload_error_lines: u64,
+    preload_secs: f64,
 }
 
 /// One thread's event loop over its share of the connections.
@@ -85,6 +121,16 @@ struct LoadWorker {
     in_setup: usize,
     /// Index of the next connection to open.
     next_to_open: usize,
+    thread_index: usize,
+    /// Draws the key of each keyed request.
+    chooser: KeyChooser,
+    /// Sending the `--preload` requests (before the start line).
+    preloading: bool,
+    /// The next key to preload, and the end of this thread's share.
+    preload_next: u64,
+    preload_end: u64,
+    /// Requests in flight per connection while preloading.
+    preload_depth: usize,
 }
 
 impl LoadWorker {
@@ -99,15 +145,28 @@ impl LoadWorker {
                 self.counts.connection_errors += 1;
                 continue;
             };
+            // Room for the most requests ever in flight, and for the
+            // rendered ones among them, so the run never grows these.
+            let workload = &*self.workload;
+            let (mut in_flight, mut out_bytes) = (workload.pipeline_depth, 0);
+            if workload.request_template.is_keyed() {
+                out_bytes = workload.pipeline_depth * workload.request_template.len();
+            }
+            if let Some(preload) = &workload.preload {
+                in_flight = in_flight.max(self.preload_depth);
+                out_bytes = out_bytes.max(self.preload_depth * preload.len());
+            }
             self.connections[i] = Some(LoadConnection {
                 link,
                 phase: Phase::Connecting,
-                greeting: Greeting::new(self.workload.greeting_lines),
+                greeting: Greeting::new(workload.greeting_lines),
                 partial_response_lines: 0,
                 scanner: ResponseScanner::default(),
-                send_times: VecDeque::with_capacity(self.workload.pipeline_depth),
+                send_times: VecDeque::with_capacity(in_flight),
                 unsent_bytes: 0,
                 write_offset: 0,
+                out: Vec::with_capacity(out_bytes),
+                out_start: 0,
             });
             self.in_setup += 1;
         }
@@ -152,7 +211,8 @@ impl LoadWorker {
         }
     }
 
-    /// Starts a ready connection: queues DEPTH requests and writes them.
+    /// Starts a ready connection: queues DEPTH requests (the preload's
+    /// depth while preloading) and writes them.
     fn start_requests(&mut self, i: usize) {
         let Some(connection) = self.connections[i].as_mut() else {
             return;
@@ -161,30 +221,89 @@ impl LoadWorker {
             return;
         }
         connection.phase = Phase::Running;
-        let now = Instant::now();
-        let depth = self.workload.pipeline_depth;
+        let depth = if self.preloading {
+            self.preload_depth
+        } else {
+            self.workload.pipeline_depth
+        };
+        self.queue_requests(i, depth, Instant::now());
+    }
+
+    /// Whether the requests being sent are rendered one by one into the
+    /// connections' output buffers (keyed ones, or the preload's) rather
+    /// than sent from `request_run`.
+    fn renders_requests(&self) -> bool {
+        self.preloading || self.workload.request_template.is_keyed()
+    }
+
+    /// Queues `n` more requests on connection `i`, sent at `now` (while
+    /// preloading: as many of the keys left, up to `n`), and writes them.
+    fn queue_requests(&mut self, i: usize, n: usize, now: Instant) {
+        let renders = self.renders_requests();
+        let Some(connection) = self.connections[i].as_mut() else {
+            return;
+        };
+        let workload = &*self.workload;
+        let mut queued = n;
+        if renders {
+            connection.compact_output();
+            match (&workload.preload, self.preloading) {
+                (Some(preload), true) => {
+                    let left = self.preload_end - self.preload_next;
+                    queued = n.min(usize::try_from(left).unwrap_or(usize::MAX));
+                    for _ in 0..queued {
+                        preload.render_into(self.preload_next, &mut connection.out);
+                        self.preload_next += 1;
+                    }
+                }
+                _ => {
+                    for _ in 0..queued {
+                        let key = self.chooser.next_key();
+                        workload
+                            .request_template
+                            .render_into(key, &mut connection.out);
+                    }
+                }
+            }
+            connection.unsent_bytes = connection.out.len() - connection.out_start;
+        } else {
+            connection.unsent_bytes += queued * workload.request.len();
+        }
         connection
             .send_times
-            .extend(std::iter::repeat_n(now, depth));
-        connection.unsent_bytes += depth * self.workload.request.len();
+            .extend(std::iter::repeat_n(now, queued));
         self.write_queued(i);
     }
 
     /// Writes queued requests until they are all out or the socket is full.
     fn write_queued(&mut self, i: usize) {
+        let renders = self.renders_requests();
         let Some(connection) = self.connections[i].as_mut() else {
             return;
         };
         let request_len = self.workload.request.len();
         let mut failed = false;
         while connection.unsent_bytes > 0 {
-            let start = connection.write_offset;
-            let slice = &self.request_run[start..start + connection.unsent_bytes];
+            let slice = if renders {
+                &connection.out[connection.out_start..]
+            } else {
+                let start = connection.write_offset;
+                &self.request_run[start..start + connection.unsent_bytes]
+            };
+            let wanted = slice.len();
             match connection.link.write(slice) {
                 Ok(n) => {
                     connection.unsent_bytes -= n;
-                    connection.write_offset = (connection.write_offset + n) % request_len;
-                    if n < slice.len() {
+                    if renders {
+                        connection.out_start += n;
+                        if connection.out_start == connection.out.len() {
+                            connection.out.clear();
+                            connection.out_start = 0;
+                        }
+                    } else {
+                        connection.write_offset = (connection.write_offset + n) % request_len;
+                    }
+                    if n < wanted {
                         break; // send buffer full: wait for the writable edge
                     }
                 }
@@ -251,7 +370,11 @@ impl LoadWorker {
             &self.workload.error_prefixes,
             to_end,
         );
-        self.counts.error_lines += read.error_lines as u64;
+        if self.preloading {
+            self.counts.preload_error_lines += read.error_lines as u64;
+        } else {
+            self.counts.error_lines += read.error_lines as u64;
+        }
         if read.lines > 0 {
             self.on_lines(i, read.lines);
         }
@@ -278,13 +401,30 @@ impl LoadWorker {
         if connection.phase != Phase::Running || lines == 0 {
             return;
         }
+        let lines_per_response = if self.preloading {
+            self.workload.preload_lines_per_response
+        } else {
+            self.workload.lines_per_response
+        };
         let total = connection.partial_response_lines + lines;
-        let responses = total / self.workload.lines_per_response;
-        connection.partial_response_lines = total % self.workload.lines_per_response;
+        let responses = total / lines_per_response;
+        connection.partial_response_lines = total % lines_per_response;
         if responses == 0 {
             return;
         }
         let now = Instant::now();
+        if self.preloading {
+            // Not measured: count the answers, send the next keys.
+            for _ in 0..responses {
+                match connection.send_times.pop_front() {
+                    Some(_) => self.counts.preloaded += 1,
+                    None => self.counts.unexpected += 1,
+                }
+            }
+            let refill = self.preload_depth - connection.send_times.len();
+            self.queue_requests(i, refill, now);
+            return;
+        }
         let in_window = now >= self.warmup_end;
         let latency = &mut self.counts.latency;
         // Requests queued together share one send instant: record each run
@@ -317,11 +457,83 @@ impl LoadWorker {
         }
         if now < self.end {
             let refill = self.workload.pipeline_depth - connection.send_times.len();
-            connection
-                .send_times
-                .extend(std::iter::repeat_n(now, refill));
-            connection.unsent_bytes += refill * self.workload.request.len();
-            self.write_queued(i);
+            self.queue_requests(i, refill, now);
+        }
+    }
+
+    /// `--preload`: sends the preload request for this thread's share of
+    /// the keys over its ready connections, pipelined, and waits for every
+    /// answer (or `--preload-timeout`, which closes the connections still
+    /// waiting). The connections are ready for the measured run after it.
+    fn preload(&mut self, events: &mut Events) {
+        if self.workload.preload.is_none() {
+            return;
+        }
+        // Thread t of T takes keys [N*t/T, N*(t+1)/T).
+        let share = |t: usize| {
+            let (keys, threads) = (
+                u128::from(self.workload.keys),
+                self.workload.threads as u128,
+            );
+            // At most keys: fits in a u64.
+            (keys * t as u128 / threads) as u64
+        };
+        self.preload_next = share(self.thread_index);
+        self.preload_end = share(self.thread_index + 1);
+        self.counts.preload_keys = self.preload_end - self.preload_next;
+        self.preloading = true;
+        let started = Instant::now();
+        let deadline = started + self.workload.preload_timeout;
+        for i in 0..self.connections.len() {
+            self.start_requests(i);
+        }
+        loop {
+            let waiting = self
+                .connections
+                .iter()
+                .flatten()
+                .any(|c| !c.send_times.is_empty());
+            if !waiting {
+                if self.preload_next < self.preload_end {
+                    eprintln!(
+                        "loopline-bench: preload: no connection left to send {} key(s) on",
+                        self.preload_end - self.preload_next
+                    );
+                }
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                eprintln!(
+                    "loopline-bench: preload timeout: {} of {} key(s) answered; closing the connections still waiting",
+                    self.counts.preloaded, self.counts.preload_keys
+                );
+                for i in 0..self.connections.len() {
+                    if self.connections[i]
+                        .as_ref()
+                        .is_some_and(|c| !c.send_times.is_empty())
+                    {
+                        self.close_failed(i);
+                    }
+                }
+                break;
+            }
+            if !self.poll_once(events, POLL_SLICE.min(deadline - now)) {
+                break;
+            }
+        }
+        self.counts.preload_secs = started.elapsed().as_secs_f64();
+        self.preloading = false;
+        for connection in self.connections.iter_mut().flatten() {
+            if connection.phase == Phase::Running {
+                connection.phase = Phase::Ready;
+                connection.partial_response_lines = 0;
+                connection.send_times.clear();
+                connection.unsent_bytes = 0;
+                connection.write_offset = 0;
+                connection.out.clear();
+                connection.out_start = 0;
+            }
         }
     }
 
@@ -356,12 +568,26 @@ impl MeasuredWorker for LoadWorker {
                 error_lines: 0,
                 connected: 0,
                 unexpected: 0,
+                preload_keys: 0,
+                preloaded: 0,
+                preload_error_lines: 0,
+                preload_secs: 0.0,
             },
             started: false,
             warmup_end: now,
             end: now,
             in_setup: 0,
             next_to_open: 0,
+            thread_index,
+            // A fixed sequence per thread: runs draw the same keys.
+            chooser: KeyChooser::new(
+                workload.keys,
+                (thread_index as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d),
+            ),
+            preloading: false,
+            preload_next: 0,
+            preload_end: 0,
+            preload_depth: workload.pipeline_depth.max(PRELOAD_MIN_DEPTH),
             workload,
         })
     }
@@ -386,6 +612,7 @@ impl MeasuredWorker for LoadWorker {
             }
             self.open_more();
         }
+        self.preload(&mut events);
         start_line.wait();
 
         let start = Instant::now();
@@ -415,6 +642,11 @@ impl MeasuredWorker for LoadWorker {
 pub fn run(workload: Workload) -> ExitCode {
     let pipeline_depth = workload.pipeline_depth;
     let connections = workload.connections;
+    // Every key counts, even those of a thread that could not start.
+    let preload = workload.preload.is_some().then(|| PreloadSummary {
+        keys: workload.keys,
+        ..PreloadSummary::default()
+    });
     let (run, per_thread) = run_measured::<LoadWorker>(workload);
     let mut summary = LoadSummary {
         run,
@@ -426,6 +658,7 @@ pub fn run(workload: Workload) -> ExitCode {
         connection_errors: 0,
         error_lines: 0,
         unexpected: 0,
+        preload,
     };
     for counts in per_thread {
         let Some(counts) = counts else {
@@ -440,6 +673,12 @@ pub fn run(workload: Workload) -> ExitCode {
         summary.error_lines += counts.error_lines;
         summary.connected += counts.connected;
         summary.unexpected += counts.unexpected;
+        if let Some(preload) = summary.preload.as_mut() {
+            preload.answered += counts.preloaded;
+            preload.error_lines += counts.preload_error_lines;
+            // The threads preload at the same time: the slowest one's.
+            preload.secs = preload.secs.max(counts.preload_secs);
+        }
     }
     summary.print();
     if summary.responses == 0 {

@@ -14,6 +14,7 @@
 //! [`connect`] (opening and polling connections over several source
 //! addresses), [`link`] (a connection's bytes, plain or inside TLS),
 //! `tls` (the TLS client settings, with the `tls` feature), [`responses`] (counting greeting and response lines),
+//! [`template`] (keyed requests: `{key}` and `{value}`, and the key choice),
 //! [`measure`] (latency histograms, CPU time, a measured mode's threads)
 //! and [`report`] (the human and JSON result lines).
 //!
@@ -36,6 +37,7 @@ mod load;
 mod measure;
 mod report;
 mod responses;
+mod template;
 #[cfg(feature = "tls")]
 mod tls;
 
@@ -92,6 +94,20 @@ fn main() -> ExitCode {
             workload.greeting_lines,
             workload.lines_per_response
         );
+        if workload.request_template.is_keyed() {
+            eprintln!(
+                "loopline-bench: keys drawn uniformly from 0..{} (the request above is key 0's)",
+                workload.keys
+            );
+        }
+        if let Some(preload) = &workload.preload {
+            eprintln!(
+                "loopline-bench: preload: `{}` for each of the {} keys, {} line(s) per response",
+                cli::show_bytes(preload.base()),
+                workload.keys,
+                workload.preload_lines_per_response
+            );
+        }
     }
     match workload.mode {
         Mode::Load => load::run(workload),

@@ -109,6 +109,33 @@ pub struct LoadSummary {
     pub error_lines: u64,
     /// Responses nobody asked for.
     pub unexpected: u64,
+    /// With `--preload`: how it went.
+    pub preload: Option<PreloadSummary>,
+}
+
+/// What `--preload` did, before the warm-up.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PreloadSummary {
+    /// Keys to preload (`--keys`).
+    pub keys: u64,
+    /// Preload requests answered.
+    pub answered: u64,
+    /// Answers that start with an error prefix.
+    pub error_lines: u64,
+    /// Seconds it took (the slowest thread's).
+    pub secs: f64,
+}
+
+impl PreloadSummary {
+    /// Keys whose preload request got no answer.
+    pub fn missing(&self) -> u64 {
+        self.keys.saturating_sub(self.answered)
+    }
+
+    /// Failed preload requests: error answers and unanswered ones.
+    pub fn errors(&self) -> u64 {
+        self.error_lines + self.missing()
+    }
 }
 
 impl LoadSummary {
@@ -121,7 +148,8 @@ impl LoadSummary {
         let run = &self.run;
         let secs = run.duration.as_secs_f64();
         let (rps, server_cpu, client_cpu) = run.per_unit(self.responses);
-        let errors = self.connection_errors + self.error_lines + self.unexpected;
+        let preload_errors = self.preload.as_ref().map_or(0, PreloadSummary::errors);
+        let errors = self.connection_errors + self.error_lines + self.unexpected + preload_errors;
         let percentiles = Percentiles::of(&self.latency);
         let max = (!self.latency.is_empty()).then(|| self.latency.max() as f64 / 1000.0);
         let max = json_number(max, 1);
@@ -140,8 +168,15 @@ impl LoadSummary {
             percentiles.human(),
             if errors > 0 {
                 format!(
-                    " (connections {}, error lines {}, unexpected {})",
-                    self.connection_errors, self.error_lines, self.unexpected
+                    " (connections {}, error lines {}, unexpected {}{})",
+                    self.connection_errors,
+                    self.error_lines,
+                    self.unexpected,
+                    if preload_errors > 0 {
+                        format!(", preload {preload_errors}")
+                    } else {
+                        String::new()
+                    }
                 )
             } else {
                 String::new()
@@ -149,6 +184,13 @@ impl LoadSummary {
             json_number(client_cpu, 3),
             server_cpu_clause(server_cpu, 3, "resp"),
         );
+        let human = match &self.preload {
+            None => human,
+            Some(p) => format!(
+                "{human}; preloaded {} of {} keys in {:.2}s",
+                p.answered, p.keys, p.secs
+            ),
+        };
         let json = format!(
             "{{\"mode\":\"load\",\"addr\":\"{}\",\"connections\":{},\"connected\":{},\"pipeline\":{},\"threads\":{},\"duration_s\":{secs:.3},\"responses\":{},\"rps\":{rps:.1},{},\"max_us\":{max},\"errors\":{errors},\"conn_errors\":{},\"err_lines\":{},\"server_cpu_us_per_resp\":{},\"client_cpu_us_per_resp\":{}}}",
             run.target,
@@ -163,6 +205,18 @@ impl LoadSummary {
             json_number(server_cpu, 4),
             json_number(client_cpu, 4),
         );
+        // With --preload, its fields before the closing brace.
+        let json = match &self.preload {
+            None => json,
+            Some(p) => format!(
+                "{},\"preload_keys\":{},\"preloaded\":{},\"preload_err_lines\":{},\"preload_s\":{:.3}}}",
+                json.trim_end_matches('}'),
+                p.keys,
+                p.answered,
+                p.error_lines,
+                p.secs
+            ),
+        };
         [human, json]
     }
 }
@@ -396,6 +450,7 @@ mod tests {
             connection_errors: 0,
             error_lines: 0,
             unexpected: 0,
+            preload: None,
         }
     }
 
@@ -444,6 +499,50 @@ mod tests {
         assert_eq!(
             json,
             r#"{"mode":"load","addr":"127.0.0.1:9000","connections":4,"connected":4,"pipeline":2,"threads":1,"duration_s":2.000,"responses":0,"rps":0.0,"p50_us":null,"p99_us":null,"p999_us":null,"max_us":null,"errors":6,"conn_errors":1,"err_lines":2,"server_cpu_us_per_resp":null,"client_cpu_us_per_resp":null}"#
+        );
+    }
+
+    #[test]
+    fn load_lines_with_a_preload_are_pinned() {
+        let summary = LoadSummary {
+            preload: Some(PreloadSummary {
+                keys: 1000,
+                answered: 1000,
+                error_lines: 0,
+                secs: 0.25,
+            }),
+            ..load_summary()
+        };
+        let [human, json] = summary.lines();
+        assert!(
+            human.ends_with("server CPU 2.500 us/resp; preloaded 1000 of 1000 keys in 0.25s"),
+            "{human}"
+        );
+        assert!(
+            json.ends_with(r#""client_cpu_us_per_resp":5000.0000,"preload_keys":1000,"preloaded":1000,"preload_err_lines":0,"preload_s":0.250}"#),
+            "{json}"
+        );
+        // Error answers and unanswered keys are errors of the run.
+        let summary = LoadSummary {
+            preload: Some(PreloadSummary {
+                keys: 1000,
+                answered: 990,
+                error_lines: 5,
+                secs: 1.0,
+            }),
+            ..load_summary()
+        };
+        let [human, json] = summary.lines();
+        assert!(
+            human.contains("errors 15 (connections 0, error lines 0, unexpected 0, preload 15)"),
+            "{human}"
+        );
+        assert!(json.contains(r#""errors":15,"#), "{json}");
+        assert!(
+            json.ends_with(
+                r#""preload_keys":1000,"preloaded":990,"preload_err_lines":5,"preload_s":1.000}"#
+            ),
+            "{json}"
         );
     }
 
