@@ -6,53 +6,13 @@
 mod util;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 
-use util::{run_loopline, Client, Server, Stats};
+use util::{run_loopline, Client, Server, Stats, TempFile};
 
 // Each runs with one event loop and with two (`--threads 2`).
 util::one_and_two_loops!(sighup_reloads_the_token_and_a_failed_reload_keeps_the_old_one,);
 
 const TOKEN: &str = "s3cret-T0ken";
-
-/// A file for one test, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    /// A file holding `content`, readable by its owner only. Its name is
-    /// the test's own: the one-loop and two-loop runs of one body run at
-    /// once, in one process.
-    fn new(name: &str, content: &[u8]) -> TempFile {
-        let path = std::env::temp_dir().join(format!(
-            "loopline-auth-{}-{name}-{}",
-            std::process::id(),
-            util::loops()
-        ));
-        let file = TempFile(path);
-        file.write(content);
-        file.chmod(0o600);
-        file
-    }
-
-    fn write(&self, content: &[u8]) {
-        fs::write(&self.0, content).unwrap();
-    }
-
-    fn chmod(&self, mode: u32) {
-        fs::set_permissions(&self.0, fs::Permissions::from_mode(mode)).unwrap();
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
 
 /// A server at debug level with `--auth-file` holding TOKEN.
 fn server_with_token(name: &str) -> (Server, TempFile) {

@@ -10,10 +10,9 @@ mod util;
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use util::{Client, Server, Stats, Transport};
+use util::{Client, Server, Stats, TempFile, Transport};
 
 // Each runs over plain TCP and TLS, with one event loop and with two.
 util::both_transports!(
@@ -22,31 +21,6 @@ util::both_transports!(
 );
 
 const TOKEN: &str = "s3cret";
-
-/// A token file, removed on drop; named for the test and its loops.
-struct TokenFile(PathBuf);
-
-impl TokenFile {
-    fn new(name: &str) -> TokenFile {
-        let path = std::env::temp_dir().join(format!(
-            "loopline-guards-{}-{name}-{}",
-            std::process::id(),
-            util::loops()
-        ));
-        std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-        TokenFile(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TokenFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 /// STATS, asked by a client from `from` that authenticates first if
 /// `token` says so.
@@ -109,7 +83,7 @@ fn a_client_connecting_too_fast_is_turned_away_until_its_second_has_passed(trans
 }
 
 fn an_address_that_failed_auth_too_often_is_refused_on_every_connection(transport: Transport) {
-    let file = TokenFile::new("refused");
+    let file = TempFile::new("guards-refused", format!("{TOKEN}\n").as_bytes());
     let mut server = Server::start_over(
         transport,
         &[
@@ -184,7 +158,7 @@ fn an_address_that_failed_auth_too_often_is_refused_on_every_connection(transpor
 /// runs meanwhile).
 #[test]
 fn a_refused_address_may_try_again_a_period_after_its_last_failure() {
-    let file = TokenFile::new("period");
+    let file = TempFile::new("guards-period", format!("{TOKEN}\n").as_bytes());
     let mut server = Server::start(&[
         "--auth-file",
         file.path(),
@@ -225,7 +199,7 @@ fn a_refused_address_may_try_again_a_period_after_its_last_failure() {
 /// fail2ban's own tester against the server's real log line.
 #[test]
 fn fail2bans_filter_matches_the_warn_line() {
-    let file = TokenFile::new("fail2ban");
+    let file = TempFile::new("guards-fail2ban", format!("{TOKEN}\n").as_bytes());
     let mut server = Server::start_raw(
         &[
             "--listen",
@@ -375,7 +349,7 @@ fn the_rate_table_stays_bounded_over_100000_source_addresses() {
 /// all (that would be about 9 MiB).
 #[test]
 fn the_failure_table_stays_bounded_over_100000_source_addresses() {
-    let file = TokenFile::new("bound");
+    let file = TempFile::new("guards-bound", format!("{TOKEN}\n").as_bytes());
     let server = Server::start(&[
         "--auth-file",
         file.path(),

@@ -438,28 +438,6 @@ fn connections_are_counted_per_listener() {
     assert_eq!(sample(&body, &label(server.addr)), 2, "{body}");
 }
 
-/// A token file for the metrics endpoint, removed on drop.
-struct TokenFile(std::path::PathBuf);
-
-impl TokenFile {
-    fn new(name: &str, token: &str) -> TokenFile {
-        let path =
-            std::env::temp_dir().join(format!("loopline-metrics-{}-{name}", std::process::id()));
-        std::fs::write(&path, format!("{token}\n")).unwrap();
-        TokenFile(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TokenFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// A GET of /metrics bearing `token` (none if `None`): the whole answer.
 fn get_with_token(addr: SocketAddr, token: Option<&str>) -> (String, String) {
     let mut stream = http_connect(addr);
@@ -472,7 +450,7 @@ fn get_with_token(addr: SocketAddr, token: Option<&str>) -> (String, String) {
 
 #[test]
 fn a_token_guards_the_endpoint_and_sighup_reloads_it() {
-    let file = TokenFile::new("token", "first-token");
+    let file = util::TempFile::new("metrics-token", b"first-token\n");
     let (mut server, metrics) = start(&["--metrics-token-file", file.path()]);
     let (head, body) = get_with_token(metrics, None);
     assert_eq!(

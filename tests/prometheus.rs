@@ -17,12 +17,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::thread;
 use std::time::{Duration, Instant};
 
 use util::tls::{self as tls, Pki};
-use util::{Client, Server, PATIENCE};
+use util::{Client, Server, TempDir, PATIENCE};
 
 /// The bearer token scrapes must carry.
 const TOKEN: &str = "prometheus-may-scrape";
@@ -33,28 +33,6 @@ const MAX_CONNECTIONS: &str = "4242";
 
 /// How often the test asks Prometheus again while it waits.
 const POLL: Duration = Duration::from_millis(200);
-
-/// A directory of its own under the temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        static SERIAL: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "loopline-{what}-{}-{}",
-            std::process::id(),
-            SERIAL.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// loopline with a plain protocol listener and an HTTPS metrics endpoint
 /// that wants `TOKEN` (written into `dir`, readable by its owner only);

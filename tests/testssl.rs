@@ -40,14 +40,14 @@ use std::fs::File;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::thread;
 use std::time::{Duration, Instant};
 
 use util::tls::{self as tls, Pki};
-use util::{Server, PATIENCE};
+use util::{Server, TempDir, PATIENCE};
 
 /// The accepted findings, next to this file.
 const BASELINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/testssl-baseline.txt");
@@ -83,28 +83,6 @@ const FULL_SCAN_LIMIT: Duration = Duration::from_secs(240);
 /// The longest a scan of protocols and server defaults (`-p -S`) may take:
 /// about 20 s on an idle 2-core machine.
 const SHORT_SCAN_LIMIT: Duration = Duration::from_secs(150);
-
-/// A directory of its own under the temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        static SERIAL: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "loopline-{what}-{}-{}",
-            std::process::id(),
-            SERIAL.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A child in a process group of its own (testssl starts many openssl
 /// processes), the whole group killed on drop.

@@ -275,6 +275,70 @@ pub fn loops() -> u32 {
     LOOPS.with(|loops| loops.get())
 }
 
+/// A file for one test, removed on drop. Its name is the test's own and
+/// its loops': the one-loop and two-loop runs of one body run at once, in
+/// one process.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    /// A file `name` holding `content`, readable by its owner only (a
+    /// token file, say).
+    pub fn new(name: &str, content: &[u8]) -> TempFile {
+        let path = std::env::temp_dir().join(format!(
+            "loopline-{name}-{}-{}",
+            std::process::id(),
+            loops()
+        ));
+        let file = TempFile(path);
+        file.write(content);
+        file.chmod(0o600);
+        file
+    }
+
+    /// Replaces its content.
+    pub fn write(&self, content: &[u8]) {
+        std::fs::write(&self.0, content).unwrap();
+    }
+
+    pub fn chmod(&self, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// Its path, as a command-line argument.
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A directory of its own under the temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "loopline-{what}-{}-{}",
+            std::process::id(),
+            SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A real server, as a child process. Killed on drop.
 pub struct Server {
     pub child: Child,
