@@ -327,3 +327,25 @@ fn step6_tally_counts_for_everyone_and_remembers_each_connection() {
     first.expect_eof();
     server.assert_no_panic();
 }
+
+/// The tutorial's step 4 demonstration, as written: a client that writes a
+/// 20 MB line before it reads is still writing when step 4 closes with
+/// input unread, so its write fails with the reset and it never reads the
+/// reply; loopline's lingering close lets the same client read its line.
+#[test]
+fn step4_a_client_still_sending_loses_the_reply_loopline_keeps_it() {
+    let step4 = start_example("step4_framing", &[]);
+    let loopline = Server::start(&[]);
+    let line = vec![b'x'; 20_000_000];
+    let mut lost = Client::connect(step4.addr);
+    assert!(
+        lost.stream.write_all(&line).is_err(),
+        "20 MB went through: step 4 read them all"
+    );
+    let mut kept = Client::connect(loopline.addr);
+    kept.stream
+        .write_all(&line)
+        .expect("loopline reads (and drops) the rest");
+    kept.expect_line("READY");
+    kept.expect_line("ERR line too long");
+}
