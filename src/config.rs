@@ -1628,6 +1628,60 @@ mod tests {
         }
     }
 
+    /// A program of its own: its name, about and one option, with every
+    /// engine option added; both parsed from one command line.
+    #[derive(Debug, clap::Parser)]
+    #[command(
+        name = "shout",
+        about = "Answers in capitals",
+        after_help = "Example:\n  shout"
+    )]
+    struct ShoutArgs {
+        /// Exclamation marks to add.
+        #[arg(long, default_value_t = 1)]
+        bangs: usize,
+    }
+
+    #[test]
+    fn a_program_adds_its_own_options_to_the_engines() {
+        let parsed = Options::<ShoutArgs>::try_parse_from([
+            "shout",
+            "--bangs",
+            "3",
+            "--max-line",
+            "100",
+            "--listen",
+            "127.0.0.1:7000",
+        ])
+        .unwrap();
+        assert_eq!(parsed.service.bangs, 3);
+        assert_eq!(parsed.config.max_line, 100);
+        assert!(!parsed.listen_is_default);
+        let command = command::<ShoutArgs>();
+        assert_eq!(command.get_name(), "shout");
+        assert_eq!(
+            command.get_about().map(ToString::to_string).as_deref(),
+            Some("Answers in capitals")
+        );
+        let after = command
+            .get_after_help()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(
+            after.starts_with("DUR is"),
+            "the engine's notes first: {after}"
+        );
+        assert!(
+            after.ends_with("Example:\n  shout"),
+            "then the program's: {after}"
+        );
+        // An option of either is a usage error when its value is bad.
+        for args in [["shout", "--bangs", "x"], ["shout", "--max-line", "0"]] {
+            let err = Options::<ShoutArgs>::try_parse_from(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+        }
+    }
+
     #[test]
     fn the_new_operator_options_parse_with_their_defaults() {
         let c = Config::default();
