@@ -3,8 +3,10 @@
 //! (`--max-auth-failures-per-ip`, and the warn line fail2ban matches, run
 //! through the real `fail2ban-regex`), IPv6 clients grouped by
 //! `--ipv6-prefix` (their addresses carried by PROXY headers, as a balancer
-//! sends them), and the rate table's bound over 100,000 source addresses
-//! (all of 127.0.0.0/8 is loopback: each client binds its own).
+//! sends them) for every per-address limit, and the tables' bounds over
+//! 100,000 source addresses (all of 127.0.0.0/8 is loopback: each client
+//! binds its own). fail2ban's filter is checked against a log file and
+//! against a real journal file.
 
 mod util;
 
@@ -12,7 +14,7 @@ use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use util::{Client, Server, Stats, TempFile, Transport};
+use util::{Client, Server, Stats, TempDir, TempFile, Transport};
 
 // Each runs over plain TCP and TLS, with one event loop and with two.
 util::both_transports!(
@@ -195,15 +197,19 @@ fn a_refused_address_may_try_again_a_period_after_its_last_failure() {
     server.assert_no_panic();
 }
 
-/// The filter docs/deploy.md shows (contrib/fail2ban/loopline.conf), run by
-/// fail2ban's own tester against the server's real log line.
-#[test]
-fn fail2bans_filter_matches_the_warn_line() {
+/// The filter docs/deploy.md shows, as fail2ban reads it.
+const FAIL2BAN_FILTER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/contrib/fail2ban/loopline.conf"
+);
+
+/// Runs a server (under the journal if `journal`: its lines then start
+/// with their priority), makes 127.0.0.41 fail `AUTH` past the limit, and
+/// returns the server's pid and every line it logged.
+fn log_with_the_warn_line(journal: bool) -> (u32, Vec<String>) {
     let file = TempFile::new("guards-fail2ban", format!("{TOKEN}\n").as_bytes());
-    let mut server = Server::start_raw(
+    let mut command = util::loopline_command(
         &[
-            "--listen",
-            "127.0.0.1:0",
             "--auth-file",
             file.path(),
             "--max-auth-failures-per-ip",
@@ -211,6 +217,10 @@ fn fail2bans_filter_matches_the_warn_line() {
         ],
         "info",
     );
+    if journal {
+        command.env("JOURNAL_STREAM", "8:123456");
+    }
+    let mut server = Server::spawn(command);
     let from = Ipv4Addr::new(127, 0, 0, 41);
     let mut c = server.connect_from(from);
     c.expect_line("READY");
@@ -219,33 +229,112 @@ fn fail2bans_filter_matches_the_warn_line() {
     let mut refused = server.connect_from(from);
     refused.expect_line("ERR too many auth failures");
     server.wait_for_log("auth: too many failures from");
-    let log_file =
-        std::env::temp_dir().join(format!("loopline-fail2ban-{}.log", std::process::id()));
-    let lines = server.log.lock().unwrap().join("\n");
-    std::fs::write(&log_file, format!("{lines}\n")).unwrap();
-    let filter = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/contrib/fail2ban/loopline.conf"
-    );
+    server.assert_no_panic();
+    let log = server.log.lock().unwrap().clone();
+    (server.child.id(), log)
+}
+
+/// `fail2ban-regex ARGS... FILTER`: what it printed; fails the test if it
+/// failed.
+fn fail2ban_regex(args: &[&str]) -> String {
     let out = std::process::Command::new("fail2ban-regex")
-        .args(["--print-all-matched", log_file.to_str().unwrap(), filter])
+        .arg("--print-all-matched")
+        .args(args)
+        .arg(FAIL2BAN_FILTER)
         .output()
         .expect("fail2ban-regex (Debian package fail2ban)");
-    let _ = std::fs::remove_file(&log_file);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Exactly the warn line matches, and fail2ban reads the address from it.
-    let total = lines.lines().count();
+    text
+}
+
+/// Of `total` lines, exactly the warn line matched, and fail2ban read the
+/// address from it.
+fn assert_only_the_warn_line_matched(text: &str, total: usize) {
     assert!(
         text.contains(&format!("Lines: {total} lines, 0 ignored, 1 matched")),
         "{text}"
     );
     assert!(text.contains("127.0.0.41"), "{text}");
-    server.assert_no_panic();
+}
+
+/// The filter run by fail2ban's own tester against the server's real log,
+/// written to a file (`backend = auto`, `logpath =`).
+#[test]
+fn fail2bans_filter_matches_the_warn_line() {
+    let (_, log) = log_with_the_warn_line(false);
+    let dir = TempDir::new("guards-fail2ban-file");
+    let log_file = dir.0.join("loopline.log");
+    std::fs::write(&log_file, format!("{}\n", log.join("\n"))).unwrap();
+    let text = fail2ban_regex(&[log_file.to_str().unwrap()]);
+    assert_only_the_warn_line_matched(&text, log.len());
+}
+
+/// The same filter through the journal, as the jail in docs/deploy.md reads
+/// it (`backend = systemd`): fail2ban sees an entry as `HOST NAME[PID]:
+/// MESSAGE`, not as the line written to stderr. The server's lines go into
+/// a real journal file the way journald stores them (the `<N>` priority
+/// prefix taken off into PRIORITY, the unit that ran it recorded), written
+/// by systemd's own `systemd-journal-remote`, and fail2ban-regex reads that
+/// file with the jail's `journalmatch`. Caught: a filter anchored at the
+/// line's start that matched files and never the journal.
+#[test]
+fn fail2bans_filter_matches_the_warn_line_in_the_journal() {
+    let (pid, log) = log_with_the_warn_line(true);
+    let dir = TempDir::new("guards-fail2ban-journal");
+    let export = dir.0.join("entries.export");
+    let journal = dir.0.join("loopline.journal");
+    std::fs::write(&export, journal_export(pid, &log)).unwrap();
+    let written = std::process::Command::new(JOURNAL_REMOTE)
+        .arg(format!("--output={}", journal.display()))
+        .arg(&export)
+        .output()
+        .expect("systemd-journal-remote (Debian package systemd-journal-remote)");
+    assert!(
+        written.status.success(),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    let text = fail2ban_regex(&[
+        "--journalmatch",
+        "_SYSTEMD_UNIT=loopline.service",
+        &format!("systemd-journal[journalfiles={}]", journal.display()),
+    ]);
+    assert_only_the_warn_line_matched(&text, log.len());
+}
+
+/// Where Debian puts systemd-journal-remote (not on PATH).
+const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
+
+/// `lines`, logged under the journal by loopline.service's process `pid`,
+/// as journal entries in systemd's export format: what journald would
+/// have stored.
+fn journal_export(pid: u32, lines: &[String]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros();
+    let mut export = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        // journald reads a leading `<N>` as the priority and keeps the rest.
+        let (priority, message) = line
+            .strip_prefix('<')
+            .and_then(|rest| rest.split_once('>'))
+            .unwrap_or_else(|| panic!("no priority prefix: {line}"));
+        export.push_str(&format!(
+            "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n\
+             _BOOT_ID=0123456789abcdef0123456789abcdef\n_HOSTNAME=testhost\n\
+             SYSLOG_IDENTIFIER=loopline\n_PID={pid}\n_SYSTEMD_UNIT=loopline.service\n\
+             PRIORITY={priority}\nMESSAGE={message}\n\n",
+            now + i as u128,
+            1_000 + i,
+        ));
+    }
+    export
 }
 
 /// A v1 PROXY header naming an IPv6 client.
@@ -292,6 +381,69 @@ fn ipv6_clients_behind_a_balancer_count_by_their_prefix() {
     let (_second, line) = first_line_behind_header(&exact, "2001:db8:1:2:ffff::99");
     assert_eq!(line, "READY");
     exact.assert_no_panic();
+}
+
+/// The rate and the failures count IPv6 clients by prefix too: addresses
+/// of one /64 share one count, another /64 has its own.
+#[test]
+fn the_rate_and_failure_limits_count_ipv6_clients_by_their_prefix() {
+    let rate = Server::start_raw(
+        &[
+            "--listen",
+            "127.0.0.1:0,proxy",
+            "--max-connection-rate-per-ip",
+            "2",
+        ],
+        "debug",
+    );
+    let started = Instant::now();
+    for client in ["2001:db8:5:6::1", "2001:db8:5:6::2"] {
+        let (_c, line) = first_line_behind_header(&rate, client);
+        assert_eq!(line, "READY", "{client}");
+    }
+    // A third address of the /64, within the same second.
+    let (mut third, line) = first_line_behind_header(&rate, "2001:db8:5:6:abcd::3");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "three connects took {:?}: too slow to test a rate per second",
+        started.elapsed()
+    );
+    assert_eq!(line, "ERR connecting too fast");
+    third.expect_eof();
+    let (_other, line) = first_line_behind_header(&rate, "2001:db8:5:7::1");
+    assert_eq!(line, "READY");
+    rate.assert_no_panic();
+
+    let file = TempFile::new("guards-ipv6-failures", format!("{TOKEN}\n").as_bytes());
+    let mut failures = Server::start_raw(
+        &[
+            "--listen",
+            "127.0.0.1:0,proxy",
+            "--auth-file",
+            file.path(),
+            "--max-auth-failures-per-ip",
+            "2",
+        ],
+        "debug",
+    );
+    for client in ["2001:db8:8:9::1", "2001:db8:8:9::2"] {
+        let (mut c, line) = first_line_behind_header(&failures, client);
+        assert_eq!(line, "READY", "{client}");
+        c.send(b"AUTH wrong\n");
+        c.expect_line("ERR invalid token");
+    }
+    let (mut refused, line) = first_line_behind_header(&failures, "2001:db8:8:9:ffff::7");
+    assert_eq!(line, "ERR too many auth failures");
+    refused.expect_eof();
+    // The warn line names the address that asked.
+    let warn = failures.wait_for_log("auth: too many failures from");
+    assert!(
+        warn.ends_with("auth: too many failures from 2001:db8:8:9:ffff::7"),
+        "{warn}"
+    );
+    let (_other, line) = first_line_behind_header(&failures, "2001:db8:8:a::1");
+    assert_eq!(line, "READY");
+    failures.assert_no_panic();
 }
 
 /// 100,000 clients, each from an address of its own (127.1.0.0 and up,
