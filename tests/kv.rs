@@ -63,6 +63,8 @@ fn every_rule_of_the_protocol_byte_for_byte() {
         (b"DEL k\n", b"DELETED"),
         (b"DEL k\n", b"NIL"),
         (b"GET k\n", b"NIL"),
+        (b"SET k again\n", b"OK"),
+        (b"dEl k\n", b"DELETED"),
         // CRLF line ends, as over telnet.
         (b"SET crlf yes\r\n", b"OK"),
         (b"GET crlf\r\n", b"VALUE yes"),
@@ -92,6 +94,11 @@ fn every_rule_of_the_protocol_byte_for_byte() {
     c.expect_line("BYE");
     // Nothing after QUIT is executed.
     c.expect_eof();
+    // QUIT in any case too.
+    let mut lower = server.client();
+    lower.send(b"quit\n");
+    lower.expect_line("BYE");
+    lower.expect_eof();
     server.assert_no_panic();
 }
 

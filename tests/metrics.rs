@@ -487,6 +487,42 @@ fn a_token_guards_the_endpoint_and_sighup_reloads_it() {
     server.assert_no_panic();
 }
 
+/// A metrics token file that cannot be used stops the start as the
+/// `--auth-file` one does: exit 1, one line naming the option and the file.
+#[test]
+fn a_bad_metrics_token_file_exits_1_naming_the_option() {
+    let empty = util::TempFile::new("metrics-token-empty", b"\n");
+    let missing = std::env::temp_dir().join(format!(
+        "loopline-metrics-token-{}-none",
+        std::process::id()
+    ));
+    for (path, problem) in [
+        (empty.path(), "empty"),
+        (missing.to_str().unwrap(), "No such file"),
+    ] {
+        let out = util::run_loopline(
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--metrics-token-file",
+                path,
+            ],
+            "info",
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("--metrics-token-file") && stderr.contains(path),
+            "{stderr}"
+        );
+        assert!(stderr.contains(problem), "{stderr}");
+        assert!(!stderr.contains("listening on"), "{stderr}");
+    }
+}
+
 #[cfg(feature = "tls")]
 #[test]
 fn with_the_tls_option_the_endpoint_speaks_https_only() {

@@ -25,7 +25,8 @@
 //! `openssl s_client -sess_out`/`-sess_in` as testssl does it, but with a
 //! session that lasts until the server's `BYE`, so that every ticket has
 //! arrived: by ticket (TLS 1.3 and 1.2) and by session ID (TLS 1.2). The
-//! stapled response is read there too (`-status`): the CA's, saying good.
+//! stapled response is read there too (`-status`): the CA's, saying good,
+//! and after SIGHUP the file's new one (a bad one keeps the old).
 //!
 //! Everything stays on loopback: the scan gets the address (`--ip`), does
 //! no DNS lookup (`--nodns none`) and fetches no CRL or OCSP answer (no
@@ -536,5 +537,50 @@ fn openssl_s_client_resumes_by_ticket_and_by_session_id_and_gets_the_staple() {
             "{case}: the session was not resumed:\n{second}"
         );
     }
+    server.assert_no_panic();
+}
+
+/// What the server staples, as `openssl s_client -status` reads it.
+fn stapled_status(pki: &Pki, server: &Server) -> &'static str {
+    let printed = s_client(pki, server, &["-status"]);
+    assert!(
+        printed.contains("OCSP Response Status: successful"),
+        "no OCSP response stapled:\n{printed}"
+    );
+    ["good", "revoked"]
+        .into_iter()
+        .find(|word| printed.contains(&format!("Cert Status: {word}")))
+        .unwrap_or_else(|| panic!("no certificate status in:\n{printed}"))
+}
+
+/// `--tls-ocsp` is read again on SIGHUP, as the certificate is: a response
+/// that cannot be used keeps the old one and names the option and the
+/// file; a new one is stapled on the next handshakes.
+#[test]
+fn sighup_reads_the_ocsp_response_again_and_a_bad_one_keeps_the_old() {
+    let pki = Pki::new();
+    let dir = TempDir::new("ocsp-reload");
+    let staple = dir.0.join("staple.der");
+    std::fs::copy(pki.ocsp_response(), &staple).unwrap();
+    let revoked = pki.ocsp_response_revoked();
+    let mut server = tls_server(&pki, &["--tls-ocsp", &tls::path(&staple)]);
+    assert_eq!(stapled_status(&pki, &server), "good");
+
+    // PEM text where DER belongs: the reload is refused, the old staple kept.
+    std::fs::write(&staple, b"-----BEGIN OCSP RESPONSE-----\n").unwrap();
+    server.signal("HUP");
+    let refused = server.wait_for_log("reload: keeping the old TLS configuration");
+    assert!(
+        refused.contains("--tls-ocsp") && refused.contains(&tls::path(&staple)),
+        "{refused}"
+    );
+    assert_eq!(stapled_status(&pki, &server), "good");
+
+    // A new response, and the next handshake staples it.
+    std::fs::copy(&revoked, &staple).unwrap();
+    server.signal("HUP");
+    let reloaded = server.wait_for_log("reload: TLS certificate");
+    assert!(reloaded.contains("OCSP response"), "{reloaded}");
+    assert_eq!(stapled_status(&pki, &server), "revoked");
     server.assert_no_panic();
 }

@@ -304,6 +304,43 @@ fn a_tls_listener_needs_a_certificate_and_a_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&tls::path(&fifo)), "{stderr}");
     assert!(stderr.contains("not a regular file (a FIFO)"), "{stderr}");
+    // An OCSP response that is not one: exit 1, naming the option, the
+    // file and what is wrong with it.
+    for (name, content, problem) in [
+        ("empty.der", &b""[..], "empty: no OCSP response in it"),
+        (
+            "pem.der",
+            b"-----BEGIN OCSP RESPONSE-----\n",
+            "PEM text, not an OCSP response in DER",
+        ),
+        ("text.der", b"good\n", "not an OCSP response in DER"),
+    ] {
+        let ocsp = pki.dir.join(name);
+        std::fs::write(&ocsp, content).unwrap();
+        let out = util::run_loopline(
+            &[
+                "--listen",
+                "127.0.0.1:0,tls",
+                "--tls-cert",
+                &tls::path(&pki.cert),
+                "--tls-key",
+                &tls::path(&pki.key),
+                "--tls-ocsp",
+                &tls::path(&ocsp),
+            ],
+            "info",
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "cannot use --tls-ocsp {}: {problem}",
+                tls::path(&ocsp)
+            )),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("listening on"), "{stderr}");
+    }
 }
 
 /// An operator who sets the certificate and forgets `,tls` would serve

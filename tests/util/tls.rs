@@ -287,6 +287,16 @@ impl Pki {
     /// staple. `openssl ocsp` makes the request, answers it from an
     /// `index.txt` naming the certificate valid, and checks the answer.
     pub fn ocsp_response(&self) -> PathBuf {
+        self.ocsp_response_saying(CertStatus::Good)
+    }
+
+    /// The same, saying the certificate was revoked: a response that
+    /// differs from [`Pki::ocsp_response`]'s in what a client reads.
+    pub fn ocsp_response_revoked(&self) -> PathBuf {
+        self.ocsp_response_saying(CertStatus::Revoked)
+    }
+
+    fn ocsp_response_saying(&self, said: CertStatus) -> PathBuf {
         let cert = path(&self.cert);
         let serial = openssl_output(&self.dir, &["x509", "-in", &cert, "-noout", "-serial"]);
         let serial = serial
@@ -309,12 +319,17 @@ impl Pki {
         );
         let subject = subject.trim().trim_start_matches("subject=").trim();
         // The CA database `openssl ca` keeps, one line per certificate:
-        // status, expiry, revocation date (none), serial, file, subject.
+        // status, expiry, revocation date (if revoked), serial, file, subject.
+        let (status, revoked_at) = match said {
+            CertStatus::Good => ("V", ""),
+            CertStatus::Revoked => ("R", "250101000000Z"),
+        };
         std::fs::write(
             self.dir.join("ocsp-index.txt"),
-            format!("V\t{not_after}\t\t{serial}\tunknown\t{subject}\n"),
+            format!("{status}\t{not_after}\t{revoked_at}\t{serial}\tunknown\t{subject}\n"),
         )
         .unwrap();
+        let response = format!("ocsp-response-{}.der", said.word());
         openssl(
             &self.dir,
             &[
@@ -343,31 +358,42 @@ impl Pki {
                 "-reqin",
                 "ocsp-request.der",
                 "-respout",
-                "ocsp-response.der",
+                &response,
                 "-ndays",
                 "1",
             ],
         );
-        // The response verifies against the CA and says `good`.
+        // The response verifies against the CA and says what it should.
         let status = openssl_output(
             &self.dir,
             &[
-                "ocsp",
-                "-respin",
-                "ocsp-response.der",
-                "-issuer",
-                "ca.pem",
-                "-cert",
-                &cert,
-                "-CAfile",
+                "ocsp", "-respin", &response, "-issuer", "ca.pem", "-cert", &cert, "-CAfile",
                 "ca.pem",
             ],
         );
+        let word = said.word();
         assert!(
-            status.contains(&format!("{cert}: good")),
-            "the OCSP response does not say the certificate is good: {status}"
+            status.contains(&format!("{cert}: {word}")),
+            "the OCSP response does not say the certificate is {word}: {status}"
         );
-        self.dir.join("ocsp-response.der")
+        self.dir.join(response)
+    }
+}
+
+/// What an OCSP response says of the certificate.
+#[derive(Clone, Copy)]
+enum CertStatus {
+    Good,
+    Revoked,
+}
+
+impl CertStatus {
+    /// As `openssl ocsp` prints it.
+    fn word(self) -> &'static str {
+        match self {
+            CertStatus::Good => "good",
+            CertStatus::Revoked => "revoked",
+        }
     }
 }
 
