@@ -247,6 +247,10 @@ fn a_non_loopback_listener_warns_that_the_token_crosses_in_clear() {
     );
     let warning = server.wait_for_log("in clear");
     assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.ends_with("--auth-file tokens cross the network in clear on this listener"),
+        "{warning}"
+    );
 
     let local = Server::start(&["--auth-file", file.path()]);
     local.client();

@@ -327,7 +327,10 @@ impl<S: Service> Server<S> {
             if !local.ip().is_loopback() {
                 warn!("{local} is not a loopback address: clients on the network can reach this server");
                 if announced.auth && !listener_encrypts(listen_addr) {
-                    warn!("{local}: AUTH tokens cross the network in clear on this listener");
+                    // The engine names its option, not the command that carries the token.
+                    warn!(
+                        "{local}: --auth-file tokens cross the network in clear on this listener"
+                    );
                 }
             }
         }
