@@ -31,7 +31,11 @@
 //! | anything else | `ERR unknown command` |
 //!
 //! A key is bytes without a space; a value is every byte after the space
-//! that follows the key (spaces, and none at all, included).
+//! that follows the key (spaces, and none at all, included). Their sizes
+//! are bounded by the engine's line limit: a `SET` line longer than
+//! `--max-line` (1024 bytes by default) gets `ERR line too long` and the
+//! close, so the store holds at most 1,000,000 keys of at most that much
+//! each, on top of what `--max-memory` bounds (the clients' buffers).
 //!
 //! The store is shared by every loop. One lock for it all would make the
 //! loops take turns at every request; so it is cut in [`SHARDS`] shards,

@@ -39,6 +39,10 @@
 //! }
 //! ```
 //!
+//! (The program depends on `clap` with its `derive` feature for the
+//! `Parser` derive. The engine's options keep their `LOOPLINE_`
+//! environment variables in every program built on it.)
+//!
 //! Or bind a [`Server`] in-process, for tests or a program with its own
 //! configuration:
 //!
