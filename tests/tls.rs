@@ -17,6 +17,7 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -209,6 +210,27 @@ fn pem_der(pem: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
+/// Runs a `tls` listener with the certificate `cert`, the key `key` and
+/// `extra` options, a start that must fail with exit 1 (a file that
+/// cannot be used) and never listen: what it printed on stderr.
+fn start_fails_with(cert: &Path, key: &Path, extra: &[&str]) -> String {
+    let (cert, key) = (tls::path(cert), tls::path(key));
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0,tls",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ];
+    args.extend_from_slice(extra);
+    let out = util::run_loopline(&args, "info");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("listening on"), "{stderr}");
+    stderr
+}
+
 #[test]
 fn a_tls_listener_needs_a_certificate_and_a_key() {
     let pki = Pki::new();
@@ -226,38 +248,13 @@ fn a_tls_listener_needs_a_certificate_and_a_key() {
     // A file that is not a certificate: exit 1, naming it.
     let bad = pki.dir.join("bad.pem");
     std::fs::write(&bad, "nothing here").unwrap();
-    let out = util::run_loopline(
-        &[
-            "--listen",
-            "127.0.0.1:0,tls",
-            "--tls-cert",
-            &tls::path(&bad),
-            "--tls-key",
-            &tls::path(&pki.key),
-        ],
-        "info",
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = start_fails_with(&bad, &pki.key, &[]);
     assert!(
         stderr.contains(&format!("cannot use --tls-cert {}", tls::path(&bad))),
         "{stderr}"
     );
-    assert!(!stderr.contains("listening on"), "{stderr}");
     // A key file holding a certificate: it says so, naming the option.
-    let out = util::run_loopline(
-        &[
-            "--listen",
-            "127.0.0.1:0,tls",
-            "--tls-cert",
-            &tls::path(&pki.cert),
-            "--tls-key",
-            &tls::path(&pki.cert),
-        ],
-        "info",
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = start_fails_with(&pki.cert, &pki.cert, &[]);
     assert!(
         stderr.contains(&format!(
             "cannot use --tls-key {}: no private key in it (it holds a certificate)",
@@ -266,21 +263,7 @@ fn a_tls_listener_needs_a_certificate_and_a_key() {
         "{stderr}"
     );
     // A missing file names its option too.
-    let out = util::run_loopline(
-        &[
-            "--listen",
-            "127.0.0.1:0,tls",
-            "--tls-cert",
-            &tls::path(&pki.cert),
-            "--tls-key",
-            &tls::path(&pki.key),
-            "--tls-client-ca",
-            "nope.pem",
-        ],
-        "info",
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = start_fails_with(&pki.cert, &pki.key, &["--tls-client-ca", "nope.pem"]);
     assert!(
         stderr.contains("cannot use --tls-client-ca nope.pem: "),
         "{stderr}"
@@ -289,23 +272,10 @@ fn a_tls_listener_needs_a_certificate_and_a_key() {
     // open would wait for a writer forever).
     let fifo = pki.dir.join("fifo.pem");
     util::make_fifo(&fifo);
-    let out = util::run_loopline(
-        &[
-            "--listen",
-            "127.0.0.1:0,tls",
-            "--tls-cert",
-            &tls::path(&pki.cert),
-            "--tls-key",
-            &tls::path(&fifo),
-        ],
-        "info",
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = start_fails_with(&pki.cert, &fifo, &[]);
     assert!(stderr.contains(&tls::path(&fifo)), "{stderr}");
     assert!(stderr.contains("not a regular file (a FIFO)"), "{stderr}");
-    // An OCSP response that is not one: exit 1, naming the option, the
-    // file and what is wrong with it.
+    // An OCSP response that is not one: named with what is wrong with it.
     for (name, content, problem) in [
         ("empty.der", &b""[..], "empty: no OCSP response in it"),
         (
@@ -317,21 +287,7 @@ fn a_tls_listener_needs_a_certificate_and_a_key() {
     ] {
         let ocsp = pki.dir.join(name);
         std::fs::write(&ocsp, content).unwrap();
-        let out = util::run_loopline(
-            &[
-                "--listen",
-                "127.0.0.1:0,tls",
-                "--tls-cert",
-                &tls::path(&pki.cert),
-                "--tls-key",
-                &tls::path(&pki.key),
-                "--tls-ocsp",
-                &tls::path(&ocsp),
-            ],
-            "info",
-        );
-        assert_eq!(out.status.code(), Some(1));
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = start_fails_with(&pki.cert, &pki.key, &["--tls-ocsp", &tls::path(&ocsp)]);
         assert!(
             stderr.contains(&format!(
                 "cannot use --tls-ocsp {}: {problem}",
@@ -339,7 +295,6 @@ fn a_tls_listener_needs_a_certificate_and_a_key() {
             )),
             "{stderr}"
         );
-        assert!(!stderr.contains("listening on"), "{stderr}");
     }
 }
 
