@@ -300,6 +300,7 @@ pub fn env_name(long: &str) -> String {
 /// service's own (`A`), and what the values alone do not tell.
 #[derive(Debug, Clone)]
 pub struct Options<A> {
+    /// The engine's options, validated by [`Config::validate`].
     pub config: Config,
     /// `--listen` holds its default: given neither on the command line nor
     /// in `LOOPLINE_LISTEN`. Listeners passed by systemd replace the
@@ -492,6 +493,7 @@ pub mod bounds {
     use super::{Bounds, MAX_DURATION};
     use std::time::Duration;
 
+    /// At least one; a million is far past what one process should hold.
     pub const MAX_CONNECTIONS: Bounds<u64> = Bounds::new("--max-connections", 1, 1_000_000);
     /// Up to 1 GiB: a line is held whole in memory while it arrives.
     pub const MAX_LINE: Bounds<u64> = Bounds::new("--max-line", 1, 1 << 30);
@@ -499,10 +501,13 @@ pub mod bounds {
     pub const MAX_OUTPUT: Bounds<u64> = Bounds::new("--max-output", 1, 1 << 40);
     /// From 1 KiB (small values let tests reach the cap quickly) to 1 TiB.
     pub const MAX_MEMORY: Bounds<u64> = Bounds::new("--max-memory", 1024, 1 << 40);
+    /// Any duration; 0 turns the idle timeout off.
     pub const IDLE_TIMEOUT: Bounds<Duration> =
         Bounds::new("--idle-timeout", Duration::ZERO, MAX_DURATION);
+    /// Any duration; 0 turns the write timeout off.
     pub const WRITE_TIMEOUT: Bounds<Duration> =
         Bounds::new("--write-timeout", Duration::ZERO, MAX_DURATION);
+    /// Any duration; 0 closes every connection at once on shutdown.
     pub const SHUTDOWN_TIMEOUT: Bounds<Duration> =
         Bounds::new("--shutdown-timeout", Duration::ZERO, MAX_DURATION);
     /// The kernel counts keepalive idle time in whole seconds, from 1 to
@@ -513,14 +518,18 @@ pub mod bounds {
         Duration::from_secs(32767),
     )
     .or_zero_for_off();
+    /// Any duration; 0 turns the TLS handshake's limit off.
     pub const HANDSHAKE_TIMEOUT: Bounds<Duration> =
         Bounds::new("--handshake-timeout", Duration::ZERO, MAX_DURATION);
+    /// As `--max-connections`, or 0 for no per-address limit.
     pub const MAX_CONNECTIONS_PER_IP: Bounds<u64> =
         Bounds::new("--max-connections-per-ip", 1, 1_000_000).or_zero_for_off();
+    /// The bits of an IPv6 address: 128 counts exact addresses.
     pub const IPV6_PREFIX: Bounds<u64> = Bounds::new("--ipv6-prefix", 1, 128);
     /// Up to what a rate bucket counts (`guard::MAX_PER_ADDRESS_COUNT`).
     pub const MAX_CONNECTION_RATE_PER_IP: Bounds<u64> =
         Bounds::new("--max-connection-rate-per-ip", 1, 65_535).or_zero_for_off();
+    /// Up to what a failure bucket counts, or 0 for no limit.
     pub const MAX_AUTH_FAILURES_PER_IP: Bounds<u64> =
         Bounds::new("--max-auth-failures-per-ip", 1, 65_535).or_zero_for_off();
     /// Past one loop per core, more only add threads that wait for a core.
@@ -533,7 +542,9 @@ pub mod bounds {
 pub struct Bounds<T> {
     /// The option, as typed on the command line.
     pub option: &'static str,
+    /// The smallest value accepted (besides 0, if it turns the option off).
     pub min: T,
+    /// The largest value accepted.
     pub max: T,
     /// 0 is accepted too, below `min`, and means "off".
     pub zero_turns_off: bool,
@@ -542,6 +553,7 @@ pub struct Bounds<T> {
 /// A type an option's value can have: a count (of connections or bytes)
 /// or a duration.
 pub trait BoundValue: Copy + PartialOrd + Send + Sync + 'static {
+    /// The value 0 stands for, where it turns an option off.
     const ZERO: Self;
     /// Reads the value from the command line.
     fn parse(text: &str) -> Result<Self, String>;
@@ -584,6 +596,8 @@ impl BoundValue for Duration {
 }
 
 impl<T: BoundValue> Bounds<T> {
+    /// `option` accepts `min..=max` (and not 0, unless
+    /// [`Bounds::or_zero_for_off`] says so).
     pub const fn new(option: &'static str, min: T, max: T) -> Bounds<T> {
         Bounds {
             option,
@@ -646,10 +660,17 @@ impl<T: BoundValue> fmt::Display for Bounds<T> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
     /// A count (connections, bytes) out of range.
-    Number { bounds: Bounds<u64>, value: u64 },
+    Number {
+        /// What the option accepts.
+        bounds: Bounds<u64>,
+        /// What it was given.
+        value: u64,
+    },
     /// A duration out of range.
     Duration {
+        /// What the option accepts.
         bounds: Bounds<Duration>,
+        /// What it was given.
         value: Duration,
     },
     /// No `--listen` address: the server would serve nothing.
@@ -662,7 +683,9 @@ pub enum ConfigError {
     /// A TLS option given, and no listener with the `tls` option: the
     /// listeners (`plain`) would all serve in clear.
     TlsUnused {
+        /// The TLS option given, as typed.
         option: &'static str,
+        /// Every listener, as typed, none of which has the `tls` option.
         plain: Vec<String>,
     },
 }
@@ -820,7 +843,9 @@ impl fmt::Display for ListenerOption {
 /// `"127.0.0.1:9000".parse()` and `SocketAddr::into()` both make one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ListenAddr {
+    /// What to listen on: an address, or a name resolved at start.
     pub host: Host,
+    /// The port; 0 lets the system pick a free one.
     pub port: u16,
     /// Each at most once, in the order given. Private, so that only
     /// parsing (which checks them) sets it.
@@ -830,6 +855,7 @@ pub struct ListenAddr {
 /// The HOST of a [`ListenAddr`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Host {
+    /// An IPv4 address, or an IPv6 one given in brackets.
     Ip(IpAddr),
     /// A host name, resolved when the server starts.
     Name(String),
@@ -992,20 +1018,30 @@ fn is_host_name(host: &str) -> bool {
 pub struct ListenAddrError {
     /// The whole value, as given.
     pub value: String,
+    /// What is wrong with it.
     pub problem: ListenAddrProblem,
 }
 
 /// What is wrong with a `--listen` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddrProblem {
+    /// Nothing before `:PORT`.
     MissingHost,
+    /// No `:PORT`.
     MissingPort,
+    /// A port that is not a number from 0 to 65535.
     BadPort,
+    /// Digits and dots that make no IPv4 address.
     BadIpv4,
+    /// Brackets around something that is no IPv6 address.
     BadIpv6,
+    /// An IPv6 address without its brackets.
     UnbracketedIpv6,
+    /// A host name with a character or a label length names cannot have.
     BadHostName,
+    /// A listener option this build does not know (this one).
     UnknownOption(String),
+    /// A listener option given twice.
     RepeatedOption(ListenerOption),
 }
 
@@ -1058,6 +1094,7 @@ impl std::error::Error for ListenAddrError {}
 /// The `--auth-file` token, as read from its file.
 #[derive(Debug)]
 pub struct TokenFile {
+    /// The token: the file's first line, without its line end.
     pub token: AuthToken,
     /// The file's mode lets users other than its owner read it (Unix: a
     /// group or other read bit). Worth a warning: the token is a password.

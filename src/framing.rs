@@ -17,7 +17,12 @@ use memchr::memchr;
 pub enum Cut<'a> {
     /// A complete line, CR stripped. `used` counts the bytes to drop from the
     /// buffer: the line, its CR if any, and its LF.
-    Line { line: &'a [u8], used: usize },
+    Line {
+        /// The line's bytes, without CR and LF.
+        line: &'a [u8],
+        /// Bytes to drop from the buffer's front.
+        used: usize,
+    },
     /// The buffer starts with a line longer than the limit (finished or not).
     TooLong,
     /// No LF yet, and what is there may still become a valid line: keep the
@@ -64,7 +69,10 @@ pub enum Continued {
     /// The line ends in this read: its first `used` bytes, up to and
     /// including the LF, complete it. (Whether the whole line is too long
     /// is [`cut_line`]'s to say, once it is put together.)
-    Ends { used: usize },
+    Ends {
+        /// Bytes of the read that belong to the line, its LF included.
+        used: usize,
+    },
     /// No LF yet, and the line may still fit: keep all of the read too.
     Unfinished,
     /// No LF yet, and the line can no longer fit.

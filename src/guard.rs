@@ -433,6 +433,7 @@ impl AuthFailures {
 /// The per-address rules of one process, shared by its loops.
 #[derive(Debug, Default)]
 pub struct Guards {
+    /// How IPv6 clients are grouped (`--ipv6-prefix`), for every rule.
     pub grouping: Grouping,
     /// `--max-connection-rate-per-ip`, when on.
     pub rate: Option<ConnectionRate>,

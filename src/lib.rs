@@ -117,6 +117,9 @@
 //! share (workspace members of their own); `scripts/` every script;
 //! `docs/` the contract and the design.
 
+// Every public item says what it is: the library is an engine others build on.
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod connection;
 pub mod files;

@@ -59,6 +59,7 @@ pub struct MetricsError {
     pub listen: ListenAddr,
     /// The address that failed, when it got that far.
     pub addr: Option<SocketAddr>,
+    /// What the system said.
     pub source: io::Error,
 }
 
@@ -140,6 +141,7 @@ pub enum HeadAnswer {
     Incomplete,
     /// The head at the front, its first `used` bytes, was answered.
     Answered {
+        /// Bytes of the head, to drop from the buffer's front.
         used: usize,
         /// The connection stays open for another request.
         keep_alive: bool,

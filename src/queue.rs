@@ -63,6 +63,7 @@ pub enum QueueId {
 
 /// What a slab entry must give a queue: its link.
 pub trait Linked {
+    /// The entry's place in whichever queue holds it.
     fn link(&mut self) -> &mut Link;
 }
 

@@ -131,7 +131,9 @@ pub struct Counters {
 /// accepted it (its index, the same in every loop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Client {
+    /// Its address, whole (the counts group IPv6 ones by prefix).
     pub ip: IpAddr,
+    /// The index of the listener that accepted it.
     pub listener: usize,
 }
 

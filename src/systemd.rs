@@ -38,6 +38,7 @@ pub enum ActivationError {
     BadCount(String),
     /// A passed descriptor is not a listening TCP socket.
     NotAListener {
+        /// The descriptor's number (3 and up).
         descriptor: RawFd,
         /// What it is instead, or the error that asking gave.
         problem: String,

@@ -169,7 +169,10 @@ pub enum State {
     /// it finishes, the connection gets its first line. `paused`: the
     /// process is over `--max-memory`, and it reads nothing more of the
     /// handshake until the total falls.
-    Handshaking { paused: bool },
+    Handshaking {
+        /// Over `--max-memory`: the handshake waits.
+        paused: bool,
+    },
     /// Reading requests and answering them.
     Open,
     /// Open, but not reading: its pending output passed `--max-output`, or
@@ -363,11 +366,13 @@ pub struct Totals {
 
 /// A socket the loop has just accepted, and what it is to be.
 pub struct Accepted {
+    /// The socket, non-blocking, not yet registered.
     pub stream: TcpStream,
     /// Plain TCP, or a TLS session not yet shaken hands.
     pub transport: Transport,
     /// The socket's peer (on a `proxy` listener, the balancer).
     pub peer: SocketAddr,
+    /// What admission made of it: a client, or one to turn away.
     pub role: Role,
     /// It came on a `proxy` listener: a PROXY header comes first.
     pub proxied: bool,

@@ -49,7 +49,10 @@ pub enum RunError {
     /// The thread of a second or later loop could not be started.
     Thread(io::Error),
     /// A loop panicked (a bug): the other loops were shut down gracefully.
-    LoopPanicked { index: usize },
+    LoopPanicked {
+        /// The loop's number, 0 being the first.
+        index: usize,
+    },
 }
 
 impl std::fmt::Display for RunError {
@@ -75,19 +78,25 @@ pub enum StartError {
     Config(crate::config::ConfigError),
     /// A `--listen` host name could not be resolved.
     Resolve {
+        /// The value whose host would not resolve.
         listen: ListenAddr,
+        /// What the resolver said.
         source: io::Error,
     },
     /// An address of a `--listen` value could not be bound.
     Listen {
+        /// The address that could not be bound.
         addr: SocketAddr,
         /// The `--listen` value that named `addr`.
         listen: ListenAddr,
+        /// What the system said (in use, not permitted, ...).
         source: io::Error,
     },
     /// The poller, waker or signal handler could not be set up.
     Setup {
+        /// Which of them.
         what: &'static str,
+        /// What the system said.
         source: io::Error,
     },
     /// A TLS certificate, key or CA file cannot be used (it is named).
@@ -96,8 +105,11 @@ pub enum StartError {
     /// The `--auth-file` (or `--metrics-token-file`) could not be read, or
     /// holds no token.
     TokenFile {
+        /// `--auth-file` or `--metrics-token-file`.
         option: &'static str,
+        /// The file, as given.
         path: PathBuf,
+        /// Why it gave no token.
         source: TokenFileError,
     },
     /// The `--metrics-listen` address could not be resolved or bound.
