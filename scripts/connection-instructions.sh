@@ -20,20 +20,14 @@ if [ "${1:-}" = --auth ]; then
     shift 2
 fi
 options+=("$@")
-command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
-cargo build --release --bin loopline >/dev/null 2>&1
+# shellcheck source=scripts/callgrind.sh
+. scripts/callgrind.sh
+callgrind_prepare
 out=$(mktemp -d)
 run() { # $1 = number of connections
-    local n=$1 log=$out/log.$1
-    valgrind --tool=callgrind --callgrind-out-file="$out/cg.$n" \
-        target/release/loopline --listen 127.0.0.1:0 "${options[@]}" 2>"$log" &
-    local pid=$!
-    local port=""
-    for _ in $(seq 200); do
-        port=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$log" | head -1 | cut -d: -f2) && [ -n "$port" ] && break
-        sleep 0.1
-    done
-    python3 - "$port" "$n" "$token" <<'PY'
+    local n=$1
+    callgrind_start "$out/cg.$n" "$out/log.$n" "${options[@]}"
+    python3 - "$CG_PORT" "$n" "$token" <<'PY'
 import socket, sys
 port, n, token = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 request = (f"AUTH {token}\nQUIT\n" if token else "QUIT\n").encode()
@@ -48,8 +42,7 @@ for _ in range(n):
     f.close()
     s.close()
 PY
-    kill -TERM "$pid"; wait "$pid" || true
-    awk '/^(summary|totals):/ {print $2; exit}' "$out/cg.$n"
+    callgrind_total "$out/cg.$n"
 }
 small=$(run 1000); large=$(run 5000)
 per=$(( (large - small) / (5000 - 1000) ))

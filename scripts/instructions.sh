@@ -6,20 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 depth=${1:-32}
-command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
-cargo build --release --bin loopline >/dev/null 2>&1
+# shellcheck source=scripts/callgrind.sh
+. scripts/callgrind.sh
+callgrind_prepare
 out=$(mktemp -d)
 run() { # $1 = number of requests
-    local n=$1 log=$out/log.$1
-    valgrind --tool=callgrind --callgrind-out-file="$out/cg.$n" \
-        target/release/loopline --listen 127.0.0.1:0 2>"$log" &
-    local pid=$!
-    local port=""
-    for _ in $(seq 200); do
-        port=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$log" | head -1 | cut -d: -f2) && [ -n "$port" ] && break
-        sleep 0.1
-    done
-    python3 - "$port" "$n" "$depth" <<'PY'
+    local n=$1
+    callgrind_start "$out/cg.$n" "$out/log.$n"
+    python3 - "$CG_PORT" "$n" "$depth" <<'PY'
 import socket, sys
 port, n, depth = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 s = socket.create_connection(("127.0.0.1", port))
@@ -33,8 +27,7 @@ for _ in range(n // depth):
         assert f.readline() == b"PONG\n"
 s.close()
 PY
-    kill -TERM "$pid"; wait "$pid" || true
-    awk '/^(summary|totals):/ {print $2; exit}' "$out/cg.$n"
+    callgrind_total "$out/cg.$n"
 }
 small=$(run 32000); large=$(run 320000)
 per=$(( (large - small) / (320000 - 32000) ))

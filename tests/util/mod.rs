@@ -52,33 +52,44 @@ pub enum Transport {
 macro_rules! both_transports {
     ($($body:ident),+ $(,)?) => {$(
         mod $body {
-            #[test]
-            fn plain() {
-                super::$body($crate::util::Transport::Plain);
-            }
-
-            #[cfg(feature = "tls")]
-            #[test]
-            fn tls() {
-                super::$body($crate::util::Transport::Tls);
-            }
-
-            #[test]
-            fn two_loops_plain() {
-                $crate::util::with_two_loops(|| super::$body($crate::util::Transport::Plain));
-            }
-
-            #[cfg(feature = "tls")]
-            #[test]
-            fn two_loops_tls() {
-                $crate::util::with_two_loops(|| super::$body($crate::util::Transport::Tls));
-            }
+            $crate::util::transport_cases!($body);
         }
     )+};
 }
 // Importable as `util::both_transports` (a path, not textual scope).
 #[allow(unused_imports)]
 pub(crate) use both_transports;
+
+/// The four tests of [`both_transports!`] for `super::$body`, inside the
+/// module a macro opens for it; [`engine_rule!`] adds its own beside them.
+#[allow(unused_macros)]
+macro_rules! transport_cases {
+    ($body:ident) => {
+        #[test]
+        fn plain() {
+            super::$body($crate::util::Transport::Plain);
+        }
+
+        #[cfg(feature = "tls")]
+        #[test]
+        fn tls() {
+            super::$body($crate::util::Transport::Tls);
+        }
+
+        #[test]
+        fn two_loops_plain() {
+            $crate::util::with_two_loops(|| super::$body($crate::util::Transport::Plain));
+        }
+
+        #[cfg(feature = "tls")]
+        #[test]
+        fn two_loops_tls() {
+            $crate::util::with_two_loops(|| super::$body($crate::util::Transport::Tls));
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use transport_cases;
 
 /// Defines, for each named test body `fn NAME()`, a module `NAME` with the
 /// tests `one_loop` and `two_loops`: the servers the body starts run one
@@ -113,27 +124,7 @@ pub(crate) use one_and_two_loops;
 macro_rules! engine_rule {
     ($($body:ident),+ $(,)?) => {$(
         mod $body {
-            #[test]
-            fn plain() {
-                super::$body($crate::util::Transport::Plain);
-            }
-
-            #[cfg(feature = "tls")]
-            #[test]
-            fn tls() {
-                super::$body($crate::util::Transport::Tls);
-            }
-
-            #[test]
-            fn two_loops_plain() {
-                $crate::util::with_two_loops(|| super::$body($crate::util::Transport::Plain));
-            }
-
-            #[cfg(feature = "tls")]
-            #[test]
-            fn two_loops_tls() {
-                $crate::util::with_two_loops(|| super::$body($crate::util::Transport::Tls));
-            }
+            $crate::util::transport_cases!($body);
 
             #[test]
             fn kv_plain() {

@@ -47,16 +47,7 @@ const NEW_P256_KEY: &[&str] = &[
 
 /// Runs `openssl ARGS` in `dir`; panics with its output if it fails.
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl not found ({e}): apt-get install openssl"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    openssl_output(dir, args);
 }
 
 impl Pki {
