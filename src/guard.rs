@@ -18,9 +18,10 @@
 //! generations of at most [`RECENT_ADDRESSES`] each: its memory is bounded
 //! whatever the number of addresses that come and go (about 2.3 MiB per
 //! table at the worst, measured by `a_recent_table_stays_within_its_bound`
-//! and `tests/guards.rs`). Both are process-wide, behind a mutex taken once
-//! per new connection (and per failed `AUTH`) when the rule is on, and not
-//! at all when it is off.
+//! and `tests/guards.rs`). Both are process-wide, each behind a mutex of
+//! its own, taken when its rule is on and not at all when it is off: the
+//! rate's once per new connection, the failures' once per new connection,
+//! once per `AUTH` and once more per failed one.
 //!
 //! Counting is by buckets, not timestamps (a timestamp per connection would
 //! cost memory per connection): a connection counts for the rate until 1.0
@@ -273,6 +274,10 @@ impl<const B: usize> Default for Window<B> {
 impl<const B: usize> Window<B> {
     /// Empties the buckets of the ticks that passed since the newest one.
     fn advance(&mut self, tick: u32) {
+        // Each loop stamps events with the time its turn began, so an event
+        // may come a little after a newer one from another loop: it is
+        // counted in its own bucket, already in the window, and nothing
+        // is emptied.
         if tick <= self.last {
             return;
         }
@@ -410,14 +415,19 @@ impl AuthFailures {
     /// A refusal does not extend the period.
     pub fn refuses(&self, key: IpAddr, client: IpAddr, now: Instant) -> bool {
         let now_ms = millis(now.saturating_duration_since(self.epoch));
-        let mut table = lock(&self.table);
-        let Some(record) = table.get(key, now) else {
-            return false;
+        let first_refusal = {
+            let mut table = lock(&self.table);
+            let Some(record) = table.get(key, now) else {
+                return false;
+            };
+            if now_ms >= record.refused_until_ms {
+                return false;
+            }
+            !mem::replace(&mut record.warned, true)
         };
-        if now_ms >= record.refused_until_ms {
-            return false;
-        }
-        if !mem::replace(&mut record.warned, true) {
+        // Logged with the table unlocked: a log write can block (a full
+        // pipe to the journal), and every loop takes this lock at accept.
+        if first_refusal {
             warn!("auth: too many failures from {client}");
         }
         true

@@ -28,10 +28,10 @@ const EXIT_USAGE: u8 = 2;
 /// program's; it may have no field at all), with every engine option
 /// added, until a signal stops it. Returns the exit status.
 ///
-/// Call it first thing in `main`, before the program starts a thread or
-/// opens a file: it takes the listening sockets systemd may have passed
-/// (descriptors 3 and up, named by `LISTEN_FDS`) and clears those
-/// variables from the environment.
+/// Call it first thing in `main`, before the program opens a file or a
+/// socket: it takes the listening sockets systemd may have passed
+/// (descriptors 3 and up, named by `LISTEN_FDS`), which nothing else may
+/// then own.
 ///
 /// ```no_run
 /// use std::process::ExitCode;
@@ -70,12 +70,9 @@ where
     A: clap::FromArgMatches + clap::CommandFactory,
     S: Service,
 {
-    // SAFETY: the caller's contract above: this is the first thing the
-    // process does, so no other thread exists yet (removing LISTEN_* from
-    // the environment races with no reader), and nothing has opened a
-    // descriptor, so 3 and up are the ones systemd passed, owned by no one
-    // else.
-    let passed = unsafe { systemd::take_passed_listeners() };
+    // First, before anything opens a descriptor: 3 and up are the ones
+    // systemd passed, if it did.
+    let passed = systemd::take_passed_listeners();
     // On a usage error clap prints a message naming the option and exits 2.
     let Options {
         mut config,
@@ -144,7 +141,8 @@ fn fail(e: &dyn std::fmt::Display, status: u8) -> ExitCode {
     } else {
         String::new()
     };
-    let program = std::env::args()
+    // args_os: a program path need not be UTF-8 (`args` would panic).
+    let program = std::env::args_os()
         .next()
         .and_then(|path| {
             std::path::Path::new(&path)

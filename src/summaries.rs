@@ -116,13 +116,20 @@ impl Summaries {
     /// the last such client (`; the last from 203.0.113.7, by its PROXY
     /// header`).
     pub fn note_client(&mut self, kind: Kind, client: SocketAddr, now: Instant) {
-        self.tallies[kind.index()].last_client = Some(client);
-        self.note(kind, now);
+        self.count(kind, Some(client), now);
     }
 
     /// Counts one event; logs at once if this kind has been quiet for a window.
     pub fn note(&mut self, kind: Kind, now: Instant) {
+        self.count(kind, None, now);
+    }
+
+    /// Counts one event, whose client is `client` if the socket's peer does
+    /// not say it: a later event from a direct client forgets the last
+    /// balancer's client, or the line would name one that was not the last.
+    fn count(&mut self, kind: Kind, client: Option<SocketAddr>, now: Instant) {
         let tally = &mut self.tallies[kind.index()];
+        tally.last_client = client;
         tally.count += 1;
         tally.since.get_or_insert(now);
         self.log_due(now);
@@ -226,5 +233,19 @@ mod tests {
         s.note(Kind::WriteTimeout, t0);
         assert_eq!(s.tallies[Kind::IdleTimeout.index()].count, 1);
         assert_eq!(s.tallies[Kind::WriteTimeout.index()].count, 0);
+    }
+
+    /// Caught in review: a direct client after one behind a balancer left
+    /// the balancer's client named as "the last".
+    #[test]
+    fn the_last_client_named_is_the_last_events() {
+        let t0 = Instant::now();
+        let mut s = summaries();
+        s.note(Kind::Busy, t0); // logged at once: the window opens
+        let behind: SocketAddr = "203.0.113.7:40000".parse().unwrap();
+        s.note_client(Kind::Busy, behind, t0);
+        assert_eq!(s.tallies[0].last_client, Some(behind));
+        s.note(Kind::Busy, t0);
+        assert_eq!(s.tallies[0].last_client, None);
     }
 }

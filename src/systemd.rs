@@ -24,6 +24,7 @@ use std::io;
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use log::warn;
@@ -68,25 +69,24 @@ impl std::error::Error for ActivationError {}
 /// Takes the listening sockets systemd passed to this process: none unless
 /// `LISTEN_PID` is this process's PID and `LISTEN_FDS` is set. Each is
 /// checked (a listening TCP socket), made non-blocking and close-on-exec.
-/// `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` are removed from the
-/// environment in every case, so that no child takes the sockets for its own.
+/// Only the first call takes them; later ones get none (a descriptor has
+/// one owner).
 ///
-/// # Safety
+/// The variables stay in the environment: removing one while another
+/// thread reads the environment is a data race in the C library (why
+/// `remove_var` is `unsafe` in the 2024 edition), and they need no
+/// removing: a child has another PID, so `LISTEN_PID` tells it they are
+/// not its own, and the sockets themselves are close-on-exec.
 ///
-/// Call it once, before any other thread starts, and before anything in the
-/// process opens a descriptor it could mistake for a passed one:
-/// * removing a variable while another thread reads the environment is a
-///   data race in the C library (why `remove_var` is `unsafe` in the 2024
-///   edition);
-/// * the descriptors from 3 on become owned here: nothing else may own or
-///   close them.
-pub unsafe fn take_passed_listeners() -> Result<Vec<TcpListener>, ActivationError> {
+/// Call it before anything in the process opens a descriptor: from 3 on,
+/// the passed ones become owned here.
+pub fn take_passed_listeners() -> Result<Vec<TcpListener>, ActivationError> {
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    if TAKEN.swap(true, Ordering::Relaxed) {
+        return Ok(Vec::new());
+    }
     let pid = std::env::var("LISTEN_PID").ok();
     let count = std::env::var("LISTEN_FDS").ok();
-    for variable in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        // Sound per this function's contract: no other thread exists yet.
-        std::env::remove_var(variable);
-    }
     // Meant for another process (say, a shell that exec'd a wrapper that
     // then forked): not ours to take.
     let ours = pid.and_then(|pid| pid.trim().parse::<u32>().ok()) == Some(std::process::id());
@@ -117,7 +117,8 @@ fn take_listener(descriptor: RawFd) -> Result<TcpListener, String> {
         return Err(format!("it is not open ({})", io::Error::last_os_error()));
     }
     // SAFETY: the descriptor is open, and by the socket activation protocol
-    // (and the caller's contract) it is this process's and nobody else's.
+    // it is this process's, taken once (`TAKEN`), before the program opened
+    // anything of its own (the documented call order).
     let owned = unsafe { OwnedFd::from_raw_fd(descriptor) };
     let socket = socket2::Socket::from(owned);
     let kind = socket.r#type().map_err(|e| format!("not a socket ({e})"))?;
