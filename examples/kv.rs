@@ -67,7 +67,10 @@ fn main() -> ExitCode {
 }
 
 /// The most keys stored at once: a `SET` of a new key past it answers
-/// `ERR store full` (so a client cannot fill the server's memory).
+/// `ERR store full`. With the line limit, that bounds the store: at most
+/// a million keys and values of at most `--max-line` bytes together
+/// (about 1 GB at the default 1024; size `--max-line` to what the machine
+/// can hold a million times).
 pub const MAX_KEYS: usize = 1_000_000;
 
 /// How many shards the store is cut in: a power of two, well above the

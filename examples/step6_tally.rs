@@ -11,7 +11,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `ADD word` | `OK n`: the word has now been added n times, by anyone |
+//! | `ADD word` | `OK n`: the word has now been added n times, by anyone; `ERR tally full` for a new word once `--max-words` are counted |
 //! | `COUNT word` | `OK n`: how many times it was added |
 //! | `MINE` | `OK n`: how many `ADD`s this connection made |
 //! | `QUIT` | `BYE`, then the close |
@@ -31,6 +31,10 @@ use loopline::service::{After, Context, Service};
 /// `Service` must be `Send + Sync`, so the map sits behind a lock.
 struct Tally {
     counts: Mutex<HashMap<Vec<u8>, u64>>,
+    /// The most distinct words kept. The engine bounds what each
+    /// connection holds; what the service keeps is the service's to bound,
+    /// or a client adding new words forever would take all memory.
+    max_words: usize,
 }
 
 impl Service for Tally {
@@ -52,9 +56,13 @@ impl Service for Tally {
         };
         // Writing into a Vec cannot fail.
         if name.eq_ignore_ascii_case(b"ADD") && !word.is_empty() {
-            let n = self.add(word);
-            *mine += 1;
-            let _ = writeln!(out, "OK {n}");
+            match self.add(word) {
+                Some(n) => {
+                    *mine += 1;
+                    let _ = writeln!(out, "OK {n}");
+                }
+                None => out.extend_from_slice(b"ERR tally full\n"),
+            }
         } else if name.eq_ignore_ascii_case(b"COUNT") && !word.is_empty() {
             let n = self.count(word);
             let _ = writeln!(out, "OK {n}");
@@ -72,19 +80,19 @@ impl Service for Tally {
 }
 
 impl Tally {
-    fn add(&self, word: &[u8]) -> u64 {
+    /// The word's new count, or `None` for a new word with the tally full.
+    fn add(&self, word: &[u8]) -> Option<u64> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         // A word already counted costs no allocation.
-        match counts.get_mut(word) {
-            Some(n) => {
-                *n += 1;
-                *n
-            }
-            None => {
-                counts.insert(word.to_vec(), 1);
-                1
-            }
+        if let Some(n) = counts.get_mut(word) {
+            *n += 1;
+            return Some(*n);
         }
+        if counts.len() >= self.max_words {
+            return None;
+        }
+        counts.insert(word.to_vec(), 1);
+        Some(1)
     }
 
     fn count(&self, word: &[u8]) -> u64 {
@@ -93,14 +101,21 @@ impl Tally {
     }
 }
 
-/// The program's own command line: its name and about. Every engine
-/// option (`--listen`, `--threads`, `--idle-timeout`, ...) is added to it.
+/// The program's own command line: its name, about and one option of its
+/// own. Every engine option (`--listen`, `--threads`, `--idle-timeout`,
+/// ...) is added to it.
 #[derive(clap::Parser)]
 #[command(name = "tally", version, about = "Counts words, on loopline's engine")]
-struct Args {}
+struct Args {
+    /// The most distinct words counted: an ADD of a new word past them
+    /// gets ERR tally full.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    max_words: usize,
+}
 
 fn main() -> ExitCode {
-    loopline::serve(|_: Args| Tally {
+    loopline::serve(|args: Args| Tally {
         counts: Mutex::new(HashMap::new()),
+        max_words: args.max_words,
     })
 }

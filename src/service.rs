@@ -82,7 +82,10 @@ pub trait Service: Send + Sync + 'static {
     type Session: Send + 'static;
 
     /// The session of a connection just accepted (on a `proxy` listener,
-    /// before its header is read; over TLS, before its handshake).
+    /// before its header is read; over TLS, before its handshake). Every
+    /// socket the loop holds as a connection gets one, those being turned
+    /// away and metrics connections included, which never see a
+    /// [`Service::respond`]: make it cheap, and count clients elsewhere.
     fn session(&self, cx: &Context) -> Self::Session;
 
     /// Answers one request line: appends exactly one response, ending in
@@ -241,8 +244,9 @@ impl<'a> Context<'a> {
         self.now
     }
 
-    /// The client's address: behind a balancer, the one its PROXY header
-    /// carried.
+    /// The client's address. In [`Service::respond`], behind a balancer,
+    /// the one its PROXY header carried; in [`Service::session`] on a
+    /// `proxy` listener, the balancer's (the header is not read yet).
     pub fn client(&self) -> IpAddr {
         self.client
     }

@@ -83,7 +83,9 @@ impl Named<'_> {
 
 /// How many sessions the server remembers for clients that resume without
 /// a ticket (a TLS 1.2 client that sent no ticket extension; TLS 1.3
-/// resumes with tickets). About 200 bytes each: under 2 MiB.
+/// resumes with tickets). About 200 bytes each, under 2 MiB in all; more
+/// with `--tls-client-ca`, as each keeps the client's certificate chain
+/// (a few KiB): the cache is outside `--max-memory`, bounded by this count.
 pub const SESSION_CACHE_ENTRIES: usize = 8192;
 
 /// Reads the files and builds the configuration every new TLS connection

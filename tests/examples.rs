@@ -328,6 +328,38 @@ fn step6_tally_counts_for_everyone_and_remembers_each_connection() {
     server.assert_no_panic();
 }
 
+/// The tally keeps at most `--max-words` words (its own option, beside
+/// the engine's): a new word past them is refused, known ones still count.
+#[test]
+fn step6_tally_keeps_at_most_max_words() {
+    let mut command = Command::new(example_path("step6_tally"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--max-words", "2"])
+        .env("RUST_LOG", "info");
+    let server = Server::spawn(command);
+    let mut c = server.client();
+    for (request, answer) in [
+        ("ADD apple", "OK 1"),
+        ("ADD pear", "OK 1"),
+        ("ADD kiwi", "ERR tally full"),
+        ("ADD apple", "OK 2"),
+        ("COUNT kiwi", "OK 0"),
+        ("MINE", "OK 3"),
+    ] {
+        c.send(format!("{request}\n").as_bytes());
+        c.expect_line(answer);
+    }
+    server.assert_no_panic();
+    // A bad value is a usage error naming the option.
+    let out = Command::new(example_path("step6_tally"))
+        .args(["--max-words", "many"])
+        .output()
+        .expect("run step6_tally");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--max-words"), "{stderr}");
+}
+
 /// The tutorial's step 4 demonstration, as written: a client that writes a
 /// 20 MB line before it reads is still writing when step 4 closes with
 /// input unread, so its write fails with the reset and it never reads the
