@@ -214,6 +214,9 @@ pub fn parse(line: &[u8]) -> Request<'_> {
     }
 }
 
+// The greeting (`READY`), the engine's lines (`ERR server busy`, ...) and
+// the longest response (`--max-line` + 64, which `VALUE ` and a value of at
+// most a request line fit in) are the trait's defaults.
 impl Service for Kv {
     /// A connection remembers nothing between its lines: the store is
     /// everyone's. (An idle connection costs the engine's bytes only.)
@@ -239,11 +242,5 @@ impl Service for Kv {
     /// Its only last line is `BYE`.
     fn close_reason(&self, _: &()) -> &'static str {
         "client sent QUIT"
-    }
-
-    /// `VALUE ` and a value of at most a request line: the default bound
-    /// (`--max-line` + 64) holds it.
-    fn longest_response(&self, max_line: usize) -> usize {
-        loopline::limits::echoing_response(max_line)
     }
 }

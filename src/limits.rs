@@ -39,9 +39,10 @@ pub struct Limits {
     /// may fill only its share of the room left under `--max-memory`
     /// ([`Limits::memory_share`]).
     pub loops: usize,
-    /// The most bytes one response may take: what the service says
-    /// (`Service::longest_response`) for `max_line`. Room for it is made
-    /// before each response, and the output buffer's bound counts it.
+    /// The most bytes one line the engine writes may take: the service's
+    /// longest response (`Service::longest_response`) for `max_line`, or
+    /// its greeting or a notice if longer. Room for it is made before each
+    /// such line, and the output buffer's bound counts it.
     pub longest_response: usize,
 }
 

@@ -122,6 +122,9 @@ Examples:
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Loopline;
 
+// The greeting (`READY`), the notices (loopline's lines are the trait's
+// defaults) and the longest response (`--max-line` + 64: `ECHO` echoes the
+// line, `STATS` is about 200 bytes) are the trait's defaults.
 impl Service for Loopline {
     type Session = Session;
 
@@ -147,10 +150,6 @@ impl Service for Loopline {
         respond(line, session, cx, out)
     }
 
-    fn notice(&self, notice: Notice) -> &[u8] {
-        notice.line()
-    }
-
     /// Its last line was `BYE`, or the answer to an `AUTH` too many.
     fn close_reason(&self, session: &Session) -> &'static str {
         if session.failed_too_often() {
@@ -158,11 +157,6 @@ impl Service for Loopline {
         } else {
             QUIT
         }
-    }
-
-    /// `ECHO` echoes the line, `STATS` is about 200 bytes: the default.
-    fn longest_response(&self, max_line: usize) -> usize {
-        crate::limits::echoing_response(max_line)
     }
 
     fn authenticates(&self) -> bool {

@@ -126,7 +126,7 @@ pub trait Service: Send + Sync + 'static {
     /// small).
     fn close_reason(&self, session: &Self::Session) -> &'static str {
         let _ = session;
-        "closed by the protocol after its last line"
+        CLOSED_BY_THE_SERVICE
     }
 
     /// Whether the protocol authenticates clients with the `--auth-file`
@@ -171,10 +171,24 @@ pub enum Notice {
     ShuttingDown,
 }
 
+/// The close reason a service gives by default ([`Service::close_reason`]).
+pub const CLOSED_BY_THE_SERVICE: &str = "closed by the protocol after its last line";
+
 /// The greeting, by default.
 pub const GREETING: &[u8] = b"READY\n";
 
 impl Notice {
+    /// Every notice, for what must hold of them all.
+    const ALL: [Notice; 7] = [
+        Notice::Busy,
+        Notice::TooManyFromAddress,
+        Notice::ConnectingTooFast,
+        Notice::TooManyAuthFailures,
+        Notice::IdleTimeout,
+        Notice::LineTooLong,
+        Notice::ShuttingDown,
+    ];
+
     /// loopline's line for it, the default of [`Service::notice`].
     pub fn line(self) -> &'static [u8] {
         match self {
@@ -283,5 +297,57 @@ impl<'a> Context<'a> {
     pub fn auth_failed(&self) {
         self.stats.count_auth_failure();
         self.guards.auth_failed(self.client, self.now);
+    }
+}
+
+/// The longest line the engine may write for `service` in one go, with
+/// `--max-line` at `max_line`: its longest response, its greeting or one of
+/// its notices, whichever is longest. Room for it is made before each, and
+/// the output buffer's bound counts it, so that a long greeting cannot grow
+/// the buffer past that bound.
+pub(crate) fn longest_line<S: Service>(service: &S, max_line: usize) -> usize {
+    Notice::ALL
+        .iter()
+        .map(|&notice| service.notice(notice).len())
+        .chain([service.longest_response(max_line), service.greeting().len()])
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A service whose greeting is longer than any of its responses.
+    struct Banner;
+
+    impl Service for Banner {
+        type Session = ();
+        fn session(&self, _: &Context) {}
+        fn respond(&self, _: &[u8], _: &mut (), _: &Context, out: &mut Vec<u8>) -> After {
+            out.extend_from_slice(b"OK\n");
+            After::KeepOpen
+        }
+        fn greeting(&self) -> &[u8] {
+            &[b'*'; 300]
+        }
+        fn longest_response(&self, _: usize) -> usize {
+            3
+        }
+    }
+
+    /// Caught in review: the greeting was written without room made for
+    /// it, so a long one grew the output buffer past its bound.
+    #[test]
+    fn the_longest_line_counts_the_greeting_and_the_notices() {
+        assert_eq!(longest_line(&Banner, 16), 300);
+        let lines = crate::protocol::Loopline;
+        assert_eq!(
+            longest_line(&lines, 1024),
+            crate::limits::echoing_response(1024)
+        );
+        // With a tiny --max-line, the longest notice is longer than a response.
+        let longest_notice = Notice::ALL.iter().map(|n| n.line().len()).max().unwrap();
+        assert!(longest_line(&lines, 1) >= longest_notice);
     }
 }

@@ -253,7 +253,7 @@ pub enum CloseReason {
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CloseReason::Service => f.write_str("closed by the protocol after its last line"),
+            CloseReason::Service => f.write_str(crate::service::CLOSED_BY_THE_SERVICE),
             CloseReason::LineTooLong => f.write_str("request line too long"),
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
             CloseReason::WriteTimeout => f.write_str("write timeout: peer took no bytes"),

@@ -11,7 +11,7 @@ use std::io::{self, Read};
 use std::time::Instant;
 
 use super::{Accepted, CloseReason, Connection, Flags, Held, Lent, Next, Role, State, Totals};
-use crate::limits::READ_BUFFER_SIZE;
+use crate::limits::{longest_response, READ_BUFFER_SIZE};
 use crate::proxy::{self, Parsed};
 use crate::service::{Context, Service};
 use crate::transport::{Handshake, HandshakeError, Wire};
@@ -97,6 +97,10 @@ impl<S: Service> Connection<S> {
                 self.close_after(line, refusal.reason(), held, lent)
             }
             Role::Client | Role::Undecided => {
+                // Room first, as for any line: the greeting counts in
+                // Limits::longest_response.
+                held.output
+                    .make_room(longest_response(lent.limits), lent.limits);
                 held.output.buf().extend_from_slice(lent.service.greeting());
                 Next::Wait
             }

@@ -151,9 +151,9 @@ fn make_loops<S: Service>(
     now: Instant,
 ) -> Result<Vec<EventLoop<S>>, StartError> {
     let mut limits = Limits::from_config(config);
-    // The service's own bound on one response: room is made for it, and
-    // the output buffer's bound counts it.
-    limits.longest_response = service.longest_response(limits.max_line);
+    // The service's own bound on one line (a response, its greeting, a
+    // notice): room is made for it, and the output buffer's bound counts it.
+    limits.longest_response = crate::service::longest_line(&**service, limits.max_line);
     let mut loops = Vec::with_capacity(polls.len());
     for (index, poll) in polls.into_iter().enumerate() {
         let mut listeners: Vec<Listener> = std::mem::take(&mut per_loop[index])
