@@ -20,8 +20,9 @@
 //! table at the worst, measured by `a_recent_table_stays_within_its_bound`
 //! and `tests/guards.rs`). Both are process-wide, each behind a mutex of
 //! its own, taken when its rule is on and not at all when it is off: the
-//! rate's once per new connection, the failures' once per new connection,
-//! once per `AUTH` and once more per failed one.
+//! rate's once per new connection; the failures' once per failed `AUTH`,
+//! and once per new connection and per `AUTH` only while some address is
+//! refused (an atomic says when the last refusal ends).
 //!
 //! Counting is by buckets, not timestamps (a timestamp per connection would
 //! cost memory per connection): a connection counts for the rate until 1.0
@@ -34,6 +35,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::mem;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -377,6 +379,11 @@ struct FailureRecord {
 pub struct AuthFailures {
     max: u32,
     epoch: Instant,
+    /// When the latest refusal of any address ends (milliseconds after
+    /// `epoch`): past it no address is refused, and [`AuthFailures::refuses`]
+    /// answers without the lock, as on almost every accept (nobody is
+    /// guessing).
+    refusals_end_ms: AtomicU64,
     table: Mutex<Recent<FailureRecord>>,
 }
 
@@ -386,6 +393,7 @@ impl AuthFailures {
         AuthFailures {
             max,
             epoch: now,
+            refusals_end_ms: AtomicU64::new(0),
             // Remembered while its failures count and while it is refused:
             // at most a period and a bucket after its last failure.
             table: Mutex::new(Recent::new(
@@ -407,6 +415,10 @@ impl AuthFailures {
         if record.failures.total(tick) >= self.max {
             record.refused_until_ms = millis(since_epoch + FAILURE_PERIOD);
             record.warned = false;
+            // Release: a loop that reads the new end (Acquire) also sees
+            // the record behind the lock once it takes it.
+            self.refusals_end_ms
+                .fetch_max(record.refused_until_ms, Ordering::Release);
         }
     }
 
@@ -415,6 +427,11 @@ impl AuthFailures {
     /// A refusal does not extend the period.
     pub fn refuses(&self, key: IpAddr, client: IpAddr, now: Instant) -> bool {
         let now_ms = millis(now.saturating_duration_since(self.epoch));
+        // Nobody is refused now: no lock. (A failure on another loop at
+        // this very moment is then ordered after this check.)
+        if now_ms >= self.refusals_end_ms.load(Ordering::Acquire) {
+            return false;
+        }
         let first_refusal = {
             let mut table = lock(&self.table);
             let Some(record) = table.get(key, now) else {
