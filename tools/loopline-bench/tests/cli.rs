@@ -4,14 +4,13 @@
 //! loopline server with a TLS listener, run inside the test process. Every
 //! run is short and guarded by a watchdog.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+mod common;
 
-const WATCHDOG: Duration = Duration::from_secs(30);
+use common::{bench, json_line, num};
+
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
 
 fn serve(stream: TcpStream) {
     let Ok(read_half) = stream.try_clone() else {
@@ -61,84 +60,6 @@ fn start_server() -> SocketAddr {
         }
     });
     addr
-}
-
-/// Runs loopline-bench with `args`, killing it if it outlives the watchdog.
-fn bench(args: &[&str]) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loopline-bench"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start loopline-bench");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let reader = thread::spawn(move || {
-        let mut s = String::new();
-        stdout.read_to_string(&mut s).ok();
-        s
-    });
-    let deadline = Instant::now() + WATCHDOG;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            child.kill().ok();
-            child.wait().ok();
-            panic!("loopline-bench {args:?} ran longer than {WATCHDOG:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    (status.success(), reader.join().expect("reader"))
-}
-
-/// A minimal parser for the flat JSON object loopline-bench prints: string,
-/// number and null values only. Panics on anything else.
-fn parse_flat_json(line: &str) -> HashMap<String, String> {
-    let body = line
-        .trim()
-        .strip_prefix('{')
-        .and_then(|l| l.strip_suffix('}'))
-        .unwrap_or_else(|| panic!("not a JSON object: {line}"));
-    let mut map = HashMap::new();
-    for pair in body.split(',') {
-        let (k, v) = pair
-            .split_once(':')
-            .unwrap_or_else(|| panic!("bad pair `{pair}` in {line}"));
-        let k = k
-            .strip_prefix('"')
-            .and_then(|k| k.strip_suffix('"'))
-            .unwrap_or_else(|| panic!("bad key `{k}` in {line}"));
-        let ok = v == "null"
-            || v.parse::<f64>().is_ok()
-            || (v.len() >= 2
-                && v.starts_with('"')
-                && v.ends_with('"')
-                && !v[1..v.len() - 1].contains('"'));
-        assert!(ok, "bad value `{v}` for `{k}` in {line}");
-        assert!(
-            map.insert(k.to_string(), v.trim_matches('"').to_string())
-                .is_none(),
-            "duplicate key {k}"
-        );
-    }
-    map
-}
-
-fn json_line(out: &str) -> HashMap<String, String> {
-    let line = out
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON line in output:\n{out}"));
-    parse_flat_json(line)
-}
-
-fn num(m: &HashMap<String, String>, k: &str) -> f64 {
-    m.get(k)
-        .unwrap_or_else(|| panic!("missing {k} in {m:?}"))
-        .parse()
-        .unwrap_or_else(|_| panic!("{k} is not a number in {m:?}"))
 }
 
 #[test]
@@ -237,7 +158,7 @@ impl TestCertificates {
         let dir = std::env::temp_dir().join(format!("loopline-bench-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
+            let out = std::process::Command::new("openssl")
                 .args(args)
                 .current_dir(&dir)
                 .output()

@@ -6,15 +6,15 @@
 //! rendered request fails the test; the store afterwards shows that the
 //! preload set every key. Every run is short and guarded by a watchdog.
 
+mod common;
+
+use common::{bench, field};
+
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
-
-const WATCHDOG: Duration = Duration::from_secs(30);
 
 /// What the server saw, shared by its connection threads.
 #[derive(Default)]
@@ -123,56 +123,6 @@ fn start_server(expect: Expect) -> KvServer {
         }
     });
     KvServer { addr, seen }
-}
-
-/// Runs loopline-bench with `args`, killing it if it outlives the watchdog.
-fn bench(args: &[&str]) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loopline-bench"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start loopline-bench");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let reader = thread::spawn(move || {
-        let mut s = String::new();
-        stdout.read_to_string(&mut s).ok();
-        s
-    });
-    let deadline = Instant::now() + WATCHDOG;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            child.kill().ok();
-            child.wait().ok();
-            panic!("loopline-bench {args:?} ran longer than {WATCHDOG:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    (status.success(), reader.join().expect("reader"))
-}
-
-/// The JSON line's numeric field `key` (flat JSON, numbers only needed).
-fn field(out: &str, key: &str) -> f64 {
-    let line = out
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON line in output:\n{out}"));
-    let pattern = format!("\"{key}\":");
-    let start = line
-        .find(&pattern)
-        .unwrap_or_else(|| panic!("no {key} in {line}"))
-        + pattern.len();
-    let value: String = line[start..]
-        .chars()
-        .take_while(|c| *c != ',' && *c != '}')
-        .collect();
-    value
-        .parse()
-        .unwrap_or_else(|_| panic!("{key} = {value} in {line}"))
 }
 
 #[test]
